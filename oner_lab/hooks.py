@@ -1,0 +1,43 @@
+"""What `train.run` calls out to, so the core never imports MLflow or submitit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+
+class RunLogger(Protocol):
+    """Receives a run's metrics and artifacts (the tracking layer implements it with MLflow).
+
+    `train.run` may call `log_metrics` again for a step it logged before it was
+    interrupted (it resumes from the last checkpoint); implementations drop such repeats.
+    """
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+class RunControl(Protocol):
+    """Lets a launcher ask a running training loop to checkpoint and stop (preemption)."""
+
+    def should_stop(self) -> bool: ...
+
+
+class Interrupted(Exception):
+    """Raised by `train.run` after it wrote a checkpoint because `RunControl.should_stop()` said so."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} after writing a checkpoint")
+        self.step = step
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: names the dotted key, the bad value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        super().__init__(f"{key}: {value!r} is not allowed; {allowed}")
+        self.key = key
+        self.value = value
+        self.allowed = allowed

@@ -1,0 +1,113 @@
+"""One run's full configuration: what `oner_lab.train.run` takes.
+
+These models are structural (types, ranges, unknown keys). Checks that need the
+project's code (term names, preset dimensions, tokenizer directories) live in
+`oner_lab.train.validate`, which the CLI calls on every run before dispatching any.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The tower. `preset` gives every dimension; any field set here overrides it."""
+
+    preset: Literal["tiny", "vit_s16", "vit_b16"] = "tiny"
+    width: PositiveInt | None = None
+    depth: PositiveInt | None = None
+    num_heads: PositiveInt | None = None
+    mlp_ratio: float | None = Field(default=None, gt=0)
+    patch_size: PositiveInt | None = None
+    image_size: PositiveInt | None = None
+    max_text_len: PositiveInt | None = None
+    proj_dim: PositiveInt | None = None
+    head: Literal["shared", "per_modality"] = "shared"
+    drop_path: float = Field(default=0.0, ge=0, lt=1)
+
+
+class ObjectiveConfig(Section):
+    """Which terms are trained and how. See docs/objectives.md for every [reading] choice."""
+
+    variant: str | None = Field(
+        default=None, description="a named term set (itc_two_heads, itc, xmc, xmc_cic, oner, oner_cumulative)"
+    )
+    terms: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="term name -> weight; added to (or overriding) the variant's terms"
+    )
+    masked_terms: bool = Field(default=True, description="false drops mlm/mim/mmm: a purely contrastive ablation")
+    contrast_masked_views: bool = Field(
+        default=True, description="[reading] ITC/XMC contrast the global tokens of the MIM/MLM passes, as the figure draws"
+    )
+    targets: Literal["momentum", "online"] = Field(
+        default="momentum", description="[reading] encoder of the right-hand side of XMC/CIC/CMC"
+    )
+    temperature_init: float = Field(default=0.07, gt=0)
+    temperature_min: float = Field(default=0.01, gt=0)
+    learn_temperature: bool = True
+    momentum: float = Field(default=0.99, ge=0, le=1, description="EMA momentum at step 0, cosine to momentum_end")
+    momentum_end: float = Field(default=1.0, ge=0, le=1)
+    mlm_prob: float = Field(default=0.15, gt=0, lt=1)
+    mim_ratio: float = Field(default=0.6, gt=0, lt=1)
+
+
+class DataConfig(Section):
+    """Training and evaluation data. `source: shapes` is the built-in generated dataset."""
+
+    source: Literal["shapes"] = "shapes"
+    cache_dir: str = Field(default="data_cache", description="where generated shards and the tokenizer are written")
+    train_size: PositiveInt = 20000
+    eval_images: PositiveInt = 1000
+    cls_images_per_class: PositiveInt = 10
+    max_objects: PositiveInt = 2
+    generator_seed: int = 0
+    tokenizer: str | None = Field(default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece")
+    vocab_size: PositiveInt = 512
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = Field(default=False, description="off: captions name left/right positions")
+    on_corrupt: Literal["skip", "fail"] = "skip"
+
+
+class TrainConfig(Section):
+    """Optimisation: AdamW, linear warm-up then cosine decay, gradient clipping."""
+
+    seed: int = 0
+    batch_size: PositiveInt = 128
+    steps: PositiveInt = 1000
+    lr: float = Field(default=1e-3, gt=0)
+    min_lr: float = Field(default=1e-5, ge=0)
+    warmup_steps: int = Field(default=50, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    checkpoint_every: PositiveInt = 200
+    log_every: PositiveInt = 10
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
+
+
+class EvalConfig(Section):
+    """Zero-shot evaluation, run at the end and every `every_steps` if set."""
+
+    sets: list[str] = Field(default_factory=lambda: ["shapes", "shapes_cls"])
+    every_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 256
+
+
+class RunConfig(Section):
+    """Everything one training run needs; hashed to name its run directory and dedupe it."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
