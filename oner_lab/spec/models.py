@@ -1,0 +1,144 @@
+"""The experiment spec: what a YAML file in experiments/ may contain (docs/spec.md shows each section)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, StringConstraints, field_validator
+
+from oner_lab.spec.config import RunConfig, Section
+from oner_lab.spec.errors import did_you_mean
+from oner_lab.spec.schema import DottedKeys, PartialOf, is_leaf, keys_of, type_at
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+"""Variant and profile names: part of run names (`<variant>/seed0`) and of dotted `--set` paths."""
+
+
+class TrackingConfig(Section):
+    """Where runs are logged. The default is MLflow 3's own default store, so `mlflow ui` finds it."""
+
+    uri: str = Field(default="sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI, relative to cwd")
+    experiment: str | None = Field(default=None, min_length=1, description="MLflow experiment; default: the spec's name")
+
+
+class LocalConfig(Section):
+    """`backend: local`: each run in its own subprocess on this machine."""
+
+    max_parallel: PositiveInt = Field(default=1, description="runs at a time")
+    timeout_min: PositiveInt | None = Field(default=None, description="kill a run after this many minutes")
+
+
+class SlurmConfig(Section):
+    """`backend: slurm`: one job array on a cluster described by `slurm/<cluster>.yaml`."""
+
+    cluster: str = Field(default="a100", pattern=NAME_PATTERN, description="a cluster profile in slurm/<cluster>.yaml")
+    nodes: PositiveInt = 1
+    gpus_per_node: PositiveInt | None = Field(default=None, description="default: the cluster profile's")
+    time_min: PositiveInt | None = Field(default=None, description="job time limit; default: the cluster profile's")
+    max_requeues: NonNegativeInt = Field(default=3, description="preemption/timeout requeues before a run is FAILED")
+
+
+class LauncherConfig(Section):
+    """How runs are dispatched; each backend is a submitit executor calling the same `train.run`."""
+
+    backend: Literal["debug", "local", "slurm"] = "local"
+    runs_dir: str = Field(default="runs", min_length=1, description="run directories are <runs_dir>/<config_hash>")
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+
+def _axis_key(key: str) -> str:
+    """An axis must name one leaf of RunConfig (and not train.seed, which grid.seed owns)."""
+    if key == "train.seed":
+        raise ValueError("train.seed is set by grid.seed; list the seeds there")
+    parts = key.split(".")
+    for depth in range(1, len(parts) + 1):
+        if type_at(RunConfig, parts[:depth]) is None:
+            parent = parts[: depth - 1]
+            allowed = keys_of(type_at(RunConfig, parent))
+            guess = did_you_mean(parts[depth - 1], allowed)
+            hint = f"; did you mean {'.'.join([*parent, guess])!r}?" if guess else ""
+            where = ".".join(parent) or "the run config"
+            raise ValueError(f"a dotted RunConfig key ({where} has: {', '.join(allowed)}){hint}")
+    if not is_leaf(type_at(RunConfig, parts)):
+        raise ValueError(f"one key inside the section, e.g. {key}.{keys_of(type_at(RunConfig, parts))[0]}")
+    return key
+
+
+def _axis_values(values: list[Any]) -> list[Any]:
+    if not values:
+        raise ValueError("a non-empty list of values")
+    if len({repr(value) for value in values}) != len(values):
+        raise ValueError(f"each value once (got {values})")
+    return values
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+AxisKey = Annotated[str, AfterValidator(_axis_key)]
+AxisValues = Annotated[list[Any], AfterValidator(_axis_values)]
+RunOverride = Annotated[dict[str, Any], PartialOf(lambda: RunConfig)]
+
+
+class GridConfig(Section):
+    """The runs: every variant (a partial override of `base`) x every seed x every axis value."""
+
+    variants: dict[Name, RunOverride | None] = Field(min_length=1, description="name -> partial override of base")
+    seed: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1, description="sets train.seed")
+    axes: Annotated[dict[AxisKey, AxisValues], DottedKeys()] = Field(
+        default_factory=dict, description="dotted RunConfig key -> values, crossed with variants and seeds"
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _empty_override(cls, variants: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+        """`oner:` with nothing under it is the base config unchanged."""
+        return {name: override or {} for name, override in variants.items()}
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _one_seed(cls, seed: Any) -> Any:
+        """`seed: 3` (or `--set grid.seed=3`) means `[3]`."""
+        return [seed] if isinstance(seed, int) and not isinstance(seed, bool) else seed
+
+    @field_validator("seed")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"each seed once (repeated: {repeated})")
+        return seeds
+
+
+SpecOverride = Annotated[dict[str, Any], PartialOf(lambda: Spec)]
+
+
+class Spec(Section):
+    """One experiment: a base run config, the grid of runs around it, and how to track and launch them."""
+
+    name: str = Field(min_length=1, description="the MLflow experiment name unless tracking.experiment is set")
+    description: str = ""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    base: RunConfig = Field(default_factory=RunConfig)
+    grid: GridConfig
+    profiles: dict[Name, SpecOverride] = Field(default_factory=dict, description="name -> partial override of this spec")
+    source_file: Path = Field(default=Path("<inline>"), exclude=True, description="set by load_spec")
+    profile: str | None = Field(default=None, exclude=True, description="the applied profile; set by load_spec")
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, profiles: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, override in profiles.items():
+            if "profiles" in override:
+                raise ValueError(f"profile {name!r} may not define profiles itself")
+        return profiles
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment these runs are logged to."""
+        return self.tracking.experiment or self.name
+
+    def run_dir(self, config_hash: str) -> Path:
+        """A run's directory (checkpoints, logs): derived from its hash, so configs never collide."""
+        return Path(self.launcher.runs_dir) / config_hash

@@ -1,0 +1,180 @@
+"""Expanding a spec's grid into planned runs, each with its resolved config and config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from oner_lab.spec.config import RunConfig
+from oner_lab.spec.errors import SpecError, did_you_mean, one_of, show
+from oner_lab.spec.merge import deep_merge, set_at
+from oner_lab.spec.models import Spec
+from oner_lab.spec.validation import NoteFor, describe, to_spec_error, validate
+from oner_lab.spec.yaml_io import parse_yaml
+
+
+def config_hash(config: RunConfig) -> str:
+    """First 12 hex digits of the sha256 of the config's canonical JSON (sorted keys).
+
+    Computed from the validated config, so YAML layout, comments, key order and number
+    spelling (1e-3 vs 0.001) do not matter; every field counts, defaults included.
+    """
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def format_axis_value(value: object) -> str:
+    """How an axis value is written in a run name: strings bare, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One grid point: which variant, seed and axis values, and the full config it runs."""
+
+    variant: str
+    seed: int
+    axes: dict[str, object]
+    config: RunConfig
+    config_hash: str
+
+    @property
+    def run_name(self) -> str:
+        """`<variant>/seed<seed>`, then `/<axis>=<value>` per axis: the MLflow run name."""
+        parts = [self.variant, f"seed{self.seed}"]
+        parts += [f"{key}={format_axis_value(value)}" for key, value in self.axes.items()]
+        return "/".join(parts)
+
+
+def expand(spec: Spec, only: Mapping[str, str] | None = None) -> list[PlannedRun]:
+    """Every run of the spec: variants (file order) x seeds (listed order) x axes (crossed in order).
+
+    `only` keeps the runs matching every given `key=value` (keys: variant, seed, or an axis
+    key), as the CLI's `--only variant=oner,seed=0`; a key or value that matches nothing is a
+    SpecError, so a typo never silently selects zero runs.
+    """
+    return plan(spec, only)
+
+
+def plan(spec: Spec, only: Mapping[str, str] | None = None, note_for: NoteFor = lambda key: "") -> list[PlannedRun]:
+    """`expand`, with a note added to error messages (where a bad value came from)."""
+    selected = _selection(spec, only or {})
+    runs: list[PlannedRun] = []
+    for variant, override in spec.grid.variants.items():
+        if variant not in selected["variant"]:
+            continue
+        variant_config = deep_merge(spec.base.model_dump(), override)
+        validate(
+            RunConfig, variant_config, file=spec.source_file, prefix=("grid", "variants", variant), note_for=note_for
+        )
+        for seed in spec.grid.seed:
+            if seed not in selected["seed"]:
+                continue
+            seeded = set_at(variant_config, ["train", "seed"], seed)
+            axis_values = [[v for v in values if _matches(v, selected, key)] for key, values in spec.grid.axes.items()]
+            for point in itertools.product(*axis_values):
+                axes = dict(zip(spec.grid.axes, point))
+                config = _with_axes(spec, seeded, axes, note_for)
+                runs.append(PlannedRun(variant, seed, axes, config, config_hash(config)))
+    return runs
+
+
+def _with_axes(spec: Spec, config: dict[str, Any], axes: dict[str, object], note_for: NoteFor) -> RunConfig:
+    for key, value in axes.items():
+        config = set_at(config, key.split("."), value)
+    try:
+        return RunConfig.model_validate(config)
+    except ValidationError as error:
+        problem = error.errors(include_url=False)[0]
+        bad_key = ".".join(str(part) for part in problem["loc"])
+        axis = next((key for key in axes if bad_key == key or bad_key.startswith(key + ".")), None)
+        if axis is None:  # cannot happen for structural checks, kept so no error is ever lost
+            raise to_spec_error(error, RunConfig, file=spec.source_file, note_for=note_for) from None
+        key = f"grid.axes.{axis}"
+        raise describe(problem, RunConfig, list(problem["loc"]), key, spec.source_file, note_for(key)) from None
+
+
+def _matches(value: object, selected: dict[str, Any], key: str) -> bool:
+    wanted = selected["axes"].get(key)
+    return wanted is None or value == wanted or format_axis_value(value) == str(wanted)
+
+
+def _selection(spec: Spec, only: Mapping[str, str]) -> dict[str, Any]:
+    """Check every `only` key and value against the grid; return what each allows."""
+    file = spec.source_file
+    selected: dict[str, Any] = {"variant": set(spec.grid.variants), "seed": set(spec.grid.seed), "axes": {}}
+    keys = ["variant", "seed", *spec.grid.axes]
+    for key, text in only.items():
+        if key == "variant":
+            if text not in spec.grid.variants:
+                raise SpecError(
+                    file,
+                    f"--only variant",
+                    f"{text!r} is not a variant of this spec",
+                    one_of(spec.grid.variants),
+                    value=text,
+                    suggestion=did_you_mean(text, spec.grid.variants),
+                )
+            selected["variant"] = {text}
+        elif key == "seed":
+            seed = _parse_value(text)
+            if seed not in spec.grid.seed or isinstance(seed, bool):
+                raise SpecError(file, "--only seed", f"{text!r} is not a seed of grid.seed", one_of(spec.grid.seed), value=text)
+            selected["seed"] = {seed}
+        elif key in spec.grid.axes:
+            values = spec.grid.axes[key]
+            wanted = _parse_value(text)
+            if not any(value == wanted or format_axis_value(value) == text for value in values):
+                raise SpecError(
+                    file,
+                    f"--only {key}",
+                    f"{text!r} is not a value of grid.axes.{key}",
+                    one_of(format_axis_value(value) for value in values),
+                    value=text,
+                )
+            selected["axes"][key] = wanted
+        else:
+            raise SpecError(
+                file, "--only", f"unknown key {key!r}", one_of(keys), value=key, suggestion=did_you_mean(key, keys)
+            )
+    return selected
+
+
+def _parse_value(text: str) -> object:
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError:
+        return text
+
+
+_ITEM = re.compile(r",\s*(?=[A-Za-z_][\w.]*\s*=)")
+
+
+def parse_only(text: str) -> dict[str, str]:
+    """`"variant=oner,seed=0"` -> `{"variant": "oner", "seed": "0"}`; values stay text until `expand` checks them."""
+    selection: dict[str, str] = {}
+    for item in _ITEM.split(text.strip()):
+        key, equals, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals or not key or not value:
+            raise SpecError(
+                None,
+                "--only",
+                f"{item!r} is not key=value",
+                "comma-separated key=value pairs, e.g. variant=oner,seed=0",
+                value=text,
+            )
+        if key in selection:
+            raise SpecError(
+                None, "--only", f"{key!r} is given twice ({show(text)})", "each key once; run twice for two values", value=text
+            )
+        selection[key] = value
+    return selection
