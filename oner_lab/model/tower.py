@@ -1,0 +1,136 @@
+"""The single tower: per-modality input embedders, one [CLS], shared timm blocks, heads.
+
+No modality-type embeddings: the body and the (shared) head never learn which modality a
+token came from, except through each embedder's own positional table (PAPER.md [reading]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from oner_lab.model.masks import attention_mask
+from oner_lab.model.presets import TowerConfig
+
+Modality = str  # "image", "text" or "joint": which head projects a pooled token
+
+
+@dataclass
+class TowerOutput:
+    """Final-norm hidden states of one forward pass, split back by modality."""
+
+    cls: torch.Tensor  # [B, W]
+    image_tokens: torch.Tensor | None  # [B, Ni, W]
+    text_tokens: torch.Tensor | None  # [B, Nt, W]
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head; the decoder weight is the token embedding (tied)."""
+
+    def __init__(self, width: int, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
+        self.embedding = embedding
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(tokens), self.embedding.weight, self.bias)
+
+
+class OneTower(nn.Module):
+    """One transformer for image, text and image+text sequences [CLS, image, text]."""
+
+    def __init__(self, cfg: TowerConfig) -> None:
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        width = cfg.width
+        self.patch_embed = PatchEmbed(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=3, embed_dim=width)
+        self.token_embed = nn.Embedding(cfg.vocab_size, width)
+        self.image_pos = nn.Parameter(torch.zeros(1, cfg.num_patches, width))
+        self.text_pos = nn.Parameter(torch.zeros(1, cfg.max_text_len, width))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.image_mask_token = nn.Parameter(torch.zeros(1, 1, width))  # SimMIM's learned [MASK] patch
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(width, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, drop_path=rate) for rate in rates
+        )
+        self.norm = nn.LayerNorm(width)
+        head_names = ("shared",) if cfg.head == "shared" else ("image", "text")
+        self.heads = nn.ModuleDict({name: nn.Linear(width, cfg.proj_dim) for name in head_names})
+        self.mlm_head = MLMHead(width, self.token_embed)
+        self.mim_head = nn.Linear(width, cfg.patch_size**2 * 3)
+        self.apply(_init_weights)
+        for table in (self.image_pos, self.text_pos, self.cls_token, self.image_mask_token):
+            trunc_normal_(table, std=0.02)
+
+    def embed_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens plus positions; masked patches (True in [B, Ni]) become the mask token."""
+        tokens = self.patch_embed(images)
+        if patch_mask is not None:
+            keep = (~patch_mask).unsqueeze(-1).to(tokens.dtype)
+            tokens = tokens * keep + self.image_mask_token.to(tokens.dtype) * (1 - keep)
+        return tokens + self.image_pos
+
+    def embed_text(self, text_ids: torch.Tensor) -> torch.Tensor:
+        return self.token_embed(text_ids) + self.text_pos[:, : text_ids.shape[1]]
+
+    def forward(
+        self,
+        view: str,
+        images: torch.Tensor | None = None,
+        text_ids: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+    ) -> TowerOutput:
+        """Encode one view ("I", "T", "I|T", "T|I", "I,T"); see `masks.attention_mask`."""
+        parts = [self.cls_token.expand((images if images is not None else text_ids).shape[0], -1, -1)]
+        num_image = 0
+        if images is not None:
+            image_tokens = self.embed_image(images, patch_mask)
+            num_image = image_tokens.shape[1]
+            parts.append(image_tokens)
+        if text_ids is not None:
+            parts.append(self.embed_text(text_ids))
+        x = torch.cat(parts, dim=1)
+        mask = attention_mask(view, num_image, text_mask if text_ids is not None else None)
+        for block in self.blocks:
+            x = block(x, attn_mask=mask)
+        x = self.norm(x)
+        return TowerOutput(
+            cls=x[:, 0],
+            image_tokens=x[:, 1 : 1 + num_image] if images is not None else None,
+            text_tokens=x[:, 1 + num_image :] if text_ids is not None else None,
+        )
+
+    def project(self, pooled: torch.Tensor, modality: Modality) -> torch.Tensor:
+        """L2-normalised embedding F(.) through the shared head or the modality's own head."""
+        if "shared" in self.heads:
+            head = self.heads["shared"]
+        elif modality in self.heads:
+            head = self.heads[modality]
+        else:
+            raise ValueError(f"per-modality heads have no head for a {modality!r} view; use model.head: shared")
+        return F.normalize(head(pooled), dim=-1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self(view="I", images=images).cls, "image")
+
+    def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return self.project(self(view="T", text_ids=text_ids, text_mask=text_mask).cls, "text")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """ViT/BERT initialisation: truncated normal 0.02 for weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        trunc_normal_(module.weight, std=0.02)

@@ -1,0 +1,151 @@
+"""Lazily computed forward passes shared by the terms of one training step.
+
+Each term asks for the views it needs; a pass that two terms share (the masked
+image pass for MIM and ITC, the masked joint pass for MMM and CMC) runs once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from oner_lab.model import OneTower, TowerOutput
+from oner_lab.objectives.infonce import info_nce, mix
+from oner_lab.objectives.masking import mask_patches, mask_text, patchify
+
+HEAD_OF_VIEW = {"I": "image", "T": "text", "I|T": "image", "T|I": "text", "I,T": "joint"}
+MASKED_TERM_OF_VIEW = {"I": "mim", "T": "mlm", "I,T": "mmm"}
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """What the terms need to know beyond the batch; plain values, no spec objects."""
+
+    active_terms: frozenset[str]
+    contrast_masked_views: bool
+    targets: Literal["momentum", "online"]
+    mlm_prob: float
+    mim_ratio: float
+    mask_id: int
+    vocab_size: int
+    special_ids: torch.Tensor
+
+
+@dataclass
+class StepInputs:
+    """One step's batch, as the data module hands it over."""
+
+    images: torch.Tensor
+    images_target: torch.Tensor
+    text_ids: torch.Tensor
+    text_mask: torch.Tensor
+
+
+class Views:
+    """The forward passes of one step, each computed at most once."""
+
+    def __init__(
+        self,
+        online: OneTower,
+        target: OneTower,
+        inputs: StepInputs,
+        settings: ViewSettings,
+        logit_scale: torch.Tensor,
+        generator: torch.Generator,
+    ) -> None:
+        self.online = online
+        self.target_encoder = target if settings.targets == "momentum" else online
+        self.inputs = inputs
+        self.settings = settings
+        self.logit_scale = logit_scale
+        self.generator = generator
+        self._outputs: dict[tuple[str, bool], TowerOutput] = {}
+        self._targets: dict[str, torch.Tensor] = {}
+        self._text_corruption: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._patch_mask: torch.Tensor | None = None
+
+    # --- corruption, drawn once per step -------------------------------------------------
+    def text_corruption(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(corrupted ids, labels) for MLM and MMM."""
+        if self._text_corruption is None:
+            s = self.settings
+            self._text_corruption = mask_text(
+                self.inputs.text_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.generator
+            )
+        return self._text_corruption
+
+    def patch_mask(self) -> torch.Tensor:
+        """[B, Np] masked patches for MIM and MMM."""
+        if self._patch_mask is None:
+            b = self.inputs.images.shape[0]
+            mask = mask_patches(b, self.online.cfg.num_patches, self.settings.mim_ratio, self.generator)
+            self._patch_mask = mask.to(self.inputs.images.device)
+        return self._patch_mask
+
+    # --- forward passes -----------------------------------------------------------------
+    def output(self, view: str, masked: bool = False) -> TowerOutput:
+        """The online encoder's pass over `view`, masked (MIM/MLM corruption) or clean."""
+        key = (view, masked)
+        if key not in self._outputs:
+            x = self.inputs
+            images = x.images if "I" in view else None
+            text_ids = x.text_ids if "T" in view else None
+            patch_mask = None
+            if masked:
+                if images is not None:
+                    patch_mask = self.patch_mask()
+                if text_ids is not None:
+                    text_ids = self.text_corruption()[0]
+            self._outputs[key] = self.online(
+                view, images=images, text_ids=text_ids, text_mask=x.text_mask if text_ids is not None else None,
+                patch_mask=patch_mask,
+            )
+        return self._outputs[key]
+
+    def embed(self, view: str, masked: bool = False) -> torch.Tensor:
+        """F(view) from the online encoder: pooled [CLS], projected, L2-normalised."""
+        return self.online.project(self.output(view, masked).cls, HEAD_OF_VIEW[view])
+
+    def contrast(self, view: str) -> torch.Tensor:
+        """F(view) for a contrastive left side: the masked pass when it runs anyway and the
+        config says so ([reading]: the figure contrasts the MIM/MLM/MMM global tokens)."""
+        masked_term = MASKED_TERM_OF_VIEW.get(view)
+        shared = self.settings.contrast_masked_views and masked_term in self.settings.active_terms
+        return self.embed(view, masked=shared)
+
+    def target(self, view: str) -> torch.Tensor:
+        """F(view) on the second image view from the target encoder (momentum: no gradient)."""
+        if view not in self._targets:
+            x = self.inputs
+            images = x.images_target if "I" in view else None
+            text_ids = x.text_ids if "T" in view else None
+            with torch.set_grad_enabled(self.target_encoder is self.online and torch.is_grad_enabled()):
+                out = self.target_encoder(view, images=images, text_ids=text_ids,
+                                          text_mask=x.text_mask if text_ids is not None else None)
+                self._targets[view] = self.target_encoder.project(out.cls, HEAD_OF_VIEW[view])
+        return self._targets[view]
+
+    def target_mix(self) -> torch.Tensor:
+        """(F(I) + F(T)) / 2 from the target encoder: the right side of XMC, CIC and CMC."""
+        return mix(self.target("I"), self.target("T"))
+
+    # --- losses the terms share ---------------------------------------------------------
+    def info_nce(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return info_nce(left, right, self.logit_scale)
+
+    def mlm_loss(self, out: TowerOutput) -> torch.Tensor:
+        """Cross-entropy of the tied MLM head on the corrupted text positions."""
+        labels = self.text_corruption()[1]
+        chosen = labels != -100
+        logits = self.online.mlm_head(out.text_tokens[chosen])
+        return F.cross_entropy(logits.float(), labels[chosen])
+
+    def mim_loss(self, out: TowerOutput) -> torch.Tensor:
+        """SimMIM: L1 between predicted and true (normalised) pixels of the masked patches."""
+        mask = self.patch_mask()
+        pred = self.online.mim_head(out.image_tokens[mask])
+        target = patchify(self.inputs.images, self.online.cfg.patch_size)[mask]
+        return F.l1_loss(pred.float(), target.float())

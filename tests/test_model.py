@@ -1,0 +1,154 @@
+"""The tower: attention masks of every view, heads, momentum copy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from oner_lab.model import OneTower, attention_mask, ema_update, momentum_at, momentum_copy, tower_config
+
+VOCAB = 50
+
+
+@pytest.fixture()
+def tower() -> OneTower:
+    torch.manual_seed(0)
+    model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8))
+    return model.eval()
+
+
+def inputs(seed: int, batch: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, 32, 32, generator=g)
+    ids = torch.randint(5, VOCAB, (batch, 8), generator=g)
+    mask = torch.ones(batch, 8, dtype=torch.bool)
+    mask[:, 6:] = False
+    return images, ids, mask
+
+
+def run_view(model: OneTower, view: str, images, ids, mask):
+    return model(view, images=images if "I" in view else None,
+                 text_ids=ids if "T" in view else None, text_mask=mask if "T" in view else None)
+
+
+def test_context_tokens_ignore_the_other_modality_queries_do_not(tower: OneTower) -> None:
+    images, ids, mask = inputs(0)
+    other_images, other_ids, _ = inputs(1)
+    # I|T: text is context. Changing the image leaves text outputs alone, changes CLS and image outputs.
+    a = run_view(tower, "I|T", images, ids, mask)
+    b = run_view(tower, "I|T", other_images, ids, mask)
+    torch.testing.assert_close(a.text_tokens, b.text_tokens)
+    assert not torch.allclose(a.cls, b.cls)
+    c = run_view(tower, "I|T", images, other_ids, mask)
+    assert not torch.allclose(a.image_tokens, c.image_tokens)  # the query reads its context
+    # T|I: image is context.
+    a = run_view(tower, "T|I", images, ids, mask)
+    b = run_view(tower, "T|I", images, other_ids, mask)
+    torch.testing.assert_close(a.image_tokens, b.image_tokens)
+    assert not torch.allclose(a.cls, b.cls)
+    c = run_view(tower, "T|I", other_images, ids, mask)
+    assert not torch.allclose(a.text_tokens[:, :6], c.text_tokens[:, :6])
+    # I,T: full attention, both directions.
+    a = run_view(tower, "I,T", images, ids, mask)
+    b = run_view(tower, "I,T", other_images, ids, mask)
+    c = run_view(tower, "I,T", images, other_ids, mask)
+    assert not torch.allclose(a.text_tokens[:, :6], b.text_tokens[:, :6])
+    assert not torch.allclose(a.image_tokens, c.image_tokens)
+
+
+def test_mask_rows_of_each_view() -> None:
+    """Rows are queries: context rows see only context keys; padding is never a key (but itself)."""
+    text_mask = torch.tensor([[True, True, False]])
+    n_img = 2  # sequence: [CLS, i1, i2, t1, t2, pad]
+    it = attention_mask("I|T", n_img, text_mask)[0, 0]
+    assert it[0].tolist() == [True, True, True, True, True, False]  # CLS reads image and text
+    assert it[3].tolist() == [False, False, False, True, True, False]  # text context reads text only
+    ti = attention_mask("T|I", n_img, text_mask)[0, 0]
+    assert ti[1].tolist() == [False, True, True, False, False, False]  # image context reads image only
+    assert ti[3].tolist() == [True, True, True, True, True, False]
+    full = attention_mask("I,T", n_img, text_mask)[0, 0]
+    assert full[1].tolist() == [True, True, True, True, True, False]
+    assert full[5].tolist() == [True, True, True, True, True, True]  # the pad row keeps itself
+
+
+def test_padding_never_changes_real_outputs(tower: OneTower) -> None:
+    images, ids, mask = inputs(0)
+    other = ids.clone()
+    other[:, 6:] = 7  # different ids in padded positions
+    for view in ("T", "I|T", "T|I", "I,T"):
+        a = run_view(tower, view, images, ids, mask)
+        b = run_view(tower, view, images, other, mask)
+        torch.testing.assert_close(a.cls, b.cls)
+        torch.testing.assert_close(a.text_tokens[:, :6], b.text_tokens[:, :6])
+
+
+def test_image_only_view_has_no_mask_so_sdpa_can_use_flash() -> None:
+    assert attention_mask("I", 16, None) is None
+    with pytest.raises(ValueError, match="unknown view"):
+        attention_mask("I|X", 16, None)
+
+
+def test_patch_mask_replaces_only_masked_patches(tower: OneTower) -> None:
+    images, _, _ = inputs(0)
+    mask = torch.zeros(3, 16, dtype=torch.bool)
+    mask[:, :5] = True
+    plain = tower.embed_image(images)
+    masked = tower.embed_image(images, mask)
+    torch.testing.assert_close(plain[:, 5:], masked[:, 5:])
+    torch.testing.assert_close(masked[:, :5] - tower.image_pos[:, :5], tower.image_mask_token.expand(3, 5, -1))
+
+
+def test_shared_head_projects_every_modality_the_same_way() -> None:
+    torch.manual_seed(0)
+    shared = OneTower(tower_config("tiny", width=32, depth=1, num_heads=2, vocab_size=VOCAB))
+    pooled = torch.randn(4, 32)
+    torch.testing.assert_close(shared.project(pooled, "image"), shared.project(pooled, "text"))
+    torch.testing.assert_close(shared.project(pooled, "joint").norm(dim=-1), torch.ones(4))
+
+
+def test_per_modality_heads_differ_and_have_no_joint_head() -> None:
+    torch.manual_seed(0)
+    two = OneTower(tower_config("tiny", width=32, depth=1, num_heads=2, vocab_size=VOCAB, head="per_modality"))
+    assert set(two.heads) == {"image", "text"}
+    pooled = torch.randn(4, 32)
+    assert not torch.allclose(two.project(pooled, "image"), two.project(pooled, "text"))
+    two.project(pooled, "image").sum().backward()
+    assert two.heads["image"].weight.grad is not None and two.heads["text"].weight.grad is None
+    with pytest.raises(ValueError, match="joint"):
+        two.project(pooled, "joint")
+
+
+def test_mlm_head_is_tied_to_the_token_embedding(tower: OneTower) -> None:
+    assert tower.mlm_head.embedding.weight is tower.token_embed.weight
+
+
+def test_image_size_must_divide_by_patch() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        OneTower(tower_config("tiny", image_size=30, vocab_size=VOCAB))
+
+
+def test_momentum_copy_is_frozen_and_follows_the_ema_rule(tower: OneTower) -> None:
+    target = momentum_copy(tower)
+    assert all(not p.requires_grad for p in target.parameters())
+    before = [p.clone() for p in target.parameters()]
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(1.0)
+    ema_update(target, tower, 0.9)
+    for old, new, online in zip(before, target.parameters(), tower.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
+
+
+def test_cosine_momentum_schedule_endpoints() -> None:
+    assert momentum_at(0, 100, 0.99, 1.0) == pytest.approx(0.99)
+    assert momentum_at(100, 100, 0.99, 1.0) == pytest.approx(1.0)
+    assert momentum_at(50, 100, 0.99, 1.0) == pytest.approx(0.995)
+    assert momentum_at(25, 100, 0.99, 1.0) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
+
+
+def test_presets_have_the_paper_scale() -> None:
+    b16 = tower_config("vit_b16")
+    assert (b16.width, b16.depth, b16.num_heads, b16.image_size, b16.max_text_len, b16.patch_size) == (768, 12, 12, 224, 40, 16)
+    assert b16.num_patches == 196
