@@ -36,8 +36,8 @@ class SpecError(Exception):
     """An invalid spec, profile, `--set` or `--only`: one paragraph naming where, what and what is allowed.
 
     Attributes let callers (the CLI, tests) read the parts: `file` (None for a command-line
-    argument checked without a spec), `key` (dotted, e.g. `base.train.lr`), `value` (the bad
-    value as given), `allowed` (what would be accepted) and `suggestion` (did-you-mean).
+    argument checked without a spec), `key` (dotted, e.g. `base.train.lr`; empty for a YAML
+    syntax error, which has `line` instead), `value` (the bad value as given), `allowed` (what would be accepted) and `suggestion` (did-you-mean).
     """
 
     def __init__(
@@ -59,7 +59,8 @@ class SpecError(Exception):
         self.suggestion = suggestion
         self.line = line
         where = "" if file is None else f"{file}{f', line {line}' if line else ''}: "
-        message = f"{where}{key}: {problem}; allowed: {allowed}."
+        message = f"{where}{key}: {problem}" if key else f"{where}{problem}"
+        message += f"; allowed: {allowed}" + ("" if allowed.endswith((".", "?")) else ".")
         if suggestion is not None:
             message += f" Did you mean {suggestion!r}?"
         if note:

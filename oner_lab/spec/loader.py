@@ -56,7 +56,7 @@ def load_spec(path: str | Path, profile: str | None = None, overrides: Sequence[
         except TypeError as error:
             raise SpecError(file, ".".join(parts), f"cannot be set: {error}", "a path through mappings only", note=f"in --set {text}") from None
         notes.append(_set_note(parts, text))
-    return _build(merged, file, profile, lambda key: "; ".join(note for note in (n(key) for n in reversed(notes)) if note))
+    return _build(merged, file, profile, lambda key: next((n(key) for n in reversed(notes) if n(key)), ""))
 
 
 def _read_mapping(file: Path) -> dict[str, Any]:

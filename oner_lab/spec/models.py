@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, field_validator
 
 from oner_lab.spec.config import RunConfig, Section
 from oner_lab.spec.errors import did_you_mean
@@ -74,7 +75,13 @@ def _axis_values(values: list[Any]) -> list[Any]:
     return values
 
 
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+def _name(name: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError("letters, digits, '_' and '-', starting with a letter or digit (names are parts of run names)")
+    return name
+
+
+Name = Annotated[str, AfterValidator(_name)]
 AxisKey = Annotated[str, AfterValidator(_axis_key)]
 AxisValues = Annotated[list[Any], AfterValidator(_axis_values)]
 RunOverride = Annotated[dict[str, Any], PartialOf(lambda: RunConfig)]

@@ -91,9 +91,12 @@ def type_at(root: Any, path: Sequence[str | int]) -> Any | None:
 
 
 def keys_of(tp: Any) -> list[str]:
-    """The keys a model accepts (empty for anything that is not a model)."""
+    """The keys a user may write in a model (empty for anything that is not a model).
+
+    Fields marked `exclude=True` are set by code (the loader's `source_file`), not by users.
+    """
     tp = unwrap(tp)
-    return list(tp.model_fields) if is_model(tp) else []
+    return [name for name, field in tp.model_fields.items() if not field.exclude] if is_model(tp) else []
 
 
 def literal_choices(tp: Any) -> list[Any]:

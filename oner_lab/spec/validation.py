@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +48,8 @@ def to_spec_error(
     prefix: Sequence[str] = (),
     note_for: NoteFor = lambda key: "",
 ) -> SpecError:
-    problems = error.errors(include_url=False)
+    # an unknown key first: `nam:` also makes `name` missing, and the typo is the real problem
+    problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] != "extra_forbidden")
     first = problems[0]
     loc = [part for part in first["loc"] if not _is_tag(part)]
     key = dotted([*prefix, *loc]) or "(top level)"
@@ -82,8 +84,22 @@ def describe(
             suggestion=did_you_mean(loc[-1], allowed),
             note=note,
         )
+    if kind == "missing" and loc and isinstance(loc[-1], int):  # a fixed-length tuple given too few items
+        arity = len(typing.get_args(schema.unwrap(schema.type_at(model, loc[:-1]))))
+        parent = key.rsplit(".", 1)[0]
+        return SpecError(file, parent, f"{show(value)} has too few items", f"exactly {arity} items", value=value, note=note)
     if kind == "missing":
-        return SpecError(file, key, "is required but missing", "any value of the documented type", note=note)
+        keys = schema.keys_of(schema.type_at(model, loc))
+        parent = schema.unwrap(schema.type_at(model, loc[:-1]))
+        field = parent.model_fields.get(str(loc[-1])) if schema.is_model(parent) else None
+        if keys:
+            allowed = f"a mapping with keys {', '.join(keys)}"
+        else:
+            allowed = (field.description if field and field.description else "a value") + " (see docs/spec.md)"
+        return SpecError(file, key, "is required but missing", allowed, note=note)
+    if kind == "too_short":
+        count = problem.get("ctx", {}).get("min_length", 1)
+        return SpecError(file, key, f"{show(value)} is too short", f"at least {count} entr{'y' if count == 1 else 'ies'}", value=value, note=note)
     if kind == "literal_error":
         choices = schema.literal_choices(schema.type_at(model, loc))
         return SpecError(
@@ -98,6 +114,7 @@ def describe(
     message = problem["msg"]
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
-    elif message.startswith("Input should be"):
-        message = "a value that s" + message.removeprefix("Input s")
+    else:
+        message = message.removeprefix("Input should be ")
+        message = message[:1].lower() + message[1:]
     return SpecError(file, key, f"{show(value)} is not allowed", message, value=value, note=note)

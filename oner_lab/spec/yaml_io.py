@@ -26,21 +26,7 @@ _FLOAT = re.compile(
 
 
 class SpecLoader(yaml.SafeLoader):
-    """SafeLoader that rejects repeated mapping keys and reads 1e-3 as a float."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping",
-                    node.start_mark,
-                    f"found the key {key!r} twice (first on line {seen[key].start_mark.line + 1})",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
+    """SafeLoader that reads 1e-3 as a float (YAML 1.2); repeated keys are caught by `_check_unique_keys`."""
 
 
 SpecLoader.yaml_implicit_resolvers = {
@@ -55,24 +41,67 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=SpecLoader)  # noqa: S506 -- SpecLoader is a SafeLoader
 
 
+class RepeatedKey(Exception):
+    def __init__(self, key: str, line: int, first_line: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+def _check_unique_keys(node: yaml.Node, path: tuple[str, ...] = (), seen_nodes: set[int] | None = None) -> None:
+    """Walk the composed document; a mapping that names a key twice raises RepeatedKey with its dotted path."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias (&anchor / *alias) already checked, possibly recursive
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                raise RepeatedKey(".".join((*path, key)), key_node.start_mark.line + 1, seen[key].start_mark.line + 1)
+            seen[key] = key_node
+            _check_unique_keys(value_node, (*path, key), seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_unique_keys(item, (*path, str(index)), seen_nodes)
+
+
 def read_yaml(path: Path) -> Any:
-    """Read and parse one spec file; unreadable or malformed files raise SpecError with the line."""
+    """Read and parse one spec file; unreadable, malformed or repeated-key files raise SpecError."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(
             path, "(file)", f"cannot be read ({error.__class__.__name__}: {error})", "a readable UTF-8 YAML file"
         ) from None
+    loader = SpecLoader(text)
     try:
-        return parse_yaml(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node)
+        return loader.construct_document(node)
+    except RepeatedKey as repeated:
+        raise SpecError(
+            path,
+            repeated.key,
+            f"is written twice (lines {repeated.first_line} and {repeated.line}); YAML would silently keep the last",
+            "each key once per mapping",
+            line=repeated.line,
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         problem = getattr(error, "problem", None) or str(error)
         context = getattr(error, "context", None)
+        context_mark = getattr(error, "context_mark", None)
+        if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+            context += f" (which starts on line {context_mark.line + 1})"
         raise SpecError(
             path,
-            "(YAML syntax)",
+            "",
             f"malformed YAML: {f'{context}, ' if context else ''}{problem}",
             "well-formed YAML (check indentation, quotes, colons and brackets)",
             line=None if mark is None else mark.line + 1,
         ) from None
+    finally:
+        loader.dispose()
