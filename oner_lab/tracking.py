@@ -1,0 +1,369 @@
+"""MLflow: the only module that writes to it.
+
+One experiment per spec, one MLflow run per planned run (found again by its config hash, so
+a rerun skips or resumes it), and `MlflowRunLogger`, the `RunLogger` that `train.run` logs
+through: it batches metrics and drops steps MLflow already holds (a resumed run repeats the
+steps since its last checkpoint).
+
+Several local processes write one SQLite file at once; SQLite answers "database is locked"
+when a writer waits too long, so every MLflow call here goes through `retry_locked`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+if TYPE_CHECKING:
+    from oner_lab.spec import PlannedRun, RunConfig, Spec
+
+T = TypeVar("T")
+
+TAG_VARIANT = "oner.variant"
+TAG_SEED = "oner.seed"
+TAG_HASH = "oner.config_hash"
+TAG_SPEC = "oner.spec"
+TAG_PROFILE = "oner.profile"
+TAG_RUN_DIR = "oner.run_dir"
+TAG_GIT_DIRTY = "oner.git_dirty"
+TAG_ERROR = "oner.error"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_NOTE = "mlflow.note.content"
+
+FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = "FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"
+UNFINISHED = (RUNNING, SCHEDULED, FAILED, KILLED)
+"""Statuses a rerun resumes (into the same MLflow run) rather than skips."""
+
+LOCK_RETRY_FOR_S = 300.0
+"""How long to keep retrying a locked SQLite database before giving up."""
+PROBE_TIMEOUT_S = 10
+ERROR_TAIL_CHARS = 4000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be opened or written (the CLI exits 2 on it before anything runs)."""
+
+
+def _is_locked(error: BaseException) -> bool:
+    """True when `error` (or what it wraps) is SQLite's transient "database is locked"."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if "database is locked" in str(seen) or "database table is locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_locked(call: Callable[[], T], *, give_up_after_s: float = LOCK_RETRY_FOR_S) -> T:
+    """Runs `call`, retrying with jittered exponential backoff while SQLite reports a lock."""
+    deadline = time.monotonic() + give_up_after_s
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001 - MLflow wraps SQLAlchemy errors in several types
+            if not _is_locked(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 2.0)
+
+
+def resolve_uri(uri: str) -> str:
+    """Makes a relative `sqlite:///file.db` absolute (against cwd) so jobs in other directories find it."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, None for any other store."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+@contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """MLflow retries HTTP requests for minutes; while probing a URI, one short try is enough."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for `uri`, checked by one read; raises TrackingError if the store cannot be opened.
+
+    A `sqlite:///` file is created (with MLflow's tables) when its directory exists.
+    """
+    database = sqlite_path(uri)
+    if database is not None and not database.parent.is_dir():
+        raise TrackingError(
+            f"tracking.uri {uri!r} cannot be opened: directory {str(database.parent)!r} does not exist"
+        )
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        with _fail_fast_http():
+            retry_locked(lambda: client.search_experiments(max_results=1))
+    except Exception as error:  # noqa: BLE001 - any failure to read the store means it cannot be used
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrackingError(f"tracking.uri {uri!r} cannot be opened: {reason}") from error
+    return client
+
+
+def store_exists(uri: str) -> bool:
+    """False for a SQLite file that is not there yet (reading would create it), True otherwise."""
+    database = sqlite_path(uri)
+    return database is None or database.is_file()
+
+
+def experiment_id(client: MlflowClient, name: str, *, create: bool = True) -> str | None:
+    """The id of experiment `name`, created when missing and `create` (None when missing otherwise)."""
+    experiment = retry_locked(lambda: client.get_experiment_by_name(name))
+    if experiment is not None:
+        return experiment.experiment_id
+    if not create:
+        return None
+    return retry_locked(lambda: client.create_experiment(name))
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """What a rerun needs to know about an MLflow run that already exists for a config hash."""
+
+    run_id: str
+    run_name: str
+    status: str
+    run_dir: str | None
+    start_time: int
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+
+def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]:
+    """The latest active MLflow run per config hash in `experiment` (empty if it does not exist)."""
+    experiment_key = experiment_id(client, experiment, create=False)
+    if experiment_key is None:
+        return {}
+    runs = []
+    page_token = None
+    while True:
+        page = retry_locked(
+            lambda: client.search_runs(
+                [experiment_key],
+                filter_string=f"tags.`{TAG_HASH}` LIKE '%'",
+                order_by=["attributes.start_time ASC"],
+                page_token=page_token,
+            )
+        )
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            break
+    latest: dict[str, TrackedRun] = {}
+    for run in runs:  # ascending start time: the last one seen per hash wins
+        tags = run.data.tags
+        latest[tags[TAG_HASH]] = TrackedRun(
+            run_id=run.info.run_id,
+            run_name=run.info.run_name,
+            status=run.info.status,
+            run_dir=tags.get(TAG_RUN_DIR),
+            start_time=run.info.start_time,
+        )
+    return latest
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys -> MLflow param strings (`train.lr` -> `0.001`); lists and None as JSON."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{dotted}."))
+        elif isinstance(value, str):
+            flat[dotted] = value
+        else:
+            flat[dotted] = json.dumps(value)
+    return flat
+
+
+def _cut(value: str, limit: int) -> str:
+    """Keeps the start of an over-long value (MLflow rejects it otherwise) and says it was cut."""
+    return value if len(value) <= limit else value[: limit - 15] + "...[truncated]"
+
+
+def config_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML, as logged next to each run (`config.yaml`)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout holding oner_lab; (None, None) when it is not a git checkout."""
+    repo = repo or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != repo.resolve():
+            return None, None  # an installed copy inside some other repository
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def create_run(client: MlflowClient, experiment: str, planned: PlannedRun, spec: Spec, run_dir: Path) -> str:
+    """Creates the MLflow run of one planned run (params, tags, config.yaml), SCHEDULED; returns its id."""
+    profile = spec.profile or "default"
+    commit, dirty = git_state()
+    tags = {
+        TAG_VARIANT: planned.variant,
+        TAG_SEED: str(planned.seed),
+        TAG_HASH: planned.config_hash,
+        TAG_SPEC: str(spec.source_file),
+        TAG_PROFILE: profile,
+        TAG_RUN_DIR: str(run_dir),
+        TAG_NOTE: (
+            f"Run `{planned.run_name}` of spec `{spec.name}` ({spec.source_file}, profile `{profile}`), "
+            f"config hash `{planned.config_hash}`. Relaunch: `python -m oner_lab.run {spec.source_file}"
+            + (f" --profile {spec.profile}" if spec.profile else "")
+            + "`."
+        ),
+    }
+    if commit is not None:
+        tags[TAG_GIT_COMMIT] = commit
+        tags[TAG_GIT_DIRTY] = str(dirty).lower()
+    experiment_key = experiment_id(client, experiment)
+    run = retry_locked(lambda: client.create_run(experiment_key, run_name=planned.run_name))
+    run_id = run.info.run_id
+    params = [Param(key, _cut(value, MAX_PARAM_VAL_LENGTH)) for key, value in flatten(planned.config.model_dump(mode="json")).items()]
+    run_tags = [RunTag(key, _cut(value, MAX_TAG_VAL_LENGTH)) for key, value in tags.items()]
+    entities: list[Param | RunTag] = [*params, *run_tags]
+    for start in range(0, len(entities), MAX_PARAMS_TAGS_PER_BATCH):
+        chunk = entities[start : start + MAX_PARAMS_TAGS_PER_BATCH]
+        retry_locked(
+            lambda: client.log_batch(
+                run_id,
+                params=[item for item in chunk if isinstance(item, Param)],
+                tags=[item for item in chunk if isinstance(item, RunTag)],
+            )
+        )
+    retry_locked(lambda: client.log_text(run_id, config_yaml(planned.config), "config.yaml"))
+    set_status(client, run_id, SCHEDULED)
+    return run_id
+
+
+def set_status(client: MlflowClient, run_id: str, status: str) -> None:
+    """SCHEDULED (dispatched, waiting) or RUNNING (training); a resumed run also drops its old error tag."""
+    retry_locked(lambda: client.update_run(run_id, status=status))
+    if status == RUNNING and TAG_ERROR in retry_locked(lambda: client.get_run(run_id)).data.tags:
+        retry_locked(lambda: client.delete_tag(run_id, TAG_ERROR))
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, error: BaseException | str | None = None) -> None:
+    """Marks FINISHED, FAILED or KILLED; `error` (an exception or text) becomes tag `oner.error`."""
+    if error is not None:
+        if isinstance(error, BaseException):
+            detail = "".join(traceback.format_exception(error))[-ERROR_TAIL_CHARS:]
+            error = f"{type(error).__name__}: {error}\n\n{detail}"
+        retry_locked(lambda: client.set_tag(run_id, TAG_ERROR, _cut(error, MAX_TAG_VAL_LENGTH)))
+    retry_locked(lambda: client.set_terminated(run_id, status=status))
+
+
+def logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The highest step MLflow holds for each metric of a run (read once when a run resumes)."""
+    keys = retry_locked(lambda: client.get_run(run_id)).data.metrics
+    return {
+        key: max(metric.step for metric in retry_locked(lambda key=key: client.get_metric_history(run_id, key)))
+        for key in keys
+    }
+
+
+class MlflowRunLogger:
+    """The `RunLogger` of one MLflow run: buffered metrics, one `log_batch` per flush.
+
+    A flush happens when `flush_every_s` has passed since the last one (checked on each
+    `log_metrics`), when `max_buffered` values are waiting, and on `flush()`/`close()`.
+    A (key, step) at or below the highest step already logged for that key is dropped: a
+    resumed run repeats the steps since its last checkpoint.
+    """
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        *,
+        flush_every_s: float = 5.0,
+        max_buffered: int = MAX_METRICS_PER_BATCH,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.flush_every_s = flush_every_s
+        self.max_buffered = max_buffered
+        self._clock = clock
+        self._last_step = logged_steps(client, run_id)
+        self._buffer: list[Metric] = []
+        self._last_flush = clock()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        timestamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if step <= self._last_step.get(key, -1):
+                continue
+            self._last_step[key] = step
+            self._buffer.append(Metric(key, float(value), timestamp, step))
+        if len(self._buffer) >= self.max_buffered or self._clock() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            retry_locked(lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
+        else:
+            retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def flush(self) -> None:
+        """Writes every buffered metric (in chunks MLflow accepts)."""
+        while self._buffer:
+            chunk = self._buffer[:MAX_METRICS_PER_BATCH]
+            retry_locked(lambda: self.client.log_batch(self.run_id, metrics=chunk, synchronous=True))
+            del self._buffer[: len(chunk)]
+        self._last_flush = self._clock()
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> MlflowRunLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
