@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from oner_lab.spec import RunConfig, Spec, SpecError, expand, load_spec, parse_only
+from oner_lab.spec.schema import is_model, keys_of, unwrap
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
 ABLATION = EXPERIMENTS / "ablation.yaml"
 SMOKE = EXPERIMENTS / "smoke.yaml"
 PAPER_VARIANTS = ["itc_two_heads", "itc", "xmc", "xmc_cic", "oner", "oner_cumulative"]
@@ -321,3 +323,19 @@ def test_expand_on_a_directly_built_spec_reports_the_variant_key() -> None:
     spec = Spec(name="x", grid={"variants": {"bad": {"train": {"steps": 0}}}})
     with pytest.raises(SpecError, match=r"grid\.variants\.bad\.train\.steps: 0 is not allowed"):
         expand(spec)
+
+
+def test_docs_name_every_key_a_spec_may_contain() -> None:
+    """docs/spec.md documents every section; a field added to a model must be added there too."""
+    text = (ROOT / "docs" / "spec.md").read_text(encoding="utf-8")
+    missing: list[str] = []
+    pending: list[tuple[str, type]] = [("", Spec)]
+    while pending:
+        prefix, model = pending.pop()
+        for key in keys_of(model):
+            if f"`{key}`" not in text and f".{key}`" not in text and f"## {prefix}{key}\n" not in text:
+                missing.append(prefix + key)
+            field_type = unwrap(model.model_fields[key].annotation)
+            if is_model(field_type):
+                pending.append((f"{prefix}{key}.", field_type))
+    assert not missing
