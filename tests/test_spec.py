@@ -109,7 +109,8 @@ def test_expand_crosses_variants_seeds_and_axes_in_order(tmp_path: Path) -> None
 
 
 def test_only_filters_by_variant_seed_and_axis(tmp_path: Path) -> None:
-    grid = {"variants": {"itc": None, "oner": None}, "seed": [0, 1], "axes": {"train.lr": [1e-3, 3e-4]}}
+    variants = {"itc": {"objective": {"variant": "itc"}}, "oner": {"objective": {"variant": "oner"}}}
+    grid = {"variants": variants, "seed": [0, 1], "axes": {"train.lr": [1e-3, 3e-4]}}
     spec = load_spec(write(tmp_path, edited(grid=grid)))
     assert [run.run_name for run in expand(spec, parse_only("variant=oner,seed=1"))] == [
         "oner/seed1/train.lr=0.001",
@@ -247,6 +248,10 @@ BAD_FILES = [
     ("axis-value-invalid", edited(grid={"variants": {"itc": None}, "axes": {"train.lr": [1e-3, -1.0]}}),
      "grid.axes.train.lr", ["-1.0", "greater than 0"]),
     ("axis-without-values", edited(grid={"variants": {"itc": None}, "axes": {"train.lr": []}}), "grid.axes.train.lr", ["non-empty"]),
+    ("variants-with-the-same-config", edited(grid={"variants": {"a": {"train": {"lr": 0.1}}, "b": {"train": {"lr": 0.1}}}}),
+     "grid.variants.b", ["a/seed0 and b/seed0", "same run config"]),
+    ("axis-values-with-the-same-config", edited(grid={"variants": {"a": None}, "axes": {"train.lr": [1, 1.0]}}),
+     "grid.axes.train.lr", ["same run config"]),
     ("betas-wrong-length", MINIMAL.replace("lr: 1.0e-3}", "lr: 1.0e-3, betas: [0.9]}"), "base.train.betas", ["[0.9]", "exactly 2 items"]),
     ("broken-unselected-profile", edited(profiles={"big": {"base": {"train": {"steps": 0}}}}),
      "base.train.steps", ["profile 'big'", "profiles.big.base.train.steps"]),

@@ -37,7 +37,8 @@ class SpecError(Exception):
 
     Attributes let callers (the CLI, tests) read the parts: `file` (None for a command-line
     argument checked without a spec), `key` (dotted, e.g. `base.train.lr`; empty for a YAML
-    syntax error, which has `line` instead), `value` (the bad value as given), `allowed` (what would be accepted) and `suggestion` (did-you-mean).
+    syntax error, which has `line` instead), `value` (the bad value as given), `allowed`
+    (what would be accepted) and `suggestion` (did-you-mean).
     """
 
     def __init__(

@@ -12,7 +12,7 @@ from oner_lab.spec import schema
 from oner_lab.spec.errors import SpecError, did_you_mean, one_of, show
 from oner_lab.spec.merge import deep_merge, leaf_paths, set_at
 from oner_lab.spec.models import Spec
-from oner_lab.spec.plan import plan
+from oner_lab.spec.plan import expand_with_notes
 from oner_lab.spec.validation import NoteFor, validate
 from oner_lab.spec.yaml_io import parse_yaml, read_yaml
 
@@ -32,31 +32,42 @@ def load_spec(path: str | Path, profile: str | None = None, overrides: Sequence[
     file = Path(path)
     raw = _read_mapping(file)
     sets = [_parse_set(text, file) for text in overrides]
-    plain = _build(raw, file, None, lambda key: "")
-    for name in plain.profiles:
+    plain = _build(raw, file, None, _no_note)
+    for name, override in plain.profiles.items():
         if name != profile:
-            _build(deep_merge(raw, plain.profiles[name]), file, name, _profile_note(name, plain.profiles[name], "while checking"))
-    if profile is None:
-        merged, notes = raw, [lambda key: ""]
-    elif profile in plain.profiles:
-        merged, notes = deep_merge(raw, plain.profiles[profile]), [_profile_note(profile, plain.profiles[profile], "")]
-    else:
-        raise SpecError(
-            file,
-            "--profile",
-            f"{profile!r} is not a profile of this spec",
-            one_of(plain.profiles),
-            value=profile,
-            suggestion=did_you_mean(profile, plain.profiles),
-        )
+            _build(deep_merge(raw, override), file, name, _profile_note(name, override, "while checking"))
+    merged, notes = raw, [_no_note]
+    if profile is not None:
+        override = _profile(plain, profile, file)
+        merged, notes = deep_merge(raw, override), [_profile_note(profile, override, "")]
     for text, parts, value in sets:
         parts = _check_set_path(parts, merged, file, text)
         try:
             merged = set_at(merged, parts, value)
         except TypeError as error:
-            raise SpecError(file, ".".join(parts), f"cannot be set: {error}", "a path through mappings only", note=f"in --set {text}") from None
+            raise SpecError(
+                file, ".".join(parts), f"cannot be set: {error}", "a path through mappings only", note=f"in --set {text}"
+            ) from None
         notes.append(_set_note(parts, text))
+    # where a key was written more than once, the last writer (a later --set) is the one to name
     return _build(merged, file, profile, lambda key: next((n(key) for n in reversed(notes) if n(key)), ""))
+
+
+def _no_note(key: str) -> str:
+    return ""
+
+
+def _profile(spec: Spec, name: str, file: Path) -> dict[str, Any]:
+    if name not in spec.profiles:
+        raise SpecError(
+            file,
+            "--profile",
+            f"{name!r} is not a profile of this spec",
+            one_of(spec.profiles),
+            value=name,
+            suggestion=did_you_mean(name, spec.profiles),
+        )
+    return spec.profiles[name]
 
 
 def _read_mapping(file: Path) -> dict[str, Any]:
@@ -67,13 +78,15 @@ def _read_mapping(file: Path) -> dict[str, Any]:
     for key in LOADER_FIELDS:
         if key in raw:
             flag = "--profile NAME" if key == "profile" else "the path given to load_spec"
-            raise SpecError(file, key, "is set by the loader, not the file", f"leave it out and use {flag}", value=raw[key])
+            raise SpecError(
+                file, key, "is set by the loader, not the file", f"leave it out and use {flag}", value=raw[key]
+            )
     return dict(raw)
 
 
 def _build(data: Mapping[str, Any], file: Path, profile: str | None, note_for: NoteFor) -> Spec:
     spec = validate(Spec, {**data, "source_file": file, "profile": profile}, file=file, note_for=note_for)
-    plan(spec, note_for=note_for)
+    expand_with_notes(spec, note_for=note_for)
     return spec
 
 
@@ -109,7 +122,12 @@ def _parse_set(text: str, file: Path) -> tuple[str, list[str], Any]:
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error)
         raise SpecError(
-            file, key.strip(), f"value {value_text!r} is not valid YAML ({problem})", SET_SYNTAX, value=value_text, note=f"in --set {text}"
+            file,
+            key.strip(),
+            f"value {value_text!r} is not valid YAML ({problem})",
+            SET_SYNTAX,
+            value=value_text,
+            note=f"in --set {text}",
         ) from None
     return text, parts, value
 

@@ -20,7 +20,9 @@ class TrackingConfig(Section):
     """Where runs are logged. The default is MLflow 3's own default store, so `mlflow ui` finds it."""
 
     uri: str = Field(default="sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI, relative to cwd")
-    experiment: str | None = Field(default=None, min_length=1, description="MLflow experiment; default: the spec's name")
+    experiment: str | None = Field(
+        default=None, min_length=1, description="MLflow experiment; default: the spec's name"
+    )
 
 
 class LocalConfig(Section):
@@ -129,7 +131,9 @@ class Spec(Section):
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     base: RunConfig = Field(default_factory=RunConfig)
     grid: GridConfig
-    profiles: dict[Name, SpecOverride] = Field(default_factory=dict, description="name -> partial override of this spec")
+    profiles: dict[Name, SpecOverride] = Field(
+        default_factory=dict, description="name -> partial override of this spec"
+    )
     source_file: Path = Field(default=Path("<inline>"), exclude=True, description="set by load_spec")
     profile: str | None = Field(default=None, exclude=True, description="the applied profile; set by load_spec")
 

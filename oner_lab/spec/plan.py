@@ -59,31 +59,34 @@ def expand(spec: Spec, only: Mapping[str, str] | None = None) -> list[PlannedRun
 
     `only` keeps the runs matching every given `key=value` (keys: variant, seed, or an axis
     key), as the CLI's `--only variant=oner,seed=0`; a key or value that matches nothing is a
-    SpecError, so a typo never silently selects zero runs.
+    SpecError, so a typo never silently selects zero runs. Two grid points that resolve to the
+    same run config are a SpecError too: they would share one run directory and MLflow run.
     """
-    return plan(spec, only)
+    return expand_with_notes(spec, only)
 
 
-def plan(spec: Spec, only: Mapping[str, str] | None = None, note_for: NoteFor = lambda key: "") -> list[PlannedRun]:
-    """`expand`, with a note added to error messages (where a bad value came from)."""
-    selected = _selection(spec, only or {})
+def expand_with_notes(
+    spec: Spec, only: Mapping[str, str] | None = None, note_for: NoteFor = lambda key: ""
+) -> list[PlannedRun]:
+    """`expand`, adding `note_for(key)` to error messages (the loader says where a bad value came from)."""
+    selection = _Selection.parse(spec, only or {})
     runs: list[PlannedRun] = []
     for variant, override in spec.grid.variants.items():
-        if variant not in selected["variant"]:
+        if variant not in selection.variants:
             continue
         variant_config = deep_merge(spec.base.model_dump(), override)
-        validate(
-            RunConfig, variant_config, file=spec.source_file, prefix=("grid", "variants", variant), note_for=note_for
-        )
+        prefix = ("grid", "variants", variant)
+        validate(RunConfig, variant_config, file=spec.source_file, prefix=prefix, note_for=note_for)
+        axis_values = [selection.axes.get(key, values) for key, values in spec.grid.axes.items()]
         for seed in spec.grid.seed:
-            if seed not in selected["seed"]:
+            if seed not in selection.seeds:
                 continue
             seeded = set_at(variant_config, ["train", "seed"], seed)
-            axis_values = [[v for v in values if _matches(v, selected, key)] for key, values in spec.grid.axes.items()]
             for point in itertools.product(*axis_values):
                 axes = dict(zip(spec.grid.axes, point))
                 config = _with_axes(spec, seeded, axes, note_for)
                 runs.append(PlannedRun(variant, seed, axes, config, config_hash(config)))
+    _check_distinct(spec, runs)
     return runs
 
 
@@ -96,59 +99,84 @@ def _with_axes(spec: Spec, config: dict[str, Any], axes: dict[str, object], note
         problem = error.errors(include_url=False)[0]
         bad_key = ".".join(str(part) for part in problem["loc"])
         axis = next((key for key in axes if bad_key == key or bad_key.startswith(key + ".")), None)
-        if axis is None:  # cannot happen for structural checks, kept so no error is ever lost
+        if axis is None:  # the variant alone validated, so an axis is to blame; kept so no error is lost
             raise to_spec_error(error, RunConfig, file=spec.source_file, note_for=note_for) from None
         key = f"grid.axes.{axis}"
         raise describe(problem, RunConfig, list(problem["loc"]), key, spec.source_file, note_for(key)) from None
 
 
-def _matches(value: object, selected: dict[str, Any], key: str) -> bool:
-    wanted = selected["axes"].get(key)
-    return wanted is None or value == wanted or format_axis_value(value) == str(wanted)
-
-
-def _selection(spec: Spec, only: Mapping[str, str]) -> dict[str, Any]:
-    """Check every `only` key and value against the grid; return what each allows."""
-    file = spec.source_file
-    selected: dict[str, Any] = {"variant": set(spec.grid.variants), "seed": set(spec.grid.seed), "axes": {}}
-    keys = ["variant", "seed", *spec.grid.axes]
-    for key, text in only.items():
-        if key == "variant":
-            if text not in spec.grid.variants:
-                raise SpecError(
-                    file,
-                    f"--only variant",
-                    f"{text!r} is not a variant of this spec",
-                    one_of(spec.grid.variants),
-                    value=text,
-                    suggestion=did_you_mean(text, spec.grid.variants),
-                )
-            selected["variant"] = {text}
-        elif key == "seed":
-            seed = _parse_value(text)
-            if seed not in spec.grid.seed or isinstance(seed, bool):
-                raise SpecError(file, "--only seed", f"{text!r} is not a seed of grid.seed", one_of(spec.grid.seed), value=text)
-            selected["seed"] = {seed}
-        elif key in spec.grid.axes:
-            values = spec.grid.axes[key]
-            wanted = _parse_value(text)
-            if not any(value == wanted or format_axis_value(value) == text for value in values):
-                raise SpecError(
-                    file,
-                    f"--only {key}",
-                    f"{text!r} is not a value of grid.axes.{key}",
-                    one_of(format_axis_value(value) for value in values),
-                    value=text,
-                )
-            selected["axes"][key] = wanted
-        else:
+def _check_distinct(spec: Spec, runs: list[PlannedRun]) -> None:
+    first_with: dict[str, PlannedRun] = {}
+    for run in runs:
+        twin = first_with.setdefault(run.config_hash, run)
+        if twin is not run:
+            if twin.variant != run.variant:
+                key = f"grid.variants.{run.variant}"
+            else:  # same variant and seed, so some axis value differs in spelling only (1 and 1.0)
+                key = "grid.axes." + next(axis for axis, value in run.axes.items() if repr(value) != repr(twin.axes[axis]))
             raise SpecError(
-                file, "--only", f"unknown key {key!r}", one_of(keys), value=key, suggestion=did_you_mean(key, keys)
+                spec.source_file,
+                key,
+                f"runs {twin.run_name} and {run.run_name} resolve to the same run config (hash {run.config_hash})",
+                "grid points whose run configs differ; drop the duplicate variant or axis value",
             )
-    return selected
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What `--only` lets through: variant names, seeds, and for each filtered axis its kept values."""
+
+    variants: set[str]
+    seeds: set[int]
+    axes: dict[str, list[object]]
+
+    @classmethod
+    def parse(cls, spec: Spec, only: Mapping[str, str]) -> _Selection:
+        """Check every `only` key and value against the grid."""
+        file = spec.source_file
+        selection = cls(set(spec.grid.variants), set(spec.grid.seed), {})
+        keys = ["variant", "seed", *spec.grid.axes]
+        for key, text in only.items():
+            if key == "variant":
+                if text not in spec.grid.variants:
+                    raise SpecError(
+                        file,
+                        "--only variant",
+                        f"{text!r} is not a variant of this spec",
+                        one_of(spec.grid.variants),
+                        value=text,
+                        suggestion=did_you_mean(text, spec.grid.variants),
+                    )
+                selection.variants.intersection_update({text})
+            elif key == "seed":
+                seed = _parse_value(text)
+                if isinstance(seed, bool) or seed not in spec.grid.seed:
+                    raise SpecError(
+                        file, "--only seed", f"{text!r} is not a seed of grid.seed", one_of(spec.grid.seed), value=text
+                    )
+                selection.seeds.intersection_update({seed})
+            elif key in spec.grid.axes:
+                values = spec.grid.axes[key]
+                wanted = _parse_value(text)
+                kept = [value for value in values if value == wanted or format_axis_value(value) == text]
+                if not kept:
+                    raise SpecError(
+                        file,
+                        f"--only {key}",
+                        f"{text!r} is not a value of grid.axes.{key}",
+                        one_of(format_axis_value(value) for value in values),
+                        value=text,
+                    )
+                selection.axes[key] = kept
+            else:
+                raise SpecError(
+                    file, "--only", f"unknown key {key!r}", one_of(keys), value=key, suggestion=did_you_mean(key, keys)
+                )
+        return selection
 
 
 def _parse_value(text: str) -> object:
+    """An `--only` value read as YAML (so `seed=0` is 0 and `train.lr=3e-4` is 0.0003)."""
     try:
         return parse_yaml(text)
     except yaml.YAMLError:
@@ -174,7 +202,11 @@ def parse_only(text: str) -> dict[str, str]:
             )
         if key in selection:
             raise SpecError(
-                None, "--only", f"{key!r} is given twice ({show(text)})", "each key once; run twice for two values", value=text
+                None,
+                "--only",
+                f"{key!r} is given twice ({show(text)})",
+                "each key once; run twice for two values",
+                value=text,
             )
         selection[key] = value
     return selection

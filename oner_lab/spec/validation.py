@@ -87,7 +87,8 @@ def describe(
     if kind == "missing" and loc and isinstance(loc[-1], int):  # a fixed-length tuple given too few items
         arity = len(typing.get_args(schema.unwrap(schema.type_at(model, loc[:-1]))))
         parent = key.rsplit(".", 1)[0]
-        return SpecError(file, parent, f"{show(value)} has too few items", f"exactly {arity} items", value=value, note=note)
+        problem_text = f"{show(value)} has too few items"
+        return SpecError(file, parent, problem_text, f"exactly {arity} items", value=value, note=note)
     if kind == "missing":
         keys = schema.keys_of(schema.type_at(model, loc))
         parent = schema.unwrap(schema.type_at(model, loc[:-1]))
@@ -99,7 +100,8 @@ def describe(
         return SpecError(file, key, "is required but missing", allowed, note=note)
     if kind == "too_short":
         count = problem.get("ctx", {}).get("min_length", 1)
-        return SpecError(file, key, f"{show(value)} is too short", f"at least {count} entr{'y' if count == 1 else 'ies'}", value=value, note=note)
+        allowed = f"at least {count} entr{'y' if count == 1 else 'ies'}"
+        return SpecError(file, key, f"{show(value)} is too short", allowed, value=value, note=note)
     if kind == "literal_error":
         choices = schema.literal_choices(schema.type_at(model, loc))
         return SpecError(
