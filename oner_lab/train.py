@@ -202,7 +202,7 @@ class Trainer:
         obj = self.config.objective
         ema_update(self.target, self.model, momentum_at(self.step, t.steps, obj.momentum, obj.momentum_end))
         self.step += 1
-        scalars = {"train/loss": total.item(), "train/lr": lr, "train/temperature": 1 / self.objective.logit_scale.exp().item()}
+        scalars = {"train/loss": total.item(), "train/lr": lr, "train/temperature": self.objective.temperature()}
         scalars.update({f"train/loss_{name}": v.item() for name, v in values.items()})
         return scalars
 

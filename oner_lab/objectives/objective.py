@@ -32,12 +32,19 @@ class Objective(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature_init)), requires_grad=learn_temperature)
         self.max_logit_scale = math.log(1 / temperature_min)
 
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Keep 1/temperature in [1, 1/temperature_min] (CLIP clamps its logit scale at 100)."""
+        self.logit_scale.clamp_(0, self.max_logit_scale)
+
+    def temperature(self) -> float:
+        return float(torch.exp(-self.logit_scale.detach().clamp(0, self.max_logit_scale)))
+
     def forward(
         self, online: OneTower, target: OneTower, inputs: StepInputs, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted total, {term: unweighted value}) for one batch."""
-        with torch.no_grad():
-            self.logit_scale.clamp_(0, self.max_logit_scale)
+        self.clamp_temperature()
         views = Views(online, target, inputs, self.settings, self.logit_scale, generator)
         values = {name: TERMS[name](views) for name in self.weights}
         total = sum(self.weights[name] * value for name, value in values.items())

@@ -1,0 +1,135 @@
+"""The trainer: validation, resume equivalence, non-finite loss, a micro run that learns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from oner_lab import train
+from oner_lab.checkpoint import load
+from oner_lab.hooks import ConfigError, Interrupted
+from oner_lab.spec.config import RunConfig
+
+
+class ListLogger:
+    def __init__(self) -> None:
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.artifacts: list[tuple[Path, str | None]] = []
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append((Path(path), artifact_path))
+
+
+class StopAt:
+    """Asks the loop to stop once it reaches `step` (what a preemption signal does)."""
+
+    def __init__(self, step: int, trainer_steps: list[int]) -> None:
+        self.step = step
+        self.calls = trainer_steps
+
+    def should_stop(self) -> bool:
+        self.calls.append(1)
+        return len(self.calls) >= self.step
+
+
+def micro_config(cache: Path, **train) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "model": {"width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16},
+            "objective": {"variant": "oner"},
+            "data": {"cache_dir": str(cache), "train_size": 96, "eval_images": 8, "cls_images_per_class": 1, "vocab_size": 120},
+            "train": {"batch_size": 8, "steps": 6, "warmup_steps": 2, "checkpoint_every": 3, "log_every": 1, **train},
+            "eval": {"batch_size": 64},
+        }
+    )
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = load(run_dir / "checkpoints" / "last.pt")
+    assert state is not None
+    return {**{f"m.{k}": v for k, v in state["model"].items()}, **{f"t.{k}": v for k, v in state["target"].items()}}
+
+
+@pytest.mark.parametrize("stop_after", [3, 4])
+def test_resumed_run_ends_with_the_same_parameters(tmp_path: Path, stop_after: int) -> None:
+    config = micro_config(tmp_path / "cache")
+    straight = train.run(config, tmp_path / "straight")
+    with pytest.raises(Interrupted) as stopped:
+        train.run(config, tmp_path / "resumed", control=StopAt(stop_after, []))
+    assert stopped.value.step == stop_after
+    logger = ListLogger()
+    resumed = train.run(config, tmp_path / "resumed", logger)
+    assert logger.metrics[0][0] == stop_after + 1  # continued, not restarted
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["eval/shapes/tr_r1"] == straight["eval/shapes/tr_r1"]
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
+    config = micro_config(tmp_path / "cache", steps=3)
+    train.run(config, tmp_path / "run")
+    other = micro_config(tmp_path / "cache", steps=4, lr=5e-4)
+    with pytest.raises(RuntimeError, match="different config"):
+        train.run(other, tmp_path / "run")
+
+
+def test_non_finite_loss_names_step_and_term_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    config = micro_config(tmp_path / "cache", lr=1e30, min_lr=0.0, warmup_steps=0, grad_clip=None, checkpoint_every=1, steps=20)
+    with pytest.raises(train.NonFiniteLossError, match=r"step \d+ in term") as error:
+        train.run(config, tmp_path / "run")
+    state = load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state is not None
+    assert f"at step {state['step']} " in str(error.value)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_micro_run_loss_falls_and_reports_every_metric(tmp_path: Path) -> None:
+    config = micro_config(tmp_path / "cache", steps=30, lr=2e-3, warmup_steps=3, checkpoint_every=30)
+    config.objective.variant = "itc"
+    config.model.width = 48
+    logger = ListLogger()
+    final = train.run(config, tmp_path / "run", logger)
+    losses = [m["train/loss"] for _, m in logger.metrics if "train/loss" in m]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+    for key in ("eval/shapes/tr_r1", "eval/shapes/ir_r5", "eval/shapes_cls/top1", "eval/shapes/modality_gap",
+                "train/loss_itc", "train/loss_mlm", "train/loss_mim", "train/samples_per_s", "data/skipped_samples"):
+        assert key in final
+    assert logger.artifacts and logger.artifacts[0][1] == "tokenizer" and logger.artifacts[0][0].is_dir()
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"objective": {"variant": "onerr"}}, "objective.variant"),
+        ({"objective": {"variant": None, "terms": {"itcc": 1.0}}}, "objective.terms.itcc"),
+        ({"model": {"image_size": 30}}, "model.image_size"),
+        ({"model": {"width": 30, "num_heads": 4}}, "model.width"),
+        ({"objective": {"variant": "itc_two_heads"}}, "model.head"),
+        ({"model": {"head": "per_modality"}, "objective": {"variant": None, "terms": {"cmc": 1.0}}}, "model.head"),
+        ({"data": {"tokenizer": "/nonexistent/tokenizer"}}, "data.tokenizer"),
+        ({"eval": {"sets": ["coco"]}}, "eval.sets"),
+        ({"objective": {"variant": None, "terms": {"itc": 0.0}}}, "objective.terms"),
+    ],
+)
+def test_invalid_configs_name_the_key(tmp_path: Path, override: dict, key: str) -> None:
+    base = micro_config(tmp_path / "cache").model_dump()
+    for section, values in override.items():
+        base[section].update(values)
+    config = RunConfig.model_validate(base)
+    with pytest.raises(ConfigError) as error:
+        train.validate(config)
+    assert error.value.key == key
+    assert not (tmp_path / "cache").exists()  # nothing was generated
+
+
+def test_negative_weight_is_rejected_by_the_schema() -> None:
+    with pytest.raises(ValueError, match="objective.terms|terms"):
+        RunConfig.model_validate({"objective": {"terms": {"itc": -1.0}}})
