@@ -1,0 +1,57 @@
+"""What the data layer hands the trainer and the evaluator: plain tensors in dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Batch:
+    """One training batch (or one rank's rows of it).
+
+    images / images_target: [B, 3, H, W] float32, normalised (mean 0.5, std 0.5); two independently
+    augmented views of the same images (online side, momentum side).
+    text_ids: [B, L] int64 caption tokens without [CLS], ending with [SEP], right-padded with pad_id.
+    text_mask: [B, L] bool, True for real tokens including [SEP].
+    """
+
+    images: torch.Tensor
+    images_target: torch.Tensor
+    text_ids: torch.Tensor
+    text_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass
+class RetrievalSet:
+    """COCO-style zero-shot retrieval: each image has several captions (images with the eval transform)."""
+
+    name: str
+    images: torch.Tensor  # [N, 3, H, W] float32, normalised
+    text_ids: torch.Tensor  # [M, L] int64
+    text_mask: torch.Tensor  # [M, L] bool
+    caption_image: torch.Tensor  # [M] int64: index of each caption's image
+    captions: list[str]
+
+
+@dataclass
+class ClassificationSet:
+    """ImageNet-style zero-shot classification with prompt ensembles."""
+
+    name: str
+    images: torch.Tensor  # [N, 3, H, W] float32, normalised
+    labels: torch.Tensor  # [N] int64
+    class_names: list[str]
+    templates: list[str]  # each holds "{}" where the class name goes
+    prompt_ids: torch.Tensor  # [C * P, L] int64: every template filled with every class name, class-major
+    prompt_mask: torch.Tensor  # [C * P, L] bool
+    prompt_class: torch.Tensor  # [C * P] int64
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [.., 3, H, W] -> float32 with mean 0.5 and std 0.5, i.e. values in [-1, 1]."""
+    return images.float().mul_(2 / 255).sub_(1)
