@@ -201,6 +201,18 @@ def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]
     return latest
 
 
+def statuses(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, str]:
+    """Run id -> MLflow status, in one query (the CLI polls it to show queued and running runs)."""
+    experiment_key = experiment_id(client, experiment, create=False)
+    if experiment_key is None or not run_ids:
+        return {}
+    quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
+    runs = retry_locked(
+        lambda: client.search_runs([experiment_key], filter_string=f"attributes.run_id IN ({quoted})", max_results=len(run_ids))
+    )
+    return {run.info.run_id: run.info.status for run in runs}
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Dotted keys -> MLflow param strings (`train.lr` -> `0.001`); lists and None as JSON."""
     flat: dict[str, str] = {}

@@ -1,0 +1,64 @@
+"""Backend -> submitit executor: the one place that knows which executor each backend is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+
+from oner_lab.launch.job import TrainingJob
+from oner_lab.spec import LauncherConfig, PlannedRun
+
+NO_TIMEOUT_MIN = 60 * 24 * 365
+"""LocalExecutor kills a job after `timeout_min` (2 minutes unless set); `local.timeout_min: null` means never."""
+
+
+class LaunchError(RuntimeError):
+    """A backend that cannot launch here; raised before anything is submitted."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One run to launch: the plan entry, its MLflow run and its run directory."""
+
+    planned: PlannedRun
+    run_id: str
+    run_dir: Path
+
+
+def make_executor(launcher: LauncherConfig, runs_dir: Path) -> submitit.Executor:
+    """debug: in this process, one run after another; local: one subprocess per run.
+
+    Job logs and pickles go to `<runs_dir>/submitit/<job id>/`. Raises LaunchError for a backend
+    that cannot run here, before anything is submitted or logged.
+    """
+    folder = runs_dir / "submitit" / "%j"
+    if launcher.backend == "debug":
+        return submitit.DebugExecutor(folder)
+    if launcher.backend == "local":
+        executor = submitit.LocalExecutor(folder, max_num_timeout=0)
+        executor.update_parameters(timeout_min=launcher.local.timeout_min or NO_TIMEOUT_MIN)
+        return executor
+    raise LaunchError(
+        f"launcher.backend: {launcher.backend!r} is not implemented yet (it comes with the SLURM issue); "
+        "allowed now: debug, local"
+    )
+
+
+def submit(
+    executor: submitit.Executor, launcher: LauncherConfig, runs: list[Dispatch], tracking_uri: str, *, owner_pid: int | None
+) -> list[submitit.Job]:
+    """Submits one `TrainingJob` per run to `executor` (from `make_executor(launcher, ...)`).
+
+    `owner_pid`: the process whose exit stops local jobs after their next checkpoint (the CLI
+    while it waits); None lets them run on after the CLI exits (`--no-wait`).
+    """
+    max_parallel = launcher.local.max_parallel if launcher.backend == "local" else None
+    jobs = [
+        TrainingJob(run.planned, tracking_uri, run.run_id, run.run_dir, max_parallel=max_parallel, owner_pid=owner_pid)
+        for run in runs
+    ]
+    with executor.batch():
+        submitted = [executor.submit(job) for job in jobs]
+    return submitted

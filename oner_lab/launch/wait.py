@@ -1,0 +1,160 @@
+"""Waiting for submitted runs with a progress view (done / running / queued / failed), and stopping them."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import submitit
+from mlflow import MlflowClient
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from oner_lab import tracking
+from oner_lab.launch.executors import Dispatch
+from oner_lab.launch.job import JobOutcome
+
+POLL_S = 1.0
+STOP_GRACE_S = 15.0
+QUEUED, RUNNING = "queued", "running"
+STYLES = {QUEUED: "dim", RUNNING: "cyan", tracking.FINISHED: "green", tracking.FAILED: "red", tracking.KILLED: "yellow"}
+
+
+@dataclass
+class RunRow:
+    name: str
+    status: str = QUEUED
+    note: str = ""
+    started: float | None = None
+    ended: float | None = None
+
+
+class ProgressView:
+    """A live table on a terminal; elsewhere (CI logs, tests) one line per status change."""
+
+    def __init__(self, names: Sequence[str], console: Console) -> None:
+        self.rows = [RunRow(name) for name in names]
+        self.console = console
+        self.live = Live(self, console=console, refresh_per_second=2) if console.is_terminal else None
+
+    def __enter__(self) -> ProgressView:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def set(self, index: int, status: str, note: str = "") -> None:
+        row = self.rows[index]
+        if (row.status, row.note) == (status, note):
+            return
+        now = time.monotonic()
+        if status == RUNNING and row.started is None:
+            row.started = now
+        if status not in (QUEUED, RUNNING):
+            row.ended = now
+        row.status, row.note = status, note
+        if self.live is None:
+            self.console.print(f"[{self.summary()}] {row.name}: {status}" + (f" ({note})" if note else ""), highlight=False)
+
+    def summary(self) -> str:
+        counts = Counter(row.status for row in self.rows)
+        done = counts[tracking.FINISHED] + counts[tracking.FAILED] + counts[tracking.KILLED]
+        return (
+            f"{done}/{len(self.rows)} done, {counts[RUNNING]} running, {counts[QUEUED]} queued, "
+            f"{counts[tracking.FAILED]} failed"
+        )
+
+    def __rich__(self) -> Group:
+        table = Table(box=None, pad_edge=False)
+        for header in ("run", "status", "time", "note"):
+            table.add_column(header)
+        now = time.monotonic()
+        for row in self.rows:
+            seconds = None if row.started is None else (row.ended or now) - row.started
+            table.add_row(
+                row.name,
+                f"[{STYLES[row.status]}]{row.status}[/]",
+                "" if seconds is None else f"{seconds:.0f}s",
+                row.note,
+            )
+        return Group(self.summary(), table)
+
+
+def _collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment: str) -> JobOutcome:
+    """The job's outcome. A job whose process died (or whose tracking failed) could not record how it
+    ended, so its run is marked here."""
+    try:
+        outcome = job.result()
+    except Exception as error:  # noqa: BLE001 - submitit reports a dead process as one of several errors
+        message = f"job {job.job_id} ended without an outcome (its log: {job.paths.stderr}): {error}"
+        outcome = JobOutcome(run.planned.run_name, run.run_id, tracking.FAILED, error=message)
+    if outcome.status != tracking.FINISHED:
+        if tracking.statuses(client, experiment, [run.run_id]).get(run.run_id) in (tracking.RUNNING, tracking.SCHEDULED):
+            tracking.end_run(client, run.run_id, outcome.status, outcome.error)
+    return outcome
+
+
+def _first_line(text: str | None) -> str:
+    return "" if not text else text.strip().splitlines()[0][:120]
+
+
+def wait_for(
+    jobs: Sequence[submitit.Job],
+    runs: Sequence[Dispatch],
+    client: MlflowClient,
+    experiment: str,
+    console: Console,
+    *,
+    in_process: bool,
+) -> list[JobOutcome]:
+    """Waits for every job, showing progress; returns their outcomes in order.
+
+    `in_process` (debug backend): asking a job whether it is done runs it, one after another.
+    """
+    view = ProgressView([run.planned.run_name for run in runs], console)
+    outcomes: dict[int, JobOutcome] = {}
+    index_of = {run.run_id: index for index, run in enumerate(runs)}
+    with view:
+        while len(outcomes) < len(jobs):
+            if not in_process:
+                for run_id, status in tracking.statuses(client, experiment, [run.run_id for run in runs]).items():
+                    if index_of[run_id] not in outcomes:
+                        view.set(index_of[run_id], QUEUED if status == tracking.SCHEDULED else RUNNING)
+            for index, job in enumerate(jobs):
+                if index in outcomes:
+                    continue
+                if in_process:
+                    view.set(index, RUNNING)
+                if job.done():
+                    outcome = _collect(job, runs[index], client, experiment)
+                    outcomes[index] = outcome
+                    view.set(index, outcome.status, _first_line(outcome.error))
+            if len(outcomes) < len(jobs):
+                time.sleep(POLL_S)
+    return [outcomes[index] for index in range(len(jobs))]
+
+
+def stop(jobs: Sequence[submitit.Job], runs: Sequence[Dispatch], client: MlflowClient, experiment: str) -> list[str]:
+    """Cancels unfinished jobs (local: their processes are interrupted, then killed), waits for them to
+    go, and marks runs still SCHEDULED or RUNNING as KILLED; returns the names of the runs stopped."""
+    live = [job for job in jobs if job.state in ("RUNNING", "QUEUED")]
+    for job in live:
+        job.cancel(check=False)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while any(job.state == "RUNNING" for job in live) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    current = tracking.statuses(client, experiment, [run.run_id for run in runs])
+    stopped = []
+    for run in runs:
+        status = current.get(run.run_id)
+        if status in (tracking.RUNNING, tracking.SCHEDULED):
+            tracking.end_run(client, run.run_id, tracking.KILLED, "stopped by the user (Ctrl-C / SIGTERM); rerun to resume")
+        if status not in (tracking.FINISHED, tracking.FAILED):
+            stopped.append(run.planned.run_name)
+    return stopped

@@ -1,0 +1,188 @@
+"""Run a spec: load, plan, skip what already FINISHED, resume what did not, dispatch, wait, print the table.
+
+    python -m oner_lab.run SPEC [--profile NAME] [--set dotted.key=value ...]
+                                [--only variant=oner,seed=0] [--dry-run] [--no-wait] [--force]
+
+Exit codes: 0 every selected run FINISHED (or was already); 1 some run failed or was stopped;
+2 bad input (spec, --set, --only, a config train.validate refuses, a tracking store that
+cannot be opened, a backend that cannot launch here), found before anything is logged or
+submitted; 130 interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from mlflow import MlflowClient
+from rich.table import Table
+
+from oner_lab import launch, table, tracking, train
+from oner_lab.hooks import ConfigError
+from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
+
+RUN, RERUN, RESUME, SKIP = "run", "rerun", "resume", "skip"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What this invocation does with one planned run, and the MLflow run it found for its hash."""
+
+    planned: PlannedRun
+    action: str
+    existing: tracking.TrackedRun | None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m oner_lab.run",
+        description="Run every grid point of an experiment spec, log to MLflow, print the ablation table.",
+    )
+    parser.add_argument("spec", help="the experiment spec (YAML), e.g. experiments/ablation.yaml")
+    parser.add_argument("--profile", help="a profile of the spec (a named partial override)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="YAML-typed value at a dotted spec path, after the profile (repeatable): --set base.train.lr=3e-4",
+    )
+    parser.add_argument("--only", metavar="K=V,...", help="only the runs matching, e.g. variant=oner,seed=0")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (run / resume / skip) and exit")
+    parser.add_argument("--no-wait", action="store_true", help="dispatch and exit; local runs go on in the background")
+    parser.add_argument("--force", action="store_true", help="start every selected run afresh, FINISHED or not")
+    return parser.parse_args(argv)
+
+
+def decide(planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRun], force: bool) -> list[Step]:
+    """FINISHED -> skip (rerun with --force); any other status -> resume into it; none -> run."""
+    steps = []
+    for run in planned:
+        found = existing.get(run.config_hash)
+        if found is None:
+            action = RUN
+        elif force:
+            action = RERUN
+        else:
+            action = SKIP if found.finished else RESUME
+        steps.append(Step(run, action, found))
+    return steps
+
+
+def fresh_run_dir(spec: Spec, run: PlannedRun) -> Path:
+    """`<runs_dir>/<hash>`, or `<hash>-<time>` when that holds an earlier run's files (never reused)."""
+    run_dir = spec.run_dir(run.config_hash).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        run_dir = run_dir.with_name(f"{run.config_hash}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return run_dir
+
+
+def plan_table(steps: Sequence[Step]) -> Table:
+    view = Table(title="Plan", title_justify="left")
+    for header in ("run", "config hash", "action", "MLflow run", "status"):
+        view.add_column(header)
+    for step in steps:
+        found = step.existing
+        view.add_row(
+            step.planned.run_name,
+            step.planned.config_hash,
+            step.action,
+            found.run_id[:12] if found else "-",
+            found.status if found else "-",
+        )
+    return view
+
+
+def fail(message: object) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = table.make_console()
+    try:
+        spec = load_spec(args.spec, profile=args.profile, overrides=args.overrides)
+        planned = expand(spec, parse_only(args.only) if args.only else None)
+    except SpecError as error:
+        return fail(error)
+    for run in planned:
+        try:
+            train.validate(run.config)
+        except ConfigError as error:
+            return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
+
+    uri = tracking.resolve_uri(spec.tracking.uri)
+    experiment = spec.experiment_name
+    try:
+        if args.dry_run:  # reads only; a SQLite file that is not there yet is not created
+            existing = tracking.runs_by_hash(tracking.connect(uri), experiment) if tracking.store_exists(uri) else {}
+        else:
+            client = tracking.connect(uri)
+            existing = tracking.runs_by_hash(client, experiment)
+    except tracking.TrackingError as error:
+        return fail(f"{spec.source_file}: {error}")
+    steps = decide(planned, existing, args.force)
+    console.print(plan_table(steps))
+    if args.dry_run:
+        return 0
+    todo = [step for step in steps if step.action != SKIP]
+    if not todo:
+        console.print(f"All {len(steps)} runs already FINISHED (--force reruns them).")
+        table.print_spec_table(spec, planned, console)
+        return 0
+
+    runs_dir = Path(spec.launcher.runs_dir).resolve()
+    try:
+        executor = launch.make_executor(spec.launcher, runs_dir)
+    except launch.LaunchError as error:
+        return fail(f"{spec.source_file}: {error}")
+    dispatches = [_prepare(client, spec, step) for step in todo]
+    owner_pid = None if args.no_wait else os.getpid()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    jobs: list = []
+    try:
+        jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=owner_pid)
+        if args.no_wait:
+            console.print(
+                f"Dispatched {len(jobs)} runs ({spec.launcher.backend}); logs under {runs_dir / 'submitit'}. "
+                f"Watch with `mlflow ui`; `python -m oner_lab.table {spec.source_file}` prints the table."
+            )
+            return 0
+        outcomes = launch.wait_for(
+            jobs, dispatches, client, experiment, console, in_process=spec.launcher.backend == "debug"
+        )
+    except KeyboardInterrupt:
+        stopped = launch.stop(jobs, dispatches, client, experiment)
+        console.print(f"Interrupted: stopped {', '.join(stopped) or 'nothing'}. Run the same command again to resume.")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    table.print_spec_table(spec, planned, console)
+    failed = [outcome for outcome in outcomes if outcome.status != tracking.FINISHED]
+    for outcome in failed:
+        console.print(f"[red]{outcome.run_name} {outcome.status}[/]: {outcome.error}")
+    return 1 if failed else 0
+
+
+def _prepare(client: MlflowClient, spec: Spec, step: Step) -> launch.Dispatch:
+    """Creates the MLflow run (run, rerun) or re-opens the existing one (resume)."""
+    if step.action == RESUME and step.existing is not None:
+        run_dir = Path(step.existing.run_dir) if step.existing.run_dir else spec.run_dir(step.planned.config_hash).resolve()
+        tracking.set_status(client, step.existing.run_id, tracking.SCHEDULED)
+        return launch.Dispatch(step.planned, step.existing.run_id, run_dir)
+    run_dir = fresh_run_dir(spec, step.planned)
+    run_id = tracking.create_run(client, spec.experiment_name, step.planned, spec, run_dir)
+    return launch.Dispatch(step.planned, run_id, run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
