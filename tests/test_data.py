@@ -18,6 +18,7 @@ from oner_lab.data import (
     ClassificationSet,
     CorruptSampleError,
     RetrievalSet,
+    ShardReadError,
     TextTokenizer,
     TrainStream,
     check_config,
@@ -95,6 +96,15 @@ def test_each_epoch_is_a_fresh_permutation_covering_every_sample_once() -> None:
     assert sorted(first.tolist()) == list(range(30)) and sorted(second.tolist()) == list(range(30))
     assert not torch.equal(first, second)
     assert torch.equal(drawn_indices(stream.batch(2, 12, seed=3).images), drawn[24:36])  # straddles the epoch end
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_stream_moved_to_a_device_serves_the_same_batches(bundle, device: str) -> None:
+    moved = bundle.train.to(device).batch(2, 16, seed=4, rank=1, world_size=2)
+    here = bundle.train.batch(2, 16, seed=4, rank=1, world_size=2)
+    assert moved.images.device.type == device
+    assert torch.allclose(moved.images.cpu(), here.images, atol=1e-4)
+    assert torch.equal(moved.text_ids.cpu(), here.text_ids)
 
 
 def test_text_travels_with_its_image() -> None:
@@ -296,6 +306,15 @@ def test_reader_skips_and_counts_corrupt_samples_or_fails_naming_shard_and_key(t
     assert skipped == 4
     with pytest.raises(CorruptSampleError, match=r"shard-000000\.tar: sample 'truncated'.*truncated"):
         read_shards(shards, decode, "fail")
+
+
+def test_a_broken_tar_stream_is_an_error_naming_the_shard_in_both_modes(tmp_path: Path) -> None:
+    png = good_png()
+    (shard,) = write_shards(tmp_path, [{"__key__": f"s{i}", "png": png, "txt": b"a red circle"} for i in range(4)], 10)
+    shard.write_bytes(shard.read_bytes()[: 512 + len(png) // 2])  # header, then half of the first image
+    for mode in ("skip", "fail"):
+        with pytest.raises(ShardReadError, match=rf"{shard.name}: unreadable tar stream"):
+            read_shards([shard], lambda sample: decode_text(sample), mode)
 
 
 def rewrite_with_corruption(shard: Path) -> list[str]:

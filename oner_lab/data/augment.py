@@ -49,7 +49,7 @@ def crop_views(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | 
     """
     views, count = boxes.shape[:2]
     height, width = images.shape[-2:]
-    owner = torch.arange(count, dtype=boxes.dtype).repeat(views)[:, None]
+    owner = torch.arange(count, dtype=boxes.dtype, device=boxes.device).repeat(views)[:, None]
     rois = torch.cat([owner, boxes.reshape(views * count, 4)], dim=1)
     # aligned=True puts samples at pixel centres: the whole-image box reproduces the image exactly;
     # sampling_ratio=0 averages ceil(box/output) points per bin, so downscaling crops are not aliased.

@@ -50,6 +50,12 @@ class TrainStream:
     def num_samples(self) -> int:
         return len(self.images)
 
+    def to(self, device: torch.device | str) -> TrainStream:
+        """The same stream (same batches) with its tensors on `device`, so cropping runs there: at 224 px
+        a 128-image batch takes ~0.3 s on one CPU core."""
+        moved = (self.images.to(device), self.text_ids.to(device), self.text_mask.to(device))
+        return TrainStream(*moved, self.crop_scale, self.hflip)
+
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Batch:
         """Rows [rank*B/W, (rank+1)*B/W) of the global batch number `step` (B = batch_size, W = world_size)."""
         if step < 0:
@@ -61,13 +67,15 @@ class TrainStream:
         local = batch_size // world_size
         rows = slice(rank * local, (rank + 1) * local)
         positions = step * batch_size + torch.arange(rows.start, rows.stop)
-        index = self._sample_index(seed, positions)
+        device = self.images.device
+        index = self._sample_index(seed, positions).to(device)
 
         generator = seeded_generator(seed, _AUGMENTATION_STREAM, step)
         height, width = self.images.shape[-2:]
         boxes = crop_boxes(generator, 2 * batch_size, height, width, self.crop_scale).view(2, batch_size, 4)
         flips = torch.rand(2, batch_size, generator=generator) < 0.5  # drawn even when unused: same stream
-        views = crop_views(self.images[index], boxes[:, rows], flips[:, rows] if self.hflip else None)
+        flips = flips[:, rows].to(device) if self.hflip else None
+        views = crop_views(self.images[index], boxes[:, rows].to(device), flips)
         return Batch(views[0], views[1], self.text_ids[index], self.text_mask[index])
 
     def _sample_index(self, seed: int, positions: torch.Tensor) -> torch.Tensor:
