@@ -20,13 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
+from rich.console import Console
 from rich.table import Table
 
 from oner_lab import launch, table, tracking, train
 from oner_lab.hooks import ConfigError
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
+
+if TYPE_CHECKING:
+    import submitit
 
 RUN, RERUN, RESUME, SKIP = "run", "rerun", "resume", "skip"
 
@@ -120,6 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as error:
             return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
 
+    runs_dir = Path(spec.launcher.runs_dir).resolve()
+    if not args.dry_run:
+        try:
+            executor = launch.make_executor(spec.launcher, runs_dir)
+        except launch.LaunchError as error:
+            return fail(f"{spec.source_file}: {error}")
     uri = tracking.resolve_uri(spec.tracking.uri)
     experiment = spec.experiment_name
     try:
@@ -140,26 +151,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.print_spec_table(spec, planned, console)
         return 0
 
-    runs_dir = Path(spec.launcher.runs_dir).resolve()
-    try:
-        executor = launch.make_executor(spec.launcher, runs_dir)
-    except launch.LaunchError as error:
-        return fail(f"{spec.source_file}: {error}")
+    return launch_and_wait(spec, planned, todo, executor, client, uri, args.no_wait, console)
+
+
+def launch_and_wait(
+    spec: Spec,
+    planned: Sequence[PlannedRun],
+    todo: Sequence[Step],
+    executor: submitit.Executor,
+    client: MlflowClient,
+    uri: str,
+    no_wait: bool,
+    console: Console,
+) -> int:
+    """Opens the MLflow runs, submits them, waits with a progress view, prints the table; returns the exit code."""
+    in_process = spec.launcher.backend == "debug"
+    if no_wait and in_process:
+        console.print("--no-wait has no effect with the debug backend: its runs run in this process.")
+        no_wait = False
     dispatches = [_prepare(client, spec, step) for step in todo]
-    owner_pid = None if args.no_wait else os.getpid()
+    experiment = spec.experiment_name
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
-    jobs: list = []
+    jobs: list[submitit.Job] = []
     try:
-        jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=owner_pid)
-        if args.no_wait:
+        jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid())
+        if no_wait:
             console.print(
-                f"Dispatched {len(jobs)} runs ({spec.launcher.backend}); logs under {runs_dir / 'submitit'}. "
-                f"Watch with `mlflow ui`; `python -m oner_lab.table {spec.source_file}` prints the table."
+                f"Dispatched {len(jobs)} runs; logs under {Path(spec.launcher.runs_dir).resolve() / 'submitit'}. "
+                f"Watch them in `mlflow ui`; `python -m oner_lab.table {spec.source_file}` prints the table."
             )
             return 0
-        outcomes = launch.wait_for(
-            jobs, dispatches, client, experiment, console, in_process=spec.launcher.backend == "debug"
-        )
+        outcomes = launch.wait_for(jobs, dispatches, client, experiment, console, in_process=in_process)
     except KeyboardInterrupt:
         stopped = launch.stop(jobs, dispatches, client, experiment)
         console.print(f"Interrupted: stopped {', '.join(stopped) or 'nothing'}. Run the same command again to resume.")

@@ -125,7 +125,7 @@ def wait_for(
             if not in_process:
                 for run_id, status in tracking.statuses(client, experiment, [run.run_id for run in runs]).items():
                     if index_of[run_id] not in outcomes:
-                        view.set(index_of[run_id], QUEUED if status == tracking.SCHEDULED else RUNNING)
+                        view.set(index_of[run_id], {tracking.SCHEDULED: QUEUED, tracking.RUNNING: RUNNING}.get(status, status))
             for index, job in enumerate(jobs):
                 if index in outcomes:
                     continue
