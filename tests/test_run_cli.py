@@ -233,3 +233,24 @@ def test_sigterm_stops_local_runs_and_a_rerun_resumes_them(mlflow_template: Path
         spans.append((min(stamps), max(stamps)))
     (first_start, first_end), (second_start, second_end) = sorted(spans)
     assert first_end <= second_start, "max_parallel=1 but the two runs trained at the same time"
+
+
+@pytest.mark.slow
+def test_local_run_stops_itself_when_the_cli_is_killed(mlflow_template: Path, tmp_path: Path, data_cache: Path) -> None:
+    """A SIGKILLed CLI cannot stop its local jobs; they notice and stop after a checkpoint, so no orphan
+    goes on training while a rerun resumes the same run directory."""
+    copy_store(mlflow_template, tmp_path)
+    cli = start_cli(tmp_path, "--only", "variant=itc", "--set", f"base.data.cache_dir={data_cache}",
+                    "--set", "base.train.steps=100000", "--set", "base.train.checkpoint_every=100000")
+    run_id = wait_for_logged_steps(tmp_path, "itc/seed0", cli)
+    cli.send_signal(signal.SIGKILL)
+    cli.wait(timeout=30)
+    deadline = time.monotonic() + 120
+    while (run := runs_of(tmp_path)[0]).info.status == "RUNNING":
+        assert time.monotonic() < deadline, "the orphaned job went on training"
+        time.sleep(0.5)
+    assert run.info.run_id == run_id and run.info.status == "KILLED"
+    assert "the launching command ended" in run.data.tags["oner.error"]
+    stopped_at = checkpoint_step(Path(run.data.tags["oner.run_dir"]))
+    assert 0 < stopped_at < 100000  # it wrote a checkpoint when it stopped
+    assert max(steps_of(tmp_path, run_id)) == stopped_at
