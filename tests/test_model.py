@@ -15,7 +15,7 @@ VOCAB = 50
 @pytest.fixture()
 def tower() -> OneTower:
     torch.manual_seed(0)
-    model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8))
+    model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32))
     return model.eval()
 
 

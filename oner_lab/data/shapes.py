@@ -119,7 +119,7 @@ def _scene(rng: np.random.Generator, kinds: Sequence[tuple[str, str]]) -> Scene:
     objects = []
     for (colour, shape), cell in zip(kinds, cells):
         size = SIZES[int(rng.integers(2))]
-        radius = rng.uniform(0.13, 0.15) if size == "large" else rng.uniform(0.08, 0.095)
+        radius = rng.uniform(0.15, 0.165) if size == "large" else rng.uniform(0.105, 0.12)
         slack = (1 / 6 - radius) * 0.8  # jitter inside the cell, never into a neighbour
         cx = (cell % 3 + 0.5) / 3 + rng.uniform(-slack, slack)
         cy = (cell // 3 + 0.5) / 3 + rng.uniform(-slack, slack)

@@ -110,11 +110,12 @@ class Views:
         return self.online.project(self.output(view, masked).cls, HEAD_OF_VIEW[view])
 
     def contrast(self, view: str) -> torch.Tensor:
-        """F(view) for a contrastive left side: the masked pass when it runs anyway and the
-        config says so ([reading]: the figure contrasts the MIM/MLM/MMM global tokens)."""
+        """F(view) for a contrastive left side. The joint view takes the global token of the
+        MMM pass when MMM runs (PAPER.md [reading]); the single-modality views take the MIM/MLM
+        passes' only if `contrast_masked_views` is set, and clean passes otherwise."""
         masked_term = MASKED_TERM_OF_VIEW.get(view)
-        shared = self.settings.contrast_masked_views and masked_term in self.settings.active_terms
-        return self.embed(view, masked=shared)
+        wanted = view == "I,T" or self.settings.contrast_masked_views
+        return self.embed(view, masked=wanted and masked_term in self.settings.active_terms)
 
     def target(self, view: str) -> torch.Tensor:
         """F(view) on the second image view from the target encoder (momentum: no gradient)."""

@@ -45,7 +45,7 @@ class ObjectiveConfig(Section):
     )
     masked_terms: bool = Field(default=True, description="false drops mlm/mim/mmm: a purely contrastive ablation")
     contrast_masked_views: bool = Field(
-        default=True, description="[reading] ITC/XMC contrast the global tokens of the MIM/MLM passes, as the figure draws"
+        default=False, description="true: ITC/XMC contrast the global tokens of the MIM/MLM passes instead of clean passes"
     )
     targets: Literal["momentum", "online"] = Field(
         default="momentum", description="[reading] encoder of the right-hand side of XMC/CIC/CMC"
@@ -60,9 +60,13 @@ class ObjectiveConfig(Section):
 
 
 class DataConfig(Section):
-    """Training and evaluation data. `source: shapes` is the built-in generated dataset."""
+    """Training and evaluation data. `source: shapes` is the built-in generated dataset; the
+    readers of real formats (webdataset shards, CSV, COCO JSON) are documented in docs/data.md."""
 
-    source: Literal["shapes"] = "shapes"
+    source: Literal["shapes", "webdataset"] = Field(
+        default="shapes", description="shapes: built-in generated data; webdataset: tar shards at `urls`"
+    )
+    urls: str | None = Field(default=None, description="webdataset shard pattern, e.g. /data/cc3m/{00000..00331}.tar")
     cache_dir: str = Field(default="data_cache", description="where generated shards and the tokenizer are written")
     train_size: PositiveInt = 20000
     eval_images: PositiveInt = 1000
@@ -71,7 +75,9 @@ class DataConfig(Section):
     generator_seed: int = 0
     tokenizer: str | None = Field(default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece")
     vocab_size: PositiveInt = 512
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_scale: tuple[float, float] = Field(
+        default=(0.9, 1.0), description="RandomResizedCrop scale; mild for shapes, whose captions name positions"
+    )
     hflip: bool = Field(default=False, description="off: captions name left/right positions")
     on_corrupt: Literal["skip", "fail"] = "skip"
 
