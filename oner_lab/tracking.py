@@ -57,6 +57,9 @@ LOCK_RETRY_FOR_S = 300.0
 """How long to keep retrying a locked SQLite database before giving up."""
 PROBE_TIMEOUT_S = 10
 ERROR_TAIL_CHARS = 4000
+FLUSH_EVERY_S = float(os.environ.get("ONER_MLFLOW_FLUSH_S", "5"))
+"""Seconds between metric writes of a run (env ONER_MLFLOW_FLUSH_S; 0 writes on every call, for
+tests and near-live curves). Metrics since the last write are lost if the process is SIGKILLed."""
 
 
 class TrackingError(RuntimeError):
@@ -333,7 +336,7 @@ class MlflowRunLogger:
         client: MlflowClient,
         run_id: str,
         *,
-        flush_every_s: float = 5.0,
+        flush_every_s: float = FLUSH_EVERY_S,
         max_buffered: int = MAX_METRICS_PER_BATCH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -139,11 +139,14 @@ def test_a_failing_run_is_failed_with_its_error_and_the_others_go_on(
     assert status["oner/seed0"].info.status == "FINISHED"
 
 
-def start_cli(directory: Path, *arguments: str) -> subprocess.Popen:
+def start_cli(directory: Path, *arguments: str, live_metrics: bool = True) -> subprocess.Popen:
+    """The CLI in a subprocess. `live_metrics`: its runs write metrics to MLflow on every call (slower),
+    so the test sees progress at once."""
     log = (directory / f"cli-{time.monotonic_ns()}.log").open("w")
+    env = {**subprocess_env(), "ONER_MLFLOW_FLUSH_S": "0"} if live_metrics else subprocess_env()
     return subprocess.Popen(
         [sys.executable, "-m", "oner_lab.run", str(SMOKE), *arguments],
-        cwd=directory, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
 
 
@@ -171,28 +174,29 @@ def test_killed_debug_run_resumes_into_the_same_mlflow_run_without_duplicate_ste
 ) -> None:
     copy_store(mlflow_template, tmp_path)
     args = ["--set", "launcher.backend=debug", "--only", "variant=itc", "--set", f"base.data.cache_dir={data_cache}",
-            "--set", "base.train.steps=150", "--set", "base.train.checkpoint_every=100"]
+            "--set", "base.train.steps=120", "--set", "base.train.checkpoint_every=50"]
     cli = start_cli(tmp_path, *args)
     run_id = wait_for_logged_steps(tmp_path, "itc/seed0", cli)
     run_dir = Path(runs_of(tmp_path)[0].data.tags["oner.run_dir"])
     deadline = time.monotonic() + 120
-    while max(steps_of(tmp_path, run_id)) <= checkpoint_step(run_dir):  # MLflow must hold steps after the checkpoint
+    # kill once a checkpoint exists and MLflow already holds steps after it: the resume repeats those
+    while not 0 < checkpoint_step(run_dir) < max(steps_of(tmp_path, run_id)):
         assert time.monotonic() < deadline and cli.poll() is None
-        time.sleep(0.2)
+        time.sleep(0.1)
     cli.send_signal(signal.SIGKILL)
     cli.wait(timeout=30)
     before = steps_of(tmp_path, run_id)
-    assert max(before) < 150, "the run finished before it was killed"
+    assert max(before) < 120, "the run finished before it was killed"
     assert max(before) > checkpoint_step(run_dir), "no step to repeat: the resume would not test deduplication"
 
-    again = start_cli(tmp_path, *args)
+    again = start_cli(tmp_path, *args, live_metrics=False)
     assert again.wait(timeout=600) == 0
     runs = runs_of(tmp_path)
     assert [run.info.run_id for run in runs] == [run_id]
     assert runs[0].info.status == "FINISHED"
     steps = steps_of(tmp_path, run_id)
     assert len(steps) == len(set(steps)), "a step was logged twice"
-    assert set(before) <= set(steps) and max(steps) == 150
+    assert set(before) <= set(steps) and max(steps) == 120
 
 
 @pytest.mark.slow
@@ -217,7 +221,7 @@ def test_sigterm_stops_local_runs_and_a_rerun_resumes_them(mlflow_template: Path
     assert len(steps_of(tmp_path, itc)) == count, "a stopped run is still logging"
 
     restart = time.time() * 1000
-    again = start_cli(tmp_path, *args)
+    again = start_cli(tmp_path, *args, live_metrics=False)
     assert again.wait(timeout=600) == 0
     runs = {run.info.run_name: run for run in runs_of(tmp_path)}
     assert {name: run.info.run_id for name, run in runs.items()} == {

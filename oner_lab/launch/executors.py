@@ -52,11 +52,19 @@ def submit(
     """Submits one `TrainingJob` per run to `executor` (from `make_executor(launcher, ...)`).
 
     `owner_pid`: the process whose exit stops local jobs after their next checkpoint (the CLI
-    while it waits); None lets them run on after the CLI exits (`--no-wait`).
+    while it waits); None lets them run on after the CLI exits (`--no-wait`). Only local jobs
+    watch it: they share this machine's process table.
     """
-    max_parallel = launcher.local.max_parallel if launcher.backend == "local" else None
+    local = launcher.backend == "local"
     jobs = [
-        TrainingJob(run.planned, tracking_uri, run.run_id, run.run_dir, max_parallel=max_parallel, owner_pid=owner_pid)
+        TrainingJob(
+            run.planned,
+            tracking_uri,
+            run.run_id,
+            run.run_dir,
+            max_parallel=launcher.local.max_parallel if local else None,
+            owner_pid=owner_pid if local else None,
+        )
         for run in runs
     ]
     with executor.batch():

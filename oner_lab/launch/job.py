@@ -87,8 +87,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
     """One planned run, as submitted to an executor.
 
     `max_parallel` (local backend) caps how many jobs train at once through lock files in
-    `<runs_dir>/.slots` (the run directory's parent): jobs beyond it wait for a free slot, also when the CLI has exited
-    (`--no-wait`). A per-run lock keeps two processes from training one run directory.
+    `<runs_dir>/.slots` (`runs_dir` being the run directory's parent): jobs beyond it wait for
+    a free slot, also after the CLI has exited (`--no-wait`). A per-run lock keeps two
+    processes from training one run directory. `owner_pid`: see `OwnerControl`.
     """
 
     def __init__(
