@@ -50,8 +50,6 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_NOTE = "mlflow.note.content"
 
 FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = "FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"
-UNFINISHED = (RUNNING, SCHEDULED, FAILED, KILLED)
-"""Statuses a rerun resumes (into the same MLflow run) rather than skips."""
 
 LOCK_RETRY_FOR_S = 300.0
 """How long to keep retrying a locked SQLite database before giving up."""

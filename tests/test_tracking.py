@@ -15,8 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from mlflow_store import copy_store, mlflow_template, subprocess_env  # noqa: F401 - the fixture is used by name
 from oner_lab import tracking
-from oner_lab.spec.models import Spec
-from oner_lab.spec.plan import expand
+from oner_lab.spec import Spec, expand
 
 
 @pytest.fixture
