@@ -55,7 +55,7 @@ BAD_INPUTS = [
     (["--only", "variant=onr"], "--only variant"),
     (["--only", "seed=7"], "--only seed"),
     (["--only", "foo"], "--only"),
-    (["--set", "base.model.num_heads=3"], "model.width"),  # refused by train.validate, not by the spec schema
+    (["--set", "base.model.width=32", "--set", "base.model.num_heads=3"], "model.width"),  # refused by train.validate
     (["--set", "launcher.backend=slurm"], "launcher.backend"),
     (["--set", "tracking.uri=sqlite:////no/such/dir/mlflow.db"], "tracking.uri"),
     (["--set", "tracking.uri=http://127.0.0.1:1"], "tracking.uri"),

@@ -19,7 +19,7 @@ from pathlib import Path
 import submitit
 from mlflow import MlflowClient
 
-from oner_lab import tracking, train
+from oner_lab import tracking
 from oner_lab.hooks import Interrupted
 from oner_lab.spec import PlannedRun
 
@@ -128,6 +128,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
             return self._train(control)
 
     def _train(self, control: OwnerControl) -> JobOutcome:
+        from oner_lab import train  # only once a slot is held: a waiting job stays ~170 MB instead of ~800 MB
+
         client = tracking.connect(self.tracking_uri)
         tracking.set_status(client, self.run_id, tracking.RUNNING)
         try:
