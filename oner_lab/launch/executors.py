@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +71,27 @@ def submit(
         )
         for run in runs
     ]
-    with executor.batch():
+    inherited = _stdio_to(executor.folder.parent / "controllers.log") if local else nullcontext()
+    with inherited, executor.batch():
         submitted = [executor.submit(job) for job in jobs]
     return submitted
+
+
+@contextmanager
+def _stdio_to(log: Path) -> Iterator[None]:
+    """Points this process's stdout/stderr at `log` while local jobs start, so their controller
+    processes (which inherit them) neither print interrupt tracebacks into the CLI's output nor
+    hold a pipe open (`run ... --no-wait | tee`) until every run ends. Job logs are unaffected."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+    try:
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
