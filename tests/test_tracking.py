@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def test_create_run_records_params_tags_config_and_is_found_by_hash(store: tuple
     assert params["train.lr"] == "0.0003"
     assert params["train.steps"] == "7"
     assert params["objective.variant"] == "itc"
-    assert params["data.crop_scale"] == "[0.5, 1.0]"
+    assert params["data.crop_scale"] == json.dumps(list(planned.config.data.crop_scale))  # lists as JSON
     assert params["model.width"] == "null"
     assert len(params) == len(tracking.flatten(planned.config.model_dump(mode="json")))
     tags = run.data.tags
