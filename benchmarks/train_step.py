@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from oner_lab.model import OneTower, ema_update, momentum_copy, tower_config
-from oner_lab.objectives import Objective, StepInputs, ViewSettings, resolve_terms
+from oner_lab.objectives import VARIANTS, Objective, StepInputs, ViewSettings, resolve_terms
 
 DEFAULT_BATCH = {"cpu": {"tiny": 128, "vit_s16": 8, "vit_b16": 4}, "cuda": {"tiny": 1024, "vit_s16": 256, "vit_b16": 128}}
 
@@ -42,7 +42,7 @@ def sync(device: torch.device) -> None:
 
 
 def build(preset: str, variant: str, batch: int, device: torch.device):
-    cfg = tower_config(preset, vocab_size=30522 if preset != "tiny" else 512)
+    cfg = tower_config(preset, vocab_size=30522 if preset != "tiny" else 512, head=VARIANTS[variant].head)
     model = OneTower(cfg).to(device)
     target = momentum_copy(model)
     weights = resolve_terms(variant, {}, True)

@@ -18,6 +18,10 @@ class RunLogger(Protocol):
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
+    def flush(self) -> None:
+        """Write what is buffered; called right after each checkpoint so a crash loses no step
+        that the checkpoint already covers."""
+
 
 class RunControl(Protocol):
     """Lets a launcher ask a running training loop to checkpoint and stop (preemption)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -227,7 +228,10 @@ class Trainer:
         log = logger if self.dist.is_main else None
         if self.dist.is_main and self.step == 0:
             self.log_artifacts(log)
-        bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.dist.is_main, dynamic_ncols=True)
+        bar = tqdm(
+            total=t.steps, initial=self.step, desc="train", disable=not self.dist.is_main, dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s, not every step
+        )
         window: dict[str, list[float]] = {}
         window_start, window_samples = time.perf_counter(), 0
         last: dict[str, float] = {}
@@ -253,6 +257,8 @@ class Trainer:
             stop = control is not None and control.should_stop()
             if self.step % t.checkpoint_every == 0 or self.step == t.steps or stop:
                 self.save()
+                if log:
+                    log.flush()
             if stop and self.step < t.steps:
                 bar.close()
                 raise Interrupted(self.step)

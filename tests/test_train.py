@@ -17,12 +17,16 @@ class ListLogger:
     def __init__(self) -> None:
         self.metrics: list[tuple[int, dict[str, float]]] = []
         self.artifacts: list[tuple[Path, str | None]] = []
+        self.flushed_at: list[int] = []
 
     def log_metrics(self, metrics, step: int) -> None:
         self.metrics.append((step, dict(metrics)))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
+
+    def flush(self) -> None:
+        self.flushed_at.append(self.metrics[-1][0] if self.metrics else 0)
 
 
 class StopAt:
@@ -65,6 +69,7 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path: Path, stop_after: i
     logger = ListLogger()
     resumed = train.run(config, tmp_path / "resumed", logger)
     assert logger.metrics[0][0] == stop_after + 1  # continued, not restarted
+    assert logger.flushed_at == [6]  # flushed right after the final checkpoint (steps 3 and 6 checkpoint)
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for key in a:
