@@ -97,6 +97,7 @@ class Trainer:
     """Holds one run's model, optimiser and data; `fit` runs the loop, `evaluate` the zero-shot sets."""
 
     def __init__(self, config: RunConfig, run_dir: Path, dist_info: DistInfo) -> None:
+        self.started = time.perf_counter()  # wall time of this session: data, training and evaluation
         self.config = config
         self.run_dir = run_dir
         self.dist = dist_info
@@ -264,6 +265,7 @@ class Trainer:
                 raise Interrupted(self.step)
         bar.close()
         metrics = self.evaluate()
+        metrics["time/session_s"] = time.perf_counter() - self.started
         if log:
             log.log_metrics(metrics, self.step)
         return {**last, **metrics, "train/steps": float(self.step)}
