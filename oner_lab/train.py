@@ -10,6 +10,7 @@ Contract (kept stable for the orchestration layer):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -268,7 +269,20 @@ class Trainer:
         metrics["time/session_s"] = time.perf_counter() - self.started
         if log:
             log.log_metrics(metrics, self.step)
+            log.log_artifact(self.write_eval_table(metrics), "eval")
         return {**last, **metrics, "train/steps": float(self.step)}
+
+    def write_eval_table(self, metrics: dict[str, float]) -> Path:
+        """The final zero-shot numbers as {eval set: {metric: value}} in run_dir/eval/final.json."""
+        table: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            if key.startswith("eval/"):
+                _, name, metric = key.split("/", 2)
+                table.setdefault(name, {})[metric] = value
+        path = self.run_dir / "eval" / "final.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"step": self.step, "sets": table}, indent=2))
+        return path
 
     def log_artifacts(self, log: RunLogger | None) -> None:
         if log is not None:
