@@ -114,6 +114,8 @@ class Trainer:
             raise ConfigError("train.batch_size", t.batch_size, f"divisible by the number of ranks ({dist_info.world_size})")
         tower = resolve_tower(config)
         self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, config.eval.sets)
+        if self.device.type == "cuda":
+            self.data.train = self.data.train.to(self.device)  # crop and resize on the GPU, not one CPU core
         tokenizer = self.data.tokenizer
         self.tower_cfg = resolve_tower(config, vocab_size=tokenizer.vocab_size)
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every resume
