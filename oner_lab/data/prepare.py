@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +18,16 @@ import numpy as np
 import torch
 
 from oner_lab.hooks import ConfigError
-from oner_lab.spec.config import DataConfig
+from oner_lab.spec.config import DataConfig, EvalSourceConfig
 
 from . import shapes
 from .batch import ClassificationSet, RetrievalSet, normalise
 from .cache import build_once
+from .eval_sources import EvalSourceError, class_entries, read_classification, read_retrieval, retrieval_entries
 from .shards import (
+    CorruptSample,
     OnCorrupt,
+    clean_caption,
     decode_captions,
     decode_image,
     decode_label,
@@ -33,7 +36,9 @@ from .shards import (
     read_shards,
     write_shards,
 )
+from .sources import CsvSource, TarSource, expand_urls, read_csv_columns, url_patterns
 from .stream import TrainStream
+from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -47,18 +52,29 @@ _GENERATOR_VERSION = 2  # bump when shapes.py changes what a seed generates
 @dataclass
 class DataBundle:
     tokenizer: TextTokenizer
-    train: TrainStream
+    train: TrainStream | IndexedStream
     eval_sets: dict[str, RetrievalSet | ClassificationSet]
-    skipped_samples: int  # corrupt samples skipped while reading shards, all splits together
+    skipped_reading: int  # corrupt samples skipped while reading the eval sets and an in-memory training split
+
+    @property
+    def skipped_samples(self) -> int:
+        """All corrupt samples skipped so far: while reading, plus those a streaming source has met."""
+        return self.skipped_reading + self.train.skipped
 
 
 def check_config(cfg: DataConfig, eval_sets: Sequence[str]) -> None:
     """Raise ConfigError for a data config that cannot run, before anything is generated or trained."""
-    if cfg.source == "webdataset" and not cfg.urls:
-        raise ConfigError("data.urls", cfg.urls, "a shard pattern such as /data/cc3m/{00000..00331}.tar for data.source: webdataset")
+    if cfg.source != "shapes":
+        _check_train_sources(cfg)
+    for name in cfg.eval_sources:
+        if name in EVAL_SET_NAMES:
+            raise ConfigError(f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(EVAL_SET_NAMES)}) are taken")
     for name in eval_sets:
-        if name not in EVAL_SET_NAMES:
-            raise ConfigError("eval.sets", name, f"allowed: {', '.join(EVAL_SET_NAMES)}")
+        if name in cfg.eval_sources:
+            _check_eval_source(name, cfg.eval_sources[name])
+        elif name not in EVAL_SET_NAMES:
+            defined = f"; data.eval_sources defines {', '.join(cfg.eval_sources)}" if cfg.eval_sources else ""
+            raise ConfigError("eval.sets", name, f"allowed: {', '.join(EVAL_SET_NAMES)} or a key of data.eval_sources{defined}")
     if cfg.max_objects > shapes.MAX_OBJECTS:
         allowed = f"allowed: 1..{shapes.MAX_OBJECTS} (one object per cell of a 3x3 grid)"
         raise ConfigError("data.max_objects", cfg.max_objects, allowed)
@@ -68,15 +84,69 @@ def check_config(cfg: DataConfig, eval_sets: Sequence[str]) -> None:
     _user_tokenizer(cfg)
 
 
+def _check_train_sources(cfg: DataConfig) -> None:
+    """Every url pattern matches files; shards are non-empty; CSVs have the configured columns."""
+    patterns = url_patterns(cfg.urls)
+    if not patterns:
+        example = "/data/cc3m/{00000..00331}.tar" if cfg.source == "webdataset" else "/data/cc3m/train.tsv"
+        raise ConfigError("data.urls", cfg.urls, f"one or more paths such as {example} for data.source: {cfg.source}")
+    if cfg.weights is not None and len(cfg.weights) != len(patterns):
+        raise ConfigError("data.weights", cfg.weights, f"one weight per data.urls entry ({len(patterns)})")
+    for pattern in patterns:
+        try:
+            paths = expand_urls(pattern)
+        except FileNotFoundError as error:
+            raise ConfigError("data.urls", pattern, f"every path must exist ({error})") from None
+        if cfg.source == "webdataset":
+            empty = next((p for p in paths if p.stat().st_size == 0), None)
+            if empty is not None:
+                raise ConfigError("data.urls", str(empty), "an empty file; expected a webdataset tar shard")
+            continue
+        if len(paths) != 1:
+            raise ConfigError("data.urls", pattern, f"matches {len(paths)} files; a csv source is one file (list several urls to mix them)")
+        try:
+            read_csv_columns(paths[0], cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key).head(0)
+        except ValueError as error:
+            raise ConfigError("data.urls", pattern, f"a CSV with columns data.csv_img_key and data.csv_caption_key ({error})") from None
+
+
+def _check_eval_source(name: str, source: EvalSourceConfig) -> None:
+    try:
+        if source.format == "class_folders":
+            class_entries(source)
+        else:
+            retrieval_entries(source)
+    except EvalSourceError as error:
+        raise ConfigError(f"data.eval_sources.{name}", source.path, f"readable {source.format} data ({error})") from None
+
+
 def prepare(cfg: DataConfig, image_size: int, max_text_len: int, eval_sets: Sequence[str]) -> DataBundle:
-    """Training stream, tokenizer and the named zero-shot eval sets, generating the cache on first use."""
+    """Training stream, tokenizer and the named zero-shot eval sets, generating the built-in cache on first use."""
     check_config(cfg, eval_sets)
-    if cfg.source != "shapes":
-        raise NotImplementedError(
-            f"data.source: {cfg.source} validates, but only the built-in `shapes` source can be read so far "
-            "(the shard reader for real data is tracked as its own issue; see docs/data.md)"
-        )
     root = Path(cfg.cache_dir)
+    if cfg.source == "shapes":
+        tokenizer, train, skipped = _shapes_train(cfg, root, image_size, max_text_len)
+    else:
+        tokenizer, train = _streaming_train(cfg, root, image_size, max_text_len)
+        skipped = 0
+    loaded: dict[str, RetrievalSet | ClassificationSet] = {}
+    for name in eval_sets:
+        if name in cfg.eval_sources:
+            source = cfg.eval_sources[name]
+            read = read_classification if source.format == "class_folders" else read_retrieval
+            loaded[name], skipped_here = read(name, source, tokenizer, image_size, max_text_len, cfg.on_corrupt, cfg.workers)
+        else:
+            directory = _split_directory(root, name, cfg, image_size)
+            reader = _read_retrieval if name == "shapes" else _read_classification
+            loaded[name], skipped_here = reader(name, directory, tokenizer, image_size, max_text_len, cfg.on_corrupt)
+        skipped += skipped_here
+    bundle = DataBundle(tokenizer, train, loaded, skipped)
+    if bundle.skipped_samples:
+        log.warning("skipped %d corrupt samples while reading the data", bundle.skipped_samples)
+    return bundle
+
+
+def _shapes_train(cfg: DataConfig, root: Path, image_size: int, max_text_len: int) -> tuple[TextTokenizer, TrainStream, int]:
     train_dir = _split_directory(root, "train", cfg, image_size)
     train, skipped = read_shards(
         _shards(train_dir), lambda sample: (decode_image(sample, image_size), decode_text(sample)), cfg.on_corrupt
@@ -87,17 +157,35 @@ def prepare(cfg: DataConfig, image_size: int, max_text_len: int, eval_sets: Sequ
     tokenizer = _user_tokenizer(cfg) or _trained_tokenizer(root, train_dir.name, captions, cfg.vocab_size)
     text_ids, text_mask = tokenizer.encode(captions, max_text_len)
     images = torch.from_numpy(np.stack([image for image, _ in train]))
-    stream = TrainStream(images, text_ids, text_mask, cfg.crop_scale, cfg.hflip)
+    return tokenizer, TrainStream(images, text_ids, text_mask, cfg.crop_scale, cfg.hflip), skipped
 
-    loaded: dict[str, RetrievalSet | ClassificationSet] = {}
-    for name in eval_sets:
-        directory = _split_directory(root, name, cfg, image_size)
-        reader = _read_retrieval if name == "shapes" else _read_classification
-        loaded[name], skipped_here = reader(name, directory, tokenizer, image_size, max_text_len, cfg.on_corrupt)
-        skipped += skipped_here
-    if skipped:
-        log.warning("skipped %d corrupt samples while reading %s", skipped, root)
-    return DataBundle(tokenizer, stream, loaded, skipped)
+
+def _streaming_train(cfg: DataConfig, root: Path, image_size: int, max_text_len: int) -> tuple[TextTokenizer, IndexedStream]:
+    """Index each `urls` entry as one source (cached), then serve batches decoded on demand."""
+    sources: list[TarSource | CsvSource] = [
+        TarSource(pattern, root, cfg.on_corrupt) if cfg.source == "webdataset"
+        else CsvSource(pattern, cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key, cfg.on_corrupt)
+        for pattern in url_patterns(cfg.urls)
+    ]
+    tokenizer = _user_tokenizer(cfg)
+    if tokenizer is None:
+        name = hashlib.sha256("/".join(s.fingerprint for s in sources).encode()).hexdigest()[:12]
+        captions = (caption for source in sources for caption in _readable_captions(source.captions()))
+        tokenizer = _trained_tokenizer(root, f"{cfg.source}-{name}", captions, cfg.vocab_size)
+    stream = IndexedStream(
+        sources, cfg.weights, tokenizer, image_size, max_text_len, cfg.crop_scale, cfg.hflip,
+        cfg.shuffle_buffer, cfg.workers, cfg.on_corrupt,
+    )
+    return tokenizer, stream
+
+
+def _readable_captions(raw: Iterator[bytes]) -> Iterator[str]:
+    """Captions for tokenizer training; unreadable ones are left out (the stream counts them when it meets them)."""
+    for data in raw:
+        try:
+            yield clean_caption(data.decode("utf-8"))
+        except (UnicodeDecodeError, CorruptSample):
+            continue
 
 
 def _user_tokenizer(cfg: DataConfig) -> TextTokenizer | None:
@@ -114,7 +202,7 @@ def _user_tokenizer(cfg: DataConfig) -> TextTokenizer | None:
         ) from error
 
 
-def _trained_tokenizer(root: Path, train_name: str, captions: list[str], vocab_size: int) -> TextTokenizer:
+def _trained_tokenizer(root: Path, train_name: str, captions: Iterable[str], vocab_size: int) -> TextTokenizer:
     name = f"tokenizer-wordpiece{vocab_size}-{train_name}"
     directory, _ = build_once(root, name, lambda d: TextTokenizer.train(captions, vocab_size).save(d))
     return TextTokenizer.load(directory)

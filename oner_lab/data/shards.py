@@ -23,6 +23,9 @@ T = TypeVar("T")
 RawSample = Mapping[str, Any]  # webdataset's grouping: __key__, __url__, then extension -> bytes
 OnCorrupt = Literal["skip", "fail"]
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (~9,459 x 9,459): larger images are refused, not decoded
+MAX_CAPTION_CHARS = 4096  # a caption is cut here before tokenising; max_text_len tokens are far fewer
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class CorruptSample(ValueError):
@@ -95,24 +98,53 @@ def decode_image(sample: RawSample, image_size: int) -> np.ndarray:
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None:
         raise CorruptSample(f"no image (expected one of .{', .'.join(IMAGE_EXTENSIONS)})")
+    return decode_image_bytes(bytes(sample[ext]), image_size, f"image .{ext}")
+
+
+def decode_image_bytes(data: bytes, image_size: int, what: str = "image") -> np.ndarray:
+    """Encoded image bytes as uint8 [3, S, S] RGB; raises CorruptSample for anything PIL cannot decode.
+
+    Greyscale, palette, CMYK and 16-bit images are converted to 8-bit RGB; transparent pixels are
+    composited on white. An image above MAX_IMAGE_PIXELS is refused from its header, before decoding.
+    """
     try:  # PIL rather than torchvision.io: torchvision 0.29's PNG decoder segfaults on some corrupt IDAT data
-        with Image.open(io.BytesIO(sample[ext])) as image:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise CorruptSample(f"{what} is {width} x {height} pixels, above the {MAX_IMAGE_PIXELS:,} pixel limit")
+            image.draft("RGB", (image_size, image_size))  # JPEG: decode at the smallest DCT scale still >= S
             image.load()
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            if image.size != (image_size, image_size):
-                image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
-            pixels = np.asarray(image)
+            rgb = _to_rgb(image)
+            if rgb.size != (image_size, image_size):
+                rgb = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BICUBIC)
+            pixels = np.asarray(rgb)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL raises all of these
-        raise CorruptSample(f"image .{ext} cannot be decoded: {error}") from None
+        if isinstance(error, CorruptSample):
+            raise
+        raise CorruptSample(f"{what} cannot be decoded: {error}") from None
     return pixels.transpose(2, 0, 1)
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _WIDE_GREY_MODES:  # 16/32-bit greyscale: PIL's convert("RGB") would clip at 255
+        wide = np.asarray(image).astype(np.uint32)
+        return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def decode_text(sample: RawSample, ext: str = "txt") -> str:
-    """A non-empty UTF-8 caption from `<key>.<ext>`."""
-    text = _utf8(sample, ext).strip()
+    """A non-empty UTF-8 caption from `<key>.<ext>`, cut to MAX_CAPTION_CHARS (far beyond any token budget)."""
+    return clean_caption(_utf8(sample, ext), f".{ext}")
+
+
+def clean_caption(text: str, what: str = "caption") -> str:
+    """Stripped and cut to MAX_CAPTION_CHARS; raises CorruptSample when empty."""
+    text = text[:MAX_CAPTION_CHARS].strip()
     if not text:
-        raise CorruptSample(f"caption .{ext} is empty")
+        raise CorruptSample(f"caption {what} is empty")
     return text
 
 

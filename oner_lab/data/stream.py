@@ -18,6 +18,32 @@ _AUGMENTATION_STREAM = 1
 _CACHED_PERMUTATIONS = 4
 
 
+def rows_of_rank(batch_size: int, rank: int, world_size: int) -> slice:
+    """Rows [rank*B/W, (rank+1)*B/W) of a global batch; checks the arguments."""
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size {batch_size} is not divisible by the world size {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    local = batch_size // world_size
+    return slice(rank * local, (rank + 1) * local)
+
+
+def augmented_views(
+    images: torch.Tensor, seed: int, step: int, batch_size: int, rows: slice, crop_scale: tuple[float, float], hflip: bool
+) -> torch.Tensor:
+    """Two random resized crops [2, b, 3, H, W] of `images` (uint8 [b, 3, H, W], rows `rows` of global batch `step`).
+
+    The randomness is drawn for the whole global batch from (seed, step) and then sliced, so a row
+    gets the same crops whatever the world size.
+    """
+    generator = seeded_generator(seed, _AUGMENTATION_STREAM, step)
+    height, width = images.shape[-2:]
+    boxes = crop_boxes(generator, 2 * batch_size, height, width, crop_scale).view(2, batch_size, 4)
+    flips = torch.rand(2, batch_size, generator=generator) < 0.5  # drawn even when unused: same stream
+    flips = flips[:, rows].to(images.device) if hflip else None
+    return crop_views(images, boxes[:, rows].to(images.device), flips)
+
+
 def seeded_generator(seed: int, stream: int, value: int) -> torch.Generator:
     """A torch generator for one (seed, stream, value), well mixed by numpy's SeedSequence."""
     state = np.random.SeedSequence([seed % 2**64, stream, value]).generate_state(1, np.uint64)[0]
@@ -26,6 +52,8 @@ def seeded_generator(seed: int, stream: int, value: int) -> torch.Generator:
 
 class TrainStream:
     """Images (uint8 [N, 3, H, W]) and pre-tokenised captions ([N, L]) served as augmented batches."""
+
+    skipped = 0  # corrupt samples met while serving batches: none, the split was read whole up front
 
     def __init__(
         self,
@@ -60,22 +88,12 @@ class TrainStream:
         """Rows [rank*B/W, (rank+1)*B/W) of the global batch number `step` (B = batch_size, W = world_size)."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        if batch_size % world_size:
-            raise ValueError(f"train.batch_size {batch_size} is not divisible by the world size {world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        local = batch_size // world_size
-        rows = slice(rank * local, (rank + 1) * local)
+        rows = rows_of_rank(batch_size, rank, world_size)
         positions = step * batch_size + torch.arange(rows.start, rows.stop)
         device = self.images.device
         index = self._sample_index(seed, positions).to(device)
 
-        generator = seeded_generator(seed, _AUGMENTATION_STREAM, step)
-        height, width = self.images.shape[-2:]
-        boxes = crop_boxes(generator, 2 * batch_size, height, width, self.crop_scale).view(2, batch_size, 4)
-        flips = torch.rand(2, batch_size, generator=generator) < 0.5  # drawn even when unused: same stream
-        flips = flips[:, rows].to(device) if self.hflip else None
-        views = crop_views(self.images[index], boxes[:, rows].to(device), flips)
+        views = augmented_views(self.images[index], seed, step, batch_size, rows, self.crop_scale, self.hflip)
         return Batch(views[0], views[1], self.text_ids[index], self.text_mask[index])
 
     def _sample_index(self, seed: int, positions: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class Section(BaseModel):
@@ -59,15 +59,48 @@ class ObjectiveConfig(Section):
     mim_ratio: float = Field(default=0.6, gt=0, lt=1)
 
 
+class EvalSourceConfig(Section):
+    """A zero-shot eval set read from files, named by its key in `data.eval_sources` (docs/data.md)."""
+
+    format: Literal["retrieval_json", "karpathy", "class_folders"] = Field(
+        description="retrieval_json: ALBEF/ViLT [{image, caption: [..]}]; karpathy: dataset_coco.json / "
+        "dataset_flickr30k.json; class_folders: one folder of images per class"
+    )
+    path: str = Field(description="the JSON file, or the root holding one folder per class")
+    image_root: str | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
+    split: str = Field(default="test", description="karpathy: the split read (test, val, train, restval)")
+    class_names: str | None = Field(
+        default=None,
+        description="class_folders: a .txt (one name per line, sorted folder order) or .json (list, or folder -> name) "
+        "file, or `imagenet1k` (WordNet folders named by timm's ImageNet-1k info); default: the folder names",
+    )
+    templates: str | None = Field(
+        default=None, description="class_folders: a file with one prompt template per line, each holding {}; default: SLIP's seven"
+    )
+
+
 class DataConfig(Section):
     """Training and evaluation data. `source: shapes` is the built-in generated dataset; the
-    readers of real formats (webdataset shards, CSV, COCO JSON) are documented in docs/data.md."""
+    readers of real formats (webdataset shards, CSV, retrieval JSON, class folders) are in docs/data.md."""
 
-    source: Literal["shapes", "webdataset"] = Field(
-        default="shapes", description="shapes: built-in generated data; webdataset: tar shards at `urls`"
+    source: Literal["shapes", "webdataset", "csv"] = Field(
+        default="shapes", description="shapes: built-in generated data; webdataset: tar shards at `urls`; csv: open_clip CSV/TSV files at `urls`"
     )
-    urls: str | None = Field(default=None, description="webdataset shard pattern, e.g. /data/cc3m/{00000..00331}.tar")
-    cache_dir: str = Field(default="data_cache", description="where generated shards and the tokenizer are written")
+    urls: str | list[str] | None = Field(
+        default=None, description="webdataset shard pattern(s), e.g. /data/cc3m/{00000..00331}.tar, or CSV file(s); a list mixes sources"
+    )
+    weights: list[PositiveFloat] | None = Field(
+        default=None, description="sampling weight of each `urls` entry; default: proportional to source sizes"
+    )
+    csv_separator: str = Field(default="\t", description="open_clip's --csv-separator")
+    csv_img_key: str = Field(default="filepath", description="CSV column of image paths (relative to the CSV file unless absolute)")
+    csv_caption_key: str = Field(default="title", description="CSV column of captions")
+    shuffle_buffer: PositiveInt = Field(default=10000, description="samples in one shuffle window of a real source")
+    workers: PositiveInt = Field(default=4, description="decoding threads of a real source")
+    eval_sources: dict[str, EvalSourceConfig] = Field(
+        default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
+    )
+    cache_dir: str = Field(default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
     train_size: PositiveInt = 20000
     eval_images: PositiveInt = 1000
     cls_images_per_class: PositiveInt = 10

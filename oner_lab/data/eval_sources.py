@@ -1,0 +1,232 @@
+"""Zero-shot eval sets read from files: retrieval JSON (ALBEF per-image list, Karpathy splits) and class folders.
+
+Parsing (`retrieval_entries`, `class_entries`) checks the structure and that every image file
+exists, raising `EvalSourceError` naming the file, the entry and what was expected; `check_config`
+turns that into a ConfigError before training. Reading decodes the images (Resize shorter side +
+CenterCrop, as the paper's protocol) with the corrupt-sample rule of the shard reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oner_lab.spec.config import EvalSourceConfig
+
+from .batch import ClassificationSet, RetrievalSet, normalise
+from .shards import IMAGE_EXTENSIONS, CorruptSample, CorruptSampleError, OnCorrupt, decode_image_bytes
+from .tokenizer import TextTokenizer
+
+SLIP_TEMPLATES = (  # SLIP's seven ImageNet prompts (PAPER.md, Evaluation protocols)
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+IMAGENET1K = "imagenet1k"
+
+
+class EvalSourceError(ValueError):
+    """An eval source whose files do not have the expected structure; the message names file and entry."""
+
+
+@dataclass(frozen=True)
+class ClassEntries:
+    class_names: list[str]
+    templates: list[str]
+    images: list[tuple[Path, int]]
+
+
+def retrieval_entries(source: EvalSourceConfig) -> list[tuple[Path, list[str]]]:
+    """(image path, captions) per image, from an ALBEF per-image list or a Karpathy split."""
+    path = Path(source.path)
+    data = _load_json(str(path), _mtime(path))
+    root = Path(source.image_root) if source.image_root else path.parent
+    if source.format == "retrieval_json":
+        entries = _albef_entries(path, data, root)
+    else:
+        entries = _karpathy_entries(path, data, root, source.split)
+    for image, _ in entries:
+        if not image.is_file():
+            raise EvalSourceError(f"{path}: image {image} does not exist (image_root is {root})")
+    return entries
+
+
+def _albef_entries(path: Path, data: object, root: Path) -> list[tuple[Path, list[str]]]:
+    expected = 'a JSON list of {"image": path, "caption": [captions]} (ALBEF/ViLT per-image format)'
+    if not isinstance(data, list) or not data:
+        raise EvalSourceError(f"{path}: expected {expected}")
+    entries = []
+    for number, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise EvalSourceError(f"{path}: entry {number} is not an object; expected {expected}")
+        for key in ("image", "caption"):
+            if key not in entry:
+                raise EvalSourceError(f"{path}: entry {number} lacks key {key!r}; expected {expected}")
+        captions = [entry["caption"]] if isinstance(entry["caption"], str) else entry["caption"]
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise EvalSourceError(f"{path}: entry {number}: 'caption' must be a string or a list of strings")
+        entries.append((root / str(entry["image"]), captions))
+    return entries
+
+
+def _karpathy_entries(path: Path, data: object, root: Path, split: str) -> list[tuple[Path, list[str]]]:
+    expected = "Karpathy's format: {images: [{filepath?, filename, split, sentences: [{raw}]}]}"
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise EvalSourceError(f"{path}: no 'images' list; expected {expected}")
+    entries, splits = [], set()
+    for number, image in enumerate(data["images"]):
+        for key in ("filename", "split", "sentences"):
+            if not isinstance(image, dict) or key not in image:
+                raise EvalSourceError(f"{path}: images[{number}] lacks key {key!r}; expected {expected}")
+        splits.add(image["split"])
+        if image["split"] != split:
+            continue
+        captions = []
+        for index, sentence in enumerate(image["sentences"]):
+            if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
+                raise EvalSourceError(f"{path}: images[{number}].sentences[{index}] lacks a string 'raw'; expected {expected}")
+            captions.append(sentence["raw"])
+        entries.append((root / image.get("filepath", "") / image["filename"], captions))
+    if not entries:
+        raise EvalSourceError(f"{path}: no image in split {split!r} (splits present: {sorted(splits)})")
+    return entries
+
+
+def class_entries(source: EvalSourceConfig) -> ClassEntries:
+    """Class names, templates and (image, label) from a class-per-folder tree."""
+    root = Path(source.path)
+    if not root.is_dir():
+        raise EvalSourceError(f"{root}: not a directory (expected one folder of images per class)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise EvalSourceError(f"{root}: no class folder (expected one folder of images per class)")
+    images: list[tuple[Path, int]] = []
+    for label, folder in enumerate(folders):
+        found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+        if not found:
+            raise EvalSourceError(f"{folder}: class folder holds no image (.{', .'.join(IMAGE_EXTENSIONS)})")
+        images.extend((image, label) for image in found)
+    names = _class_names(source.class_names, [f.name for f in folders])
+    return ClassEntries(names, _templates(source.templates), images)
+
+
+def _class_names(spec: str | None, folders: list[str]) -> list[str]:
+    if spec is None:
+        return [folder.replace("_", " ") for folder in folders]
+    if spec == IMAGENET1K:
+        from timm.data import ImageNetInfo  # a maintained copy of the WordNet synsets and their lemmas
+
+        info = ImageNetInfo()
+        known = set(info.label_names())
+        unknown = [f for f in folders if f not in known]
+        if unknown:
+            raise EvalSourceError(f"class_names: {IMAGENET1K} needs folders named by WordNet id (n01440764, ...); got {unknown[:3]}")
+        return [info.label_name_to_description(f).split(",")[0].strip() for f in folders]
+    path = Path(spec)
+    if not path.is_file():
+        raise EvalSourceError(f"{path}: class names file does not exist (or use {IMAGENET1K!r}, or null for folder names)")
+    if path.suffix == ".json":
+        data = _load_json(str(path), _mtime(path))
+        if isinstance(data, dict):
+            missing = [f for f in folders if f not in data]
+            if missing:
+                raise EvalSourceError(f"{path}: no name for class folder(s) {missing[:3]}")
+            return [str(data[f]) for f in folders]
+        names = data if isinstance(data, list) else None
+    else:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if names is None or len(names) != len(folders):
+        count = "not a list or mapping" if names is None else f"{len(names)} names"
+        raise EvalSourceError(f"{path}: {count} for {len(folders)} class folders (one name per folder, sorted folder order)")
+    return [str(name) for name in names]
+
+
+def _templates(spec: str | None) -> list[str]:
+    if spec is None:
+        return list(SLIP_TEMPLATES)
+    path = Path(spec)
+    if not path.is_file():
+        raise EvalSourceError(f"{path}: templates file does not exist (or null for SLIP's seven)")
+    templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    bad = next((t for t in templates if t.count("{}") != 1 or "{" in t.replace("{}", "")), None)
+    if not templates or bad is not None:
+        raise EvalSourceError(f"{path}: template {bad!r} must hold exactly one {{}} and no other braces" if bad else f"{path}: no template")
+    return templates
+
+
+def read_retrieval(
+    name: str, source: EvalSourceConfig, tokenizer: TextTokenizer, image_size: int, max_text_len: int,
+    on_corrupt: OnCorrupt, workers: int,
+) -> tuple[RetrievalSet, int]:
+    """The set with the paper's protocol: every non-empty caption of every decodable image."""
+    entries = retrieval_entries(source)
+    decoded = _decode_all([image for image, _ in entries], image_size, on_corrupt, workers)
+    kept = [(pixels, [c.strip() for c in captions if c.strip()]) for pixels, (_, captions) in zip(decoded, entries, strict=True)]
+    kept = [(pixels, captions) for pixels, captions in kept if pixels is not None and captions]
+    if not kept:
+        raise ValueError(f"{source.path}: no readable image with a caption")
+    captions = [caption for _, image_captions in kept for caption in image_captions]
+    per_image = torch.tensor([len(image_captions) for _, image_captions in kept])
+    text_ids, text_mask = tokenizer.encode(captions, max_text_len)
+    images = normalise(torch.from_numpy(np.stack([pixels for pixels, _ in kept])))
+    caption_image = torch.repeat_interleave(torch.arange(len(kept)), per_image)
+    return RetrievalSet(name, images, text_ids, text_mask, caption_image, captions), len(entries) - len(kept)
+
+
+def read_classification(
+    name: str, source: EvalSourceConfig, tokenizer: TextTokenizer, image_size: int, max_text_len: int,
+    on_corrupt: OnCorrupt, workers: int,
+) -> tuple[ClassificationSet, int]:
+    entries = class_entries(source)
+    decoded = _decode_all([image for image, _ in entries.images], image_size, on_corrupt, workers)
+    kept = [(pixels, label) for pixels, (_, label) in zip(decoded, entries.images, strict=True) if pixels is not None]
+    if not kept:
+        raise ValueError(f"{source.path}: no readable image")
+    images = normalise(torch.from_numpy(np.stack([pixels for pixels, _ in kept])))
+    labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
+    prompts = [template.format(c) for c in entries.class_names for template in entries.templates]
+    prompt_ids, prompt_mask = tokenizer.encode(prompts, max_text_len)
+    prompt_class = torch.arange(len(entries.class_names)).repeat_interleave(len(entries.templates))
+    loaded = ClassificationSet(
+        name, images, labels, entries.class_names, entries.templates, prompt_ids, prompt_mask, prompt_class
+    )
+    return loaded, len(entries.images) - len(kept)
+
+
+def _decode_all(paths: Sequence[Path], image_size: int, on_corrupt: OnCorrupt, workers: int) -> list[np.ndarray | None]:
+    def decode(path: Path) -> np.ndarray | None:
+        try:
+            return decode_image_bytes(path.read_bytes(), image_size, "image")
+        except CorruptSample as why:
+            if on_corrupt == "fail":
+                raise CorruptSampleError(f"{path}: {why} (data.on_corrupt is 'fail')") from None
+            return None
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="eval-decode") as pool:
+        return list(pool.map(decode, paths))
+
+
+def _mtime(path: Path) -> int:
+    if not path.is_file():
+        raise EvalSourceError(f"{path}: no such file")
+    return path.stat().st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _load_json(path: str, mtime_ns: int) -> object:
+    """Parsed once per (file, mtime): validation of every grid point and the read share it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EvalSourceError(f"{path}: not valid UTF-8 JSON: {error}") from error

@@ -1,0 +1,307 @@
+"""Real data formats: webdataset shards, open_clip CSV, retrieval JSON (ALBEF, Karpathy), class folders.
+
+Every dataset here is written by the test in the real format; training runs go through
+`oner_lab.train.run` with a micro model, and retrieval numbers are checked against a brute-force
+reference computed from the saved checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from oner_lab import train
+from oner_lab.checkpoint import load
+from oner_lab.data import CorruptSampleError, ShardReadError, TextTokenizer, prepare
+from oner_lab.data.eval_sources import SLIP_TEMPLATES
+from oner_lab.data.shards import CorruptSample, decode_image_bytes, decode_text, write_shards
+from oner_lab.data.sources import expand_urls
+from oner_lab.data.streaming import batch_quotas, epoch_order
+from oner_lab.hooks import ConfigError
+from oner_lab.model import OneTower, TowerConfig
+from oner_lab.spec.config import DataConfig, RunConfig
+
+SIZE = 24  # the tiny preset's image size
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+SHAPES = ("square", "stripe", "dot")
+
+
+# ---- writing small datasets in the real formats ----
+
+
+def picture(colour: str, shape: str, size: tuple[int, int] = (SIZE, SIZE)) -> Image.Image:
+    image = Image.new("RGB", size, (20, 20, 20))
+    w, h = size
+    box = {"square": (w // 4, h // 4, 3 * w // 4, 3 * h // 4), "stripe": (0, h // 3, w, 2 * h // 3), "dot": (w // 3, h // 3, 2 * w // 3, 2 * h // 3)}[shape]
+    image.paste(COLOURS[colour], box)
+    return image
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def scenes(count: int) -> list[tuple[str, str]]:
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    return [pairs[i % len(pairs)] for i in range(count)]
+
+
+def write_webdataset(directory: Path, count: int, per_shard: int, tag: str = "item", fmt: str = "jpg") -> list[Path]:
+    """Shards of `<key>.jpg` (larger than SIZE, so decoding resizes) + `<key>.txt` naming the sample."""
+    directory.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, (colour, shape) in enumerate(scenes(count)):
+        image = encoded(picture(colour, shape, (40, 32)), "JPEG" if fmt == "jpg" else "PNG")
+        samples.append({"__key__": f"{tag}{i:05d}", fmt: image, "txt": f"{tag} {i} a {colour} {shape}".encode()})
+    return write_shards(directory, samples, per_shard)
+
+
+def write_csv(directory: Path, count: int, separator: str = "\t") -> Path:
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    lines = [f"filepath{separator}title"]
+    for i, (colour, shape) in enumerate(scenes(count)):
+        picture(colour, shape).save(directory / "images" / f"{i}.png")
+        lines.append(f"images/{i}.png{separator}row {i} a {colour} {shape}")
+    path = directory / "train.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_coco_style(directory: Path, count: int) -> tuple[Path, Path, list[tuple[str, list[str]]]]:
+    """The same images with five captions each, as an ALBEF per-image list and as a Karpathy dataset_coco.json."""
+    (directory / "val2014").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, (colour, shape) in enumerate(scenes(count)):
+        name = f"COCO_val2014_{i:012d}.png"
+        picture(colour, shape).save(directory / "val2014" / name)
+        captions = [f"a {colour} {shape}", f"{colour} {shape} on dark", f"the {shape} is {colour}", f"one {shape}", f"a {colour} thing"]
+        entries.append((f"val2014/{name}", captions))
+    albef = directory / "coco_test.json"
+    albef.write_text(json.dumps([{"image": image, "caption": captions} for image, captions in entries]))
+    karpathy_images = [
+        {"filepath": "val2014", "filename": image.split("/")[1], "split": "test", "sentences": [{"raw": c} for c in captions]}
+        for image, captions in entries
+    ]
+    karpathy_images.append({"filepath": "val2014", "filename": "unused.jpg", "split": "train", "sentences": [{"raw": "x"}]})
+    karpathy = directory / "dataset_coco.json"
+    karpathy.write_text(json.dumps({"images": karpathy_images, "dataset": "coco"}))
+    return albef, karpathy, entries
+
+
+def write_class_folders(root: Path, per_class: int = 2) -> list[str]:
+    folders = [f"n0000000{i}" for i in range(len(COLOURS))]
+    for folder, colour in zip(folders, COLOURS, strict=True):
+        (root / folder).mkdir(parents=True)
+        for j in range(per_class):
+            picture(colour, SHAPES[j % len(SHAPES)]).save(root / folder / f"{j}.JPEG", format="JPEG", quality=95)
+    return folders
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but carries almost no data (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def micro_run_config(cache: Path, data: dict, eval_sets: list[str], **train_settings: object) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "model": {"width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16},
+            "objective": {"variant": "oner"},
+            "data": {"cache_dir": str(cache), "vocab_size": 120, "workers": 2, "shuffle_buffer": 8, **data},
+            "train": {"batch_size": 8, "steps": 4, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, **train_settings},
+            "eval": {"sets": eval_sets, "batch_size": 64},
+        }
+    )
+
+
+def sample_numbers(tokenizer: TextTokenizer, text_ids: torch.Tensor) -> list[tuple[str, int]]:
+    """(tag, number) of each row, read back from its caption `<tag> <number> ...`."""
+    return [(text.split()[0], int(text.split()[1])) for text in tokenizer.decode(text_ids)]
+
+
+# ---- url patterns ----
+
+
+def test_urls_expand_braces_and_globs_and_name_what_is_missing(tmp_path: Path) -> None:
+    shards = write_webdataset(tmp_path / "wds", 12, 4)
+    assert expand_urls(str(tmp_path / "wds" / "shard-{000000..000002}.tar")) == shards
+    assert expand_urls(str(tmp_path / "wds" / "*.tar")) == shards
+    with pytest.raises(FileNotFoundError, match="shard-000003.tar: no such file"):
+        expand_urls(str(tmp_path / "wds" / "shard-{000000..000003}.tar"))
+    with pytest.raises(FileNotFoundError, match=r"\*\.tgz: the glob matches no file"):
+        expand_urls(str(tmp_path / "wds" / "*.tgz"))
+
+
+# ---- the streaming training source ----
+
+
+def test_every_epoch_visits_each_sample_once_across_ranks_and_batches_are_pure_functions_of_step(tmp_path: Path) -> None:
+    write_webdataset(tmp_path / "wds", 24, 7)  # shards of 7, 7, 7, 3
+    config = DataConfig(source="webdataset", urls=str(tmp_path / "wds" / "*.tar"), cache_dir=str(tmp_path / "cache"), shuffle_buffer=5, workers=2)
+    data = prepare(config, SIZE, 16, [])
+    assert data.train.num_samples == 24
+    seen = []
+    for step in range(6):  # 6 steps x 8 = two epochs
+        for rank in range(2):
+            seen += sample_numbers(data.tokenizer, data.train.batch(step, 8, seed=3, rank=rank, world_size=2).text_ids)
+    first, second = seen[:24], seen[24:]
+    assert sorted(n for _, n in first) == list(range(24)) and sorted(n for _, n in second) == list(range(24))
+    assert first != second  # each epoch has its own order
+
+    fresh = prepare(config, SIZE, 16, [])  # a resumed process: new objects, the index read from the cache
+    for step in (4, 1):
+        a, b = fresh.train.batch(step, 8, seed=3), data.train.batch(step, 8, seed=3)
+        for name in ("images", "images_target", "text_ids", "text_mask"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (step, name)
+    halves = [data.train.batch(2, 8, seed=3, rank=r, world_size=2) for r in range(2)]
+    whole = data.train.batch(2, 8, seed=3)
+    assert torch.equal(torch.cat([h.images for h in halves]), whole.images)  # the global batch ignores the world size
+
+
+def test_epoch_order_keeps_shards_together_up_to_the_shuffle_window() -> None:
+    starts = np.array([0, 10, 20, 30])
+    order = epoch_order(starts, 40, window=10, seed=0, source=0, epoch=0)
+    assert sorted(order.tolist()) == list(range(40))
+    windows = [set((order[i:i + 10] // 10).tolist()) for i in range(0, 40, 10)]
+    assert all(len(w) == 1 for w in windows)  # a window of one shard's size reads one shard
+    assert len({min(w) for w in windows}) == 4
+    assert not np.array_equal(order, epoch_order(starts, 40, 10, seed=0, source=0, epoch=1))
+
+
+def test_sources_are_mixed_by_weight_in_every_batch(tmp_path: Path) -> None:
+    write_webdataset(tmp_path / "cc", 30, 10, tag="cc")
+    write_webdataset(tmp_path / "sbu", 6, 3, tag="sbu")
+    urls = [str(tmp_path / "cc" / "shard-{000000..000002}.tar"), str(tmp_path / "sbu" / "*.tar")]
+    config = DataConfig(source="webdataset", urls=urls, weights=[3, 1], cache_dir=str(tmp_path / "cache"), workers=2)
+    data = prepare(config, SIZE, 16, [])
+    assert batch_quotas([3, 1], 8) == [6, 2] and batch_quotas([30, 6], 8) == [7, 1] and batch_quotas([1, 1, 1], 8) == [3, 3, 2]
+    drawn = []
+    for step in range(6):
+        rows = sample_numbers(data.tokenizer, data.train.batch(step, 8, seed=0).text_ids)
+        assert sum(tag == "sbu" for tag, _ in rows) == 2
+        drawn += rows
+    sbu = [n for tag, n in drawn if tag == "sbu"]
+    assert sorted(sbu[:6]) == list(range(6)) and sorted(sbu[6:]) == list(range(6))  # sbu's own epochs, no repeats
+    assert len({n for tag, n in drawn if tag == "cc"}) == 30  # 36 cc rows: a full epoch, then the next begins
+
+
+def test_csv_source_reads_open_clip_columns_relative_to_the_file(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "csv", 10, separator=",")
+    config = DataConfig(source="csv", urls=str(csv), csv_separator=",", cache_dir=str(tmp_path / "cache"), workers=2)
+    data = prepare(config, SIZE, 16, [])
+    assert data.train.num_samples == 10
+    batch = data.train.batch(0, 10, seed=0)
+    numbers = [n for _, n in sample_numbers(data.tokenizer, batch.text_ids)]
+    assert sorted(numbers) == list(range(10))
+    config_whole = DataConfig(source="csv", urls=str(csv), csv_separator=",", cache_dir=str(tmp_path / "cache"), crop_scale=(1.0, 1.0))
+    whole = prepare(config_whole, SIZE, 16, []).train.batch(0, 10, seed=0)
+    row = numbers.index(4)
+    stored = torch.from_numpy(np.array(Image.open(tmp_path / "csv" / "images" / "4.png").convert("RGB"))).permute(2, 0, 1)
+    assert torch.allclose(whole.images[row], stored.float() * 2 / 255 - 1, atol=1e-5)  # the file at the relative path
+
+
+# ---- corrupt content: handled, or skipped and counted ----
+
+
+def test_unusual_image_modes_are_converted_to_the_right_rgb() -> None:
+    grey16 = np.full((SIZE, SIZE), 0x8000, dtype=np.uint16)
+    assert decode_image_bytes(encoded(Image.fromarray(grey16)), SIZE)[:, 0, 0].tolist() == [128, 128, 128]
+    grey = Image.new("L", (SIZE, SIZE), 77)
+    assert decode_image_bytes(encoded(grey), SIZE)[:, 3, 3].tolist() == [77, 77, 77]
+    rgba = Image.new("RGBA", (SIZE, SIZE), (255, 0, 0, 0))  # fully transparent red: the background shows
+    rgba.paste((0, 0, 255, 255), (0, 0, SIZE // 2, SIZE))
+    pixels = decode_image_bytes(encoded(rgba), SIZE)
+    assert pixels[:, 0, 0].tolist() == [0, 0, 255] and pixels[:, 0, SIZE - 1].tolist() == [255, 255, 255]
+    cmyk = Image.new("CMYK", (SIZE, SIZE), (0, 255, 255, 0))  # pure red in CMYK
+    red = decode_image_bytes(encoded(cmyk, "JPEG", quality=95), SIZE)[:, 5, 5]
+    assert red[0] > 230 and red[1] < 25 and red[2] < 25
+    webp = decode_image_bytes(encoded(picture("green", "square"), "WEBP", lossless=True), SIZE)
+    assert webp[:, SIZE // 2, SIZE // 2].tolist() == list(COLOURS["green"])
+    wide = decode_image_bytes(encoded(picture("blue", "stripe", (96, 48))), SIZE)  # resize shorter side, centre crop
+    assert wide.shape == (3, SIZE, SIZE) and wide[:, SIZE // 2, 0].tolist() == list(COLOURS["blue"])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "cannot be decoded"),
+        (encoded(picture("red", "dot"), "JPEG")[:200], "cannot be decoded"),
+        (b"this is not an image", "cannot be decoded"),
+        (png_header_only(20_000, 20_000), "20000 x 20000 pixels|decompression bomb"),
+        (png_header_only(10_000, 9_000), "10000 x 9000 pixels, above"),
+    ],
+    ids=["zero-byte", "truncated-jpeg", "not-an-image", "bomb-20000", "over-limit-90M"],
+)
+def test_undecodable_images_raise_corrupt_sample(data: bytes, reason: str) -> None:
+    with pytest.raises(CorruptSample, match=reason):
+        decode_image_bytes(data, SIZE)
+
+
+def test_a_one_megabyte_caption_is_cut_before_tokenising_with_the_same_tokens(tmp_path: Path) -> None:
+    words = "a red square on a dark background " * 30_000
+    caption = decode_text({"txt": words.encode()})
+    assert len(words) > 1_000_000 and 0 < len(caption) <= 4096
+    tokenizer = TextTokenizer.train([words[:2000]], 100)
+    assert torch.equal(tokenizer.encode([caption], 20)[0], tokenizer.encode([words], 20)[0])
+
+
+def corrupt_samples() -> dict[str, dict[str, bytes]]:
+    good = encoded(picture("red", "dot"))
+    return {
+        "zero": {"png": b"", "txt": b"bad zero"},
+        "trunc": {"jpg": encoded(picture("red", "dot"), "JPEG")[:150], "txt": b"bad trunc"},
+        "bomb": {"png": png_header_only(20_000, 20_000), "txt": b"bad bomb"},
+        "nocap": {"png": good},
+        "emptycap": {"png": good, "txt": b"   \n"},
+        "latin1": {"png": good, "txt": "bad caf\xe9".encode("latin-1")},
+        "noimage": {"txt": b"bad noimage"},
+    }
+
+
+def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_and_key(tmp_path: Path) -> None:
+    good = [{"__key__": f"good{i:03d}", "png": encoded(picture("blue", SHAPES[i % 3])), "txt": f"item {i} fine".encode()} for i in range(10)]
+    odd = [
+        {"__key__": "cmyk", "jpg": encoded(Image.new("CMYK", (SIZE, SIZE), (0, 255, 255, 0)), "JPEG"), "txt": b"item 10 cmyk"},
+        {"__key__": "grey16", "png": encoded(Image.fromarray(np.full((8, 8), 999, np.uint16))), "txt": b"item 11 grey"},
+        {"__key__": "rgba", "png": encoded(Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))), "txt": b"item 12 rgba"},
+        {"__key__": "longcap", "png": encoded(picture("red", "dot")), "txt": ("item 13 " + "long " * 250_000).encode()},
+    ]
+    bad = [{"__key__": key, **fields} for key, fields in corrupt_samples().items()]
+    (tmp_path / "wds").mkdir()
+    write_shards(tmp_path / "wds", good[:5] + bad[:4] + odd + bad[4:] + good[5:], 8)
+    config = DataConfig(source="webdataset", urls=str(tmp_path / "wds" / "*.tar"), cache_dir=str(tmp_path / "cache"), workers=2)
+    data = prepare(config, SIZE, 16, [])
+    assert data.train.num_samples == 14 + 5  # "nocap" and "noimage" are left out (and counted) while indexing
+    assert data.skipped_samples == 2
+    numbers = []
+    for step in range(4):  # 32 rows: every position of the 19-sample epoch at least once
+        numbers += [n for _, n in sample_numbers(data.tokenizer, data.train.batch(step, 8, seed=0).text_ids)]
+    assert set(numbers) == set(range(14))  # every readable sample, the odd ones included; never a corrupt one
+    assert data.skipped_samples == 2 + 5  # zero-byte, truncated, bomb, empty caption, non-UTF-8 caption
+
+    strict = {**config.model_dump(), "on_corrupt": "fail"}
+    with pytest.raises(CorruptSampleError, match=r"shard-000001\.tar: sample 'nocap': missing \.txt"):
+        prepare(DataConfig(**{**strict, "cache_dir": str(tmp_path / "strict")}), SIZE, 16, [])
+    (tmp_path / "one_bad").mkdir()
+    write_shards(tmp_path / "one_bad", good[:3] + bad[1:2], 8)
+    strict_stream = DataConfig(**{**strict, "urls": str(tmp_path / "one_bad" / "*.tar"), "cache_dir": str(tmp_path / "strict")})
+    stream = prepare(strict_stream, SIZE, 16, []).train
+    with pytest.raises(CorruptSampleError, match=r"shard-000000\.tar: sample 'trunc': image \.jpg cannot be decoded"):
+        stream.batch(0, 4, seed=0)
