@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import tarfile
 import zlib
@@ -305,3 +306,198 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_
     stream = prepare(strict_stream, SIZE, 16, []).train
     with pytest.raises(CorruptSampleError, match=r"shard-000000\.tar: sample 'trunc': image \.jpg cannot be decoded"):
         stream.batch(0, 4, seed=0)
+
+
+def test_corrupt_csv_rows_are_skipped_and_counted(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "csv", 6)
+    picture("red", "dot").save(tmp_path / "csv" / "images" / "cmyk.jpg")
+    Image.new("CMYK", (SIZE, SIZE), (0, 255, 255, 0)).save(tmp_path / "csv" / "images" / "cmyk.jpg")
+    (tmp_path / "csv" / "images" / "zero.png").write_bytes(b"")
+    extra = [
+        b"images/missing.png\trow 90 gone",
+        b"images/zero.png\trow 91 zero",
+        b"images/0.png\t",
+        b"images/1.png\trow 92 caf\xe9",
+        b"\trow 93 no path",
+        ("/" + str(tmp_path / "csv" / "images" / "cmyk.jpg").lstrip("/") + "\trow 6 absolute cmyk").encode(),
+    ]
+    csv.write_bytes(csv.read_bytes() + b"\n".join(extra) + b"\n")
+    config = DataConfig(source="csv", urls=str(csv), cache_dir=str(tmp_path / "cache"), workers=2)
+    data = prepare(config, SIZE, 16, [])
+    assert data.train.num_samples == 9 and data.skipped_samples == 3  # empty caption, non-UTF-8, empty path
+    numbers = [n for _, n in sample_numbers(data.tokenizer, data.train.batch(0, 9, seed=0).text_ids)]
+    numbers += [n for _, n in sample_numbers(data.tokenizer, data.train.batch(1, 9, seed=0).text_ids)]
+    assert set(numbers) == set(range(7))  # the six rows and the absolute-path CMYK image, never 90 or 91
+    assert data.skipped_samples == 3 + 2  # plus the missing and the zero-byte image files
+    strict = DataConfig(**{**config.model_dump(), "on_corrupt": "fail"})
+    with pytest.raises(CorruptSampleError, match=r"train\.tsv: row 10: caption column 'title' is empty"):
+        prepare(strict, SIZE, 16, [])
+
+
+# ---- bad input: one clear error before training ----
+
+
+def bad_input_cases(tmp_path: Path) -> dict[str, tuple[dict, list[str], str, str]]:
+    """name -> (data settings, eval sets, the ConfigError's key, a regex its message must match)."""
+    write_webdataset(tmp_path / "wds", 4, 4)
+    (tmp_path / "empty.tar").write_bytes(b"")
+    csv = write_csv(tmp_path / "csv", 2)
+    albef, karpathy, _ = write_coco_style(tmp_path / "coco", 3)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([{"image": "val2014/x.png", "caption": ["a"]}, {"caption": ["b"]}]))
+    write_class_folders(tmp_path / "classes")
+    (tmp_path / "classes" / "n00000009").mkdir()
+    (tmp_path / "classes" / "n00000009" / "notes.txt").write_text("no image here")
+    write_class_folders(tmp_path / "classes_ok")
+    (tmp_path / "vocabless").mkdir()
+    wds = {"source": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}
+    return {
+        "glob-matches-nothing": ({"source": "webdataset", "urls": str(tmp_path / "nowhere" / "*.tar")}, [], "data.urls", r"nowhere/\*\.tar: the glob matches no file"),
+        "brace-part-missing": ({"source": "webdataset", "urls": str(tmp_path / "wds" / "shard-{000000..000001}.tar")}, [], "data.urls", r"shard-000001\.tar: no such file"),
+        "empty-shard": ({"source": "webdataset", "urls": str(tmp_path / "empty.tar")}, [], "data.urls", r"empty\.tar.*an empty file; expected a webdataset tar shard"),
+        "no-urls": ({"source": "csv"}, [], "data.urls", "for data.source: csv"),
+        "weights-count": ({**wds, "weights": [1.0, 2.0]}, [], "data.weights", r"one weight per data\.urls entry \(1\)"),
+        "csv-column": ({"source": "csv", "urls": str(csv), "csv_caption_key": "caption"}, [], "data.urls", r"no column 'caption' \(header has \['filepath', 'title'\]"),
+        "json-missing-key": ({"eval_sources": {"coco": {"format": "retrieval_json", "path": str(broken)}}}, ["coco"], "data.eval_sources.coco", r"broken\.json: entry 1 lacks key 'image'"),
+        "json-missing-image": ({"eval_sources": {"coco": {"format": "retrieval_json", "path": str(albef), "image_root": str(tmp_path)}}}, ["coco"], "data.eval_sources.coco", r"val2014/COCO_val2014_000000000000\.png does not exist"),
+        "karpathy-split": ({"eval_sources": {"coco": {"format": "karpathy", "path": str(karpathy), "split": "val"}}}, ["coco"], "data.eval_sources.coco", r"no image in split 'val' \(splits present: \['test', 'train'\]\)"),
+        "class-folder-without-images": ({"eval_sources": {"inet": {"format": "class_folders", "path": str(tmp_path / "classes")}}}, ["inet"], "data.eval_sources.inet", r"n00000009: class folder holds no image"),
+        "class-names-count": ({"eval_sources": {"inet": {"format": "class_folders", "path": str(tmp_path / "classes_ok"), "class_names": str(csv)}}}, ["inet"], "data.eval_sources.inet", r"train\.tsv: 3 names for 4 class folders"),
+        "unknown-eval-set": ({"eval_sources": {"coco": {"format": "karpathy", "path": str(karpathy)}}}, ["flickr"], "eval.sets", r"data\.eval_sources defines coco"),
+        "built-in-name-taken": ({"eval_sources": {"shapes": {"format": "karpathy", "path": str(karpathy)}}}, [], "data.eval_sources.shapes", "taken"),
+        "tokenizer-without-vocab": ({"tokenizer": str(tmp_path / "vocabless")}, [], "data.tokenizer", "neither tokenizer.json nor vocab.txt"),
+    }
+
+
+BAD_INPUT_NAMES = [
+    "glob-matches-nothing", "brace-part-missing", "empty-shard", "no-urls", "weights-count", "csv-column",
+    "json-missing-key", "json-missing-image", "karpathy-split", "class-folder-without-images", "class-names-count",
+    "unknown-eval-set", "built-in-name-taken", "tokenizer-without-vocab",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT_NAMES)
+def test_bad_input_is_a_config_error_naming_the_file_before_training(tmp_path: Path, case: str) -> None:
+    data, eval_sets, key, message = bad_input_cases(tmp_path)[case]
+    config = micro_run_config(tmp_path / "cache", data, eval_sets)
+    with pytest.raises(ConfigError) as error:
+        train.validate(config)
+    assert error.value.key == key
+    assert re.search(message, str(error.value)), str(error.value)
+    assert not (tmp_path / "cache").exists()  # nothing was indexed or generated
+
+
+def test_a_tar_without_samples_stops_prepare_naming_the_shard(tmp_path: Path) -> None:
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "notes.tar", "w") as archive:
+        info = tarfile.TarInfo("README")
+        archive.addfile(info, io.BytesIO(b""))
+    config = DataConfig(source="webdataset", urls=str(tmp_path / "wds" / "notes.tar"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ShardReadError, match=r"notes\.tar: holds no usable sample \(expected webdataset members"):
+        prepare(config, SIZE, 16, [])
+
+
+# ---- training through each loader; evaluation against a brute-force reference ----
+
+
+def trained_tower(run_dir: Path) -> OneTower:
+    state = load(run_dir / "checkpoints" / "last.pt")
+    assert state is not None
+    model = OneTower(TowerConfig(**state["tower"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def stored_pixels(paths: list[Path]) -> torch.Tensor:
+    """The eval transform by hand for SIZE x SIZE files: RGB, scaled to [-1, 1]."""
+    arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def brute_force_recall(sim: list[list[float]], owner: list[int], k: int) -> tuple[float, float]:
+    """(text R@k, image R@k) in %, one item at a time; ties count against the model."""
+    images, captions = len(sim), len(owner)
+    text_hits = 0
+    for i in range(images):
+        best = max(sim[i][j] for j in range(captions) if owner[j] == i)
+        text_hits += sum(sim[i][j] >= best for j in range(captions) if owner[j] != i) < k
+    image_hits = 0
+    for j in range(captions):
+        best = sim[owner[j]][j]
+        image_hits += sum(sim[i][j] >= best for i in range(images) if i != owner[j]) < k
+    return 100 * text_hits / images, 100 * image_hits / captions
+
+
+def training_data(tmp_path: Path, kind: str) -> dict:
+    if kind == "webdataset":
+        write_webdataset(tmp_path / "cc", 20, 6, tag="cc")
+        write_webdataset(tmp_path / "sbu", 8, 4, tag="sbu", fmt="png")
+        urls = [str(tmp_path / "cc" / "shard-{000000..000003}.tar"), str(tmp_path / "sbu" / "*.tar")]
+        return {"source": "webdataset", "urls": urls, "weights": [3.0, 1.0]}
+    return {"source": "csv", "urls": str(write_csv(tmp_path / "csv", 20))}
+
+
+@pytest.mark.parametrize("kind", ["webdataset", "csv"])
+def test_training_runs_through_each_loader_and_evaluation_matches_a_brute_force_reference(tmp_path: Path, kind: str) -> None:
+    albef, karpathy, entries = write_coco_style(tmp_path / "coco", 10)
+    folders = write_class_folders(tmp_path / "inet")
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(COLOURS) + "\n")
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a {} picture.\nsomething {}.\n")
+    eval_sources = {
+        "coco5k": {"format": "retrieval_json", "path": str(albef)},
+        "coco_karpathy": {"format": "karpathy", "path": str(karpathy), "image_root": str(tmp_path / "coco")},
+        "inet": {"format": "class_folders", "path": str(tmp_path / "inet"), "class_names": str(names), "templates": str(templates)},
+    }
+    config = micro_run_config(tmp_path / "cache", {**training_data(tmp_path, kind), "eval_sources": eval_sources}, ["coco5k", "coco_karpathy", "inet"])
+    final = train.run(config, tmp_path / "run")
+    assert final["train/steps"] == 4 and final["data/skipped_samples"] == 0
+    assert all(np.isfinite(final[f"train/loss_{term}"]) for term in ("itc", "mlm", "mim"))
+
+    model = trained_tower(tmp_path / "run")
+    tokenizer = TextTokenizer.load(next((tmp_path / "cache").glob("tokenizer-*")))
+    captions = [c for _, image_captions in entries for c in image_captions]
+    owner = [i for i, (_, image_captions) in enumerate(entries) for _ in image_captions]
+    with torch.no_grad():
+        image_emb = F.normalize(model.encode_image(stored_pixels([tmp_path / "coco" / image for image, _ in entries])), dim=-1)
+        text_emb = F.normalize(model.encode_text(*tokenizer.encode(captions, model.cfg.max_text_len)), dim=-1)
+    sim = (image_emb @ text_emb.T).tolist()
+    for k in (1, 5, 10):
+        text_recall, image_recall = brute_force_recall(sim, owner, k)
+        for name in ("coco5k", "coco_karpathy"):
+            assert final[f"eval/{name}/tr_r{k}"] == pytest.approx(text_recall), (name, k)
+            assert final[f"eval/{name}/ir_r{k}"] == pytest.approx(image_recall), (name, k)
+
+    prompts = [t.format(c) for c in COLOURS for t in ("a {} picture.", "something {}.")]
+    images = sorted((tmp_path / "inet").glob("*/*.JPEG"))
+    with torch.no_grad():
+        prompt_emb = F.normalize(model.encode_text(*tokenizer.encode(prompts, model.cfg.max_text_len)), dim=-1)
+        class_emb = F.normalize(prompt_emb.view(len(COLOURS), 2, -1).mean(1), dim=-1)
+        pixels = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in images])).permute(0, 3, 1, 2)
+        predicted = (F.normalize(model.encode_image(pixels.float() / 127.5 - 1), dim=-1) @ class_emb.T).argmax(1)
+    labels = torch.tensor([folders.index(p.parent.name) for p in images])
+    assert final["eval/inet/top1"] == pytest.approx(100 * (predicted == labels).float().mean().item())
+
+
+class StopAfter:
+    """Asks the loop to stop after `steps` steps, as a preemption signal does."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def should_stop(self) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+
+def test_a_resumed_webdataset_run_ends_with_the_same_parameters(tmp_path: Path) -> None:
+    config = micro_run_config(tmp_path / "cache", training_data(tmp_path, "webdataset"), [], steps=5, checkpoint_every=5)
+    train.run(config, tmp_path / "straight")
+    with pytest.raises(train.Interrupted):
+        train.run(config, tmp_path / "resumed", control=StopAfter(2))
+    train.run(config, tmp_path / "resumed")
+    straight, resumed = load(tmp_path / "straight" / "checkpoints" / "last.pt"), load(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert straight is not None and resumed is not None and straight["step"] == resumed["step"] == 5
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

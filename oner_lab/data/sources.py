@@ -35,6 +35,7 @@ from .shards import (
 )
 
 _GLOB_CHARACTERS = frozenset("*?[")
+_REPLACEMENT = "\ufffd"  # what pandas puts for bytes that are not UTF-8
 _INDEX_VERSION = 1
 _INDEX_FIELDS = ("group", "image_offset", "image_size", "image_ext", "text_offset", "text_size")
 
@@ -246,24 +247,22 @@ class CsvSource:
 
 
 def read_csv_columns(path: Path, separator: str, img_key: str, caption_key: str) -> pd.DataFrame:
-    """The two columns as strings ('' where missing); a non-UTF-8 cell keeps its bytes as surrogates."""
+    """The two columns as strings ('' where missing); bytes that are not UTF-8 become U+FFFD (the row is then skipped)."""
     try:
         table = pd.read_csv(
             path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8",
-            encoding_errors="surrogateescape", usecols=lambda column: column in (img_key, caption_key),
+            encoding_errors="replace", usecols=lambda column: column in (img_key, caption_key),
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ValueError(f"{path}: not a CSV with separator {separator!r}: {error}") from error
     missing = [key for key in (img_key, caption_key) if key not in table.columns]
     if missing:
-        header = pd.read_csv(path, sep=separator, nrows=0, encoding_errors="surrogateescape").columns.tolist()
+        header = pd.read_csv(path, sep=separator, nrows=0, encoding_errors="replace").columns.tolist()
         raise ValueError(f"{path}: no column {', '.join(map(repr, missing))} (header has {header}, separator {separator!r})")
     return table
 
 
 def _strict_utf8(value: str, column: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise CorruptSample(f"column {column!r} is not UTF-8") from None
+    if _REPLACEMENT in value:
+        raise CorruptSample(f"column {column!r} is not UTF-8")
     return value
