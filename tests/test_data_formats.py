@@ -501,3 +501,17 @@ def test_a_resumed_webdataset_run_ends_with_the_same_parameters(tmp_path: Path) 
     assert straight is not None and resumed is not None and straight["step"] == resumed["step"] == 5
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_class_folder_names_from_imagenet_ids_and_slip_templates_by_default(tmp_path: Path) -> None:
+    for wnid, colour in (("n01440764", "red"), ("n01443537", "yellow")):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        picture(colour, "dot").save(tmp_path / "val" / wnid / "a.JPEG", format="JPEG")
+    (tmp_path / "val" / "n01443537" / "b.png").write_bytes(b"")  # corrupt: skipped and counted
+    source = {"format": "class_folders", "path": str(tmp_path / "val"), "class_names": "imagenet1k"}
+    config = DataConfig(cache_dir=str(tmp_path / "cache"), train_size=16, eval_sources={"inet": source})
+    data = prepare(config, SIZE, 16, ["inet"])
+    inet = data.eval_sets["inet"]
+    assert inet.class_names == ["tench", "goldfish"] and inet.templates == list(SLIP_TEMPLATES) and len(SLIP_TEMPLATES) == 7
+    assert inet.labels.tolist() == [0, 1] and data.skipped_samples == 1
+    assert data.tokenizer.decode(inet.prompt_ids[7:8]) == ["itap of a goldfish."]
