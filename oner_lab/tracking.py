@@ -17,7 +17,7 @@ import random
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,3 +380,37 @@ class MlflowRunLogger:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+TAG_ANALYSIS = "oner.analysis"
+"""Marks the run holding an analysis notebook's outputs; it has no config hash, so no table or
+rerun ever counts it as a training run."""
+
+
+def log_analysis_outputs(
+    uri: str, experiment: str, name: str, paths: Iterable[Path], artifact_path: str = "analysis"
+) -> str | None:
+    """Logs files an analysis made (figures, tables) as artifacts of the run `analysis/<name>` of
+    `experiment`, created on first use and reused after (a file logged again replaces the old one).
+
+    Returns the run id, or None when the experiment does not exist (nothing is created).
+    """
+    client = connect(uri)
+    experiment_key = experiment_id(client, experiment, create=False)
+    if experiment_key is None:
+        return None
+    found = retry_locked(
+        lambda: client.search_runs([experiment_key], filter_string=f"tags.`{TAG_ANALYSIS}` = '{name}'", max_results=1)
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        note = f"Figures and tables of `analysis/{name}.ipynb`, regenerated from this experiment's runs."
+        run = retry_locked(
+            lambda: client.create_run(experiment_key, run_name=f"analysis/{name}", tags={TAG_ANALYSIS: name, TAG_NOTE: note})
+        )
+        run_id = run.info.run_id
+    for path in paths:
+        retry_locked(lambda path=path: client.log_artifact(run_id, str(path), artifact_path))
+    retry_locked(lambda: client.set_terminated(run_id, status=FINISHED))
+    return run_id

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
-from oner_lab import paper, table, tracking
+from oner_lab import analysis, table, tracking
+from oner_lab.analysis import paper
 from oner_lab.spec import Spec, expand
 
 EVAL = {"eval/shapes/tr_r1": 0, "eval/shapes/tr_r5": 1, "eval/shapes/ir_r1": 2, "eval/shapes/ir_r5": 3, "eval/shapes_cls/top1": 4}
@@ -49,7 +50,7 @@ def logged(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_one_row_per_variant_with_mean_std_n_of_this_plan_only(logged: tuple[str, Spec, list]) -> None:
     uri, spec, planned = logged
-    result = table.spec_table(spec, planned)
+    result = table.spec_table(spec, planned).frame
     assert list(result.index) == ["itc", "oner"]  # xmc has no FINISHED run; spec order kept
     assert list(result["n"]) == [2, 2]
     assert list(result.columns) == [
@@ -63,17 +64,20 @@ def test_one_row_per_variant_with_mean_std_n_of_this_plan_only(logged: tuple[str
     assert result.attrs["metrics"]["eval/shapes_cls/top1"] == "top-1"
 
 
-def test_without_a_plan_every_finished_run_counts(logged: tuple[str, Spec, list]) -> None:
+def test_without_a_plan_runs_of_different_configs_are_never_averaged(logged: tuple[str, Spec, list]) -> None:
     uri, spec, _ = logged
-    result = table.build_ablation_table(uri, spec.experiment_name, ["shapes", "shapes_cls"])
-    assert result.loc["oner", "n"] == 3
-    assert result.loc["oner", "TR@1"] == pytest.approx((10 + 11 + 1000) / 3)
+    result = analysis.ablation_table(analysis.load_runs(uri, spec.experiment_name), eval_sets=["shapes", "shapes_cls"])
+    # the train.steps=7 run was launched last: its config is the row's; seeds 0 and 1 (another config) are left out, with a footnote
+    assert result.frame.loc["oner", "n"] == 1
+    assert result.frame.loc["oner", "TR@1"] == pytest.approx(1000.0)
+    change = f"train.steps: {spec.base.train.steps} -> 7"
+    assert any("oner: 2 run(s) of an earlier config left out" in note and change in note for note in result.footnotes), result.footnotes
 
 
 def test_two_sets_of_one_kind_are_named_in_their_columns() -> None:
-    columns = table.metric_columns(["coco", "flickr", "inet"], {"eval/coco/tr_r1", "eval/flickr/tr_r1", "eval/inet/top1"})
+    columns = analysis.metric_columns(["coco", "flickr", "inet"], {"eval/coco/tr_r1", "eval/flickr/tr_r1", "eval/inet/top1"})
     assert columns == {"eval/inet/top1": "top-1", "eval/coco/tr_r1": "coco TR@1", "eval/flickr/tr_r1": "flickr TR@1"}
-    assert table.sets_note(columns) == "top-1: inet"
+    assert analysis.sets_note(columns) == "top-1: inet"
 
 
 def test_printed_table_has_our_block_and_the_papers_block(logged: tuple[str, Spec, list]) -> None:
