@@ -162,6 +162,11 @@ class Trainer:
             checkpoint.save_atomic(self.state(), self.checkpoint_path)
         barrier()
 
+    def save_early(self) -> None:
+        """Weights at a tenth of training (the paper's t-SNE compares 4 of 40 epochs with the end)."""
+        state = {k: v for k, v in self.state().items() if k in ("step", "model", "target", "config", "tower")}
+        checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "early.pt")
+
     def resume(self) -> bool:
         """Load the last checkpoint of this run directory, if any; refuses another config's."""
         state = checkpoint.load(self.checkpoint_path)
@@ -207,8 +212,13 @@ class Trainer:
         obj = self.config.objective
         ema_update(self.target, self.model, momentum_at(self.step, t.steps, obj.momentum, obj.momentum_end))
         self.step += 1
-        scalars = {"train/loss": total.item(), "train/lr": lr, "train/temperature": self.objective.temperature()}
-        scalars.update({f"train/loss_{name}": v.item() for name, v in values.items()})
+        losses = torch.stack([loss.detach().float() for loss in (total, *values.values())])
+        if self.dist.world_size > 1:  # each rank's loss covers its share of the global batch: log their mean
+            torch.distributed.all_reduce(losses)
+            losses /= self.dist.world_size
+        total_loss, *term_losses = losses.tolist()
+        scalars = {"train/loss": total_loss, "train/lr": lr, "train/temperature": self.objective.temperature()}
+        scalars.update({f"train/loss_{name}": value for name, value in zip(values, term_losses)})
         return scalars
 
     # --- evaluation ---------------------------------------------------------------------
@@ -258,6 +268,8 @@ class Trainer:
                 metrics = self.evaluate()
                 if log:
                     log.log_metrics(metrics, self.step)
+            if self.step == max(1, t.steps // 10) and self.dist.is_main:
+                self.save_early()
             stop = control is not None and control.should_stop()
             if self.step % t.checkpoint_every == 0 or self.step == t.steps or stop:
                 self.save()

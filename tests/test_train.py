@@ -71,6 +71,8 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path: Path, stop_after: i
     resumed = train.run(config, tmp_path / "resumed", logger)
     assert logger.metrics[0][0] == stop_after + 1  # continued, not restarted
     assert logger.flushed_at == [6]  # flushed right after the final checkpoint (steps 3 and 6 checkpoint)
+    early = load(tmp_path / "straight" / "checkpoints" / "early.pt")
+    assert early is not None and early["step"] == 1  # a tenth of 6 steps, at least one
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for key in a:
