@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .tokenizer import TextTokenizer
 
 
 @dataclass
@@ -55,3 +60,15 @@ class ClassificationSet:
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 [.., 3, H, W] -> float32 with mean 0.5 and std 0.5, i.e. values in [-1, 1]."""
     return images.float().mul_(2 / 255).sub_(1)
+
+
+def retrieval_set(
+    name: str, images: list[np.ndarray], captions_per_image: list[list[str]], tokenizer: "TextTokenizer", max_text_len: int
+) -> RetrievalSet:
+    """A COCO-style set from decoded uint8 images ([3, H, W] arrays) and each image's captions."""
+    captions = [caption for image_captions in captions_per_image for caption in image_captions]
+    per_image = torch.tensor([len(image_captions) for image_captions in captions_per_image])
+    text_ids, text_mask = tokenizer.encode(captions, max_text_len)
+    pixels = normalise(torch.from_numpy(np.stack(images)))
+    caption_image = torch.repeat_interleave(torch.arange(len(images)), per_image)
+    return RetrievalSet(name, pixels, text_ids, text_mask, caption_image, captions)

@@ -20,7 +20,7 @@ import torch
 
 from oner_lab.spec.config import EvalSourceConfig
 
-from .batch import ClassificationSet, RetrievalSet, normalise
+from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
 from .shards import IMAGE_EXTENSIONS, CorruptSample, CorruptSampleError, OnCorrupt, decode_image_bytes
 from .tokenizer import TextTokenizer
 
@@ -176,12 +176,8 @@ def read_retrieval(
     kept = [(pixels, captions) for pixels, captions in kept if pixels is not None and captions]
     if not kept:
         raise ValueError(f"{source.path}: no readable image with a caption")
-    captions = [caption for _, image_captions in kept for caption in image_captions]
-    per_image = torch.tensor([len(image_captions) for _, image_captions in kept])
-    text_ids, text_mask = tokenizer.encode(captions, max_text_len)
-    images = normalise(torch.from_numpy(np.stack([pixels for pixels, _ in kept])))
-    caption_image = torch.repeat_interleave(torch.arange(len(kept)), per_image)
-    return RetrievalSet(name, images, text_ids, text_mask, caption_image, captions), len(entries) - len(kept)
+    images, captions = [pixels for pixels, _ in kept], [image_captions for _, image_captions in kept]
+    return retrieval_set(name, images, captions, tokenizer, max_text_len), len(entries) - len(kept)
 
 
 def read_classification(

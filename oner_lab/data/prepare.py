@@ -21,7 +21,7 @@ from oner_lab.hooks import ConfigError
 from oner_lab.spec.config import DataConfig, EvalSourceConfig
 
 from . import shapes
-from .batch import ClassificationSet, RetrievalSet, normalise
+from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
 from .cache import build_once
 from .eval_sources import EvalSourceError, class_entries, read_classification, read_retrieval, retrieval_entries
 from .shards import (
@@ -275,12 +275,8 @@ def _read_retrieval(
     )
     if not samples:
         raise ValueError(f"{directory}: no readable sample ({skipped} corrupt)")
-    captions = [caption for _, image_captions in samples for caption in image_captions]
-    per_image = torch.tensor([len(image_captions) for _, image_captions in samples])
-    text_ids, text_mask = tokenizer.encode(captions, max_text_len)
-    images = normalise(torch.from_numpy(np.stack([image for image, _ in samples])))
-    caption_image = torch.repeat_interleave(torch.arange(len(samples)), per_image)
-    return RetrievalSet(name, images, text_ids, text_mask, caption_image, captions), skipped
+    images, captions = [image for image, _ in samples], [image_captions for _, image_captions in samples]
+    return retrieval_set(name, images, captions, tokenizer, max_text_len), skipped
 
 
 def _read_classification(
