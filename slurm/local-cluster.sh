@@ -23,6 +23,9 @@ readonly LOG_DIR=/var/log/slurm
 readonly STATE_DIR=/var/spool/slurmctld
 readonly SPOOL_DIR=/var/spool/slurmd
 readonly READY_TIMEOUT_S=30
+readonly OVERSUBSCRIBE=8
+# Bumped whenever write_slurm_conf changes, so `start` restarts a cluster running an older config.
+readonly CONFIG_VERSION="oner-local-cluster config 2"
 readonly PACKAGES=(slurmctld slurmd slurm-client munge)
 readonly BINARIES=(slurmctld slurmd sinfo sbatch scontrol munged)
 
@@ -102,6 +105,7 @@ write_slurm_conf() {
     say "writing $SLURM_CONF (node $host, CPUs=$cpus, RealMemory=${mem}MB, partition $PARTITION)"
     cat >"$SLURM_CONF" <<EOF
 # Written by slurm/local-cluster.sh: a one-node test cluster. Edits are overwritten on start.
+# $CONFIG_VERSION
 ClusterName=oner-local
 SlurmctldHost=$host
 AuthType=auth/munge
@@ -131,7 +135,9 @@ ReturnToService=2
 MinJobAge=300
 KillWait=10
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# Cores are shared by up to $OVERSUBSCRIBE jobs (memory is not): a grid's array tasks run side by
+# side on a machine of a few cores, as they would on a node with many.
+PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:$OVERSUBSCRIBE
 EOF
 }
 
@@ -154,7 +160,7 @@ start() {
     [[ $EUID -eq 0 ]] || die "start needs root"
     binaries_present || install
     start_munge
-    if pid_alive "$CTLD_PID" && pid_alive "$SLURMD_PID" && cluster_ready; then
+    if pid_alive "$CTLD_PID" && pid_alive "$SLURMD_PID" && cluster_ready && grep -qF "$CONFIG_VERSION" "$SLURM_CONF"; then
         say "cluster already up:"
         sinfo -p "$PARTITION"
         return
