@@ -3,10 +3,12 @@
     python -m oner_lab.run SPEC [--profile NAME] [--set dotted.key=value ...]
                                 [--only variant=oner,seed=0] [--dry-run] [--no-wait] [--force]
 
-Exit codes: 0 every selected run FINISHED (or was already); 1 some run failed or was stopped;
+Exit codes: 0 every selected run FINISHED (or was already, or is still queued on SLURM from an
+earlier invocation); 1 some run failed or was stopped, or the scheduler refused the jobs;
 2 bad input (spec, --set, --only, a config train.validate refuses, a tracking store that
-cannot be opened, a backend that cannot launch here), found before anything is logged or
-submitted; 130 interrupted (rerun the same command to resume).
+cannot be opened, a backend that cannot launch here, a cluster profile that does not fit the
+cluster), found before anything is logged or submitted; 130 interrupted (rerun the same
+command to resume).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from rich.table import Table
 
 from oner_lab import launch, table, tracking, train
 from oner_lab.hooks import ConfigError
+from oner_lab.launch import scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
 
 if TYPE_CHECKING:
     import submitit
 
-RUN, RERUN, RESUME, SKIP = "run", "rerun", "resume", "skip"
+RUN, RERUN, RESUME, SKIP, QUEUED = "run", "rerun", "resume", "skip", "queued"
+"""QUEUED: the run's SLURM job from an earlier invocation is still pending or running; it is left alone."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def decide(planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRun], force: bool) -> list[Step]:
-    """FINISHED -> skip (rerun with --force); any other status -> resume into it; none -> run."""
+def decide(
+    planned: Sequence[PlannedRun],
+    existing: dict[str, tracking.TrackedRun],
+    force: bool,
+    live_jobs: frozenset[str] = frozenset(),
+) -> list[Step]:
+    """FINISHED -> skip (rerun with --force); still in `live_jobs` (its SLURM job pending or running) ->
+    queued, left alone; any other status -> resume into it; none -> run."""
     steps = []
     for run in planned:
         found = existing.get(run.config_hash)
@@ -72,10 +82,24 @@ def decide(planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRu
             action = RUN
         elif force:
             action = RERUN
+        elif found.finished:
+            action = SKIP
         else:
-            action = SKIP if found.finished else RESUME
+            action = QUEUED if found.slurm_job in live_jobs else RESUME
         steps.append(Step(run, action, found))
     return steps
+
+
+def live_slurm_jobs(existing: dict[str, tracking.TrackedRun]) -> frozenset[str]:
+    """The SLURM jobs of unfinished runs that are still pending or running (none when no scheduler answers)."""
+    job_ids = [run.slurm_job for run in existing.values() if run.slurm_job and not run.finished]
+    if not job_ids:
+        return frozenset()
+    try:
+        states = scheduler.queue_states(job_ids)
+    except scheduler.SchedulerError:
+        return frozenset()
+    return frozenset(job_id for job_id in job_ids if states.get(job_id) in scheduler.ALIVE_STATES)
 
 
 def fresh_run_dir(spec: Spec, run: PlannedRun) -> Path:
@@ -102,6 +126,27 @@ def plan_table(steps: Sequence[Step]) -> Table:
     return view
 
 
+def check_world_size(planned: Sequence[PlannedRun], world_size: int) -> None:
+    """Every run's global batch must split evenly over the job's DDP ranks (nodes x tasks per node)."""
+    for run in planned:
+        if run.config.train.batch_size % world_size:
+            raise launch.LaunchError(
+                f"run {run.run_name}: train.batch_size {run.config.train.batch_size} does not split over the "
+                f"{world_size} DDP ranks of launcher.slurm (nodes x tasks per node); allowed: a multiple of {world_size}"
+            )
+
+
+def describe_slurm(resources: launch.SlurmResources) -> str:
+    """One line saying what each run's job asks of the cluster."""
+    profile = resources.profile
+    gpus = f", {resources.gpus_per_node} GPUs" if resources.gpus_per_node else ", no GPU"
+    return (
+        f"SLURM ({resources.profile_path}): partition {profile.partition}, {resources.nodes} node(s) x "
+        f"{resources.tasks_per_node} task(s){gpus} per node, {resources.time_min} min, USR2 {profile.signal_lead_s}s "
+        f"before the limit, at most {profile.max_array_parallel} runs at once, {resources.max_requeues} requeues per run"
+    )
+
+
 def fail(message: object) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -126,11 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
 
     runs_dir = Path(spec.launcher.runs_dir).resolve()
-    if not args.dry_run:
-        try:
-            executor = launch.make_executor(spec.launcher, runs_dir)
-        except launch.LaunchError as error:
-            return fail(f"{spec.source_file}: {error}")
+    try:
+        if spec.launcher.backend == "slurm":  # the cluster profile, checked even by a dry run (files only)
+            resources = launch.resolve_slurm(spec.launcher.slurm)
+            check_world_size(planned, resources.world_size)
+            console.print(describe_slurm(resources))
+        if not args.dry_run:
+            executor = launch.make_executor(spec.launcher, runs_dir, job_name=spec.name)
+    except launch.LaunchError as error:
+        return fail(f"{spec.source_file}: {error}")
     uri = tracking.resolve_uri(spec.tracking.uri)
     experiment = spec.experiment_name
     try:
@@ -141,14 +190,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             existing = tracking.runs_by_hash(client, experiment)
     except tracking.TrackingError as error:
         return fail(f"{spec.source_file}: {error}")
-    steps = decide(planned, existing, args.force)
+    steps = decide(planned, existing, args.force, live_slurm_jobs(existing))
     console.print(plan_table(steps))
     if args.dry_run:
         return 0
-    todo = [step for step in steps if step.action != SKIP]
+    queued = [step for step in steps if step.action == QUEUED]
+    if queued:
+        held = ", ".join(f"{step.planned.run_name} (job {step.existing.slurm_job})" for step in queued if step.existing)
+        console.print(
+            f"Still queued or running on SLURM from an earlier invocation, left alone: {held}. "
+            f"`python -m oner_lab.status {spec.source_file}` follows them."
+        )
+    todo = [step for step in steps if step.action not in (SKIP, QUEUED)]
     if not todo:
-        console.print(f"All {len(steps)} runs already FINISHED (--force reruns them).")
-        table.print_spec_table(spec, planned, console)
+        if not queued:
+            console.print(f"All {len(steps)} runs already FINISHED (--force reruns them).")
+            table.print_spec_table(spec, planned, console)
         return 0
 
     return launch_and_wait(spec, planned, todo, executor, client, uri, args.no_wait, console)
@@ -174,11 +231,21 @@ def launch_and_wait(
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     jobs: list[submitit.Job] = []
     try:
-        jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid())
+        try:
+            jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid())
+        except launch.LaunchError as error:
+            for run in dispatches:
+                tracking.end_run(client, run.run_id, tracking.FAILED, f"not submitted: {error}")
+            console.print(f"[red]error[/]: {spec.source_file}: {error}")
+            return 1
+        if spec.launcher.backend == "slurm":
+            for job, run in zip(jobs, dispatches):
+                tracking.set_tags(client, run.run_id, {tracking.TAG_SLURM_JOB: job.job_id})
         if no_wait:
             console.print(
                 f"Dispatched {len(jobs)} runs; logs under {Path(spec.launcher.runs_dir).resolve() / 'submitit'}. "
-                f"Watch them in `mlflow ui`; `python -m oner_lab.table {spec.source_file}` prints the table."
+                f"`python -m oner_lab.status {spec.source_file}` shows them, `mlflow ui` too; "
+                f"`python -m oner_lab.table {spec.source_file}` prints the table."
             )
             return 0
         outcomes = launch.wait_for(jobs, dispatches, client, experiment, console, in_process=in_process)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
@@ -46,6 +46,9 @@ TAG_PROFILE = "oner.profile"
 TAG_RUN_DIR = "oner.run_dir"
 TAG_GIT_DIRTY = "oner.git_dirty"
 TAG_ERROR = "oner.error"
+TAG_SLURM_JOB = "oner.slurm.job_id"
+TAG_SLURM_REQUEUES = "oner.slurm.requeues"
+TAG_SLURM_EVENT = "oner.slurm.last_event"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_NOTE = "mlflow.note.content"
 
@@ -163,6 +166,7 @@ class TrackedRun:
     status: str
     run_dir: str | None
     start_time: int
+    slurm_job: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -198,12 +202,13 @@ def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]
             status=run.info.status,
             run_dir=tags.get(TAG_RUN_DIR),
             start_time=run.info.start_time,
+            slurm_job=tags.get(TAG_SLURM_JOB),
         )
     return latest
 
 
-def statuses(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, str]:
-    """Run id -> MLflow status, in one query (the CLI polls it to show queued and running runs)."""
+def fetch_runs(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, Run]:
+    """Run id -> MLflow run (params, tags, each metric's latest value), in one query."""
     experiment_key = experiment_id(client, experiment, create=False)
     if experiment_key is None or not run_ids:
         return {}
@@ -211,7 +216,12 @@ def statuses(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[
     runs = retry_locked(
         lambda: client.search_runs([experiment_key], filter_string=f"attributes.run_id IN ({quoted})", max_results=len(run_ids))
     )
-    return {run.info.run_id: run.info.status for run in runs}
+    return {run.info.run_id: run for run in runs}
+
+
+def statuses(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, str]:
+    """Run id -> MLflow status, in one query (the CLI polls it to show queued and running runs)."""
+    return {run_id: run.info.status for run_id, run in fetch_runs(client, experiment, run_ids).items()}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -299,6 +309,12 @@ def set_status(client: MlflowClient, run_id: str, status: str) -> None:
     retry_locked(lambda: client.update_run(run_id, status=status))
     if status == RUNNING and TAG_ERROR in retry_locked(lambda: client.get_run(run_id)).data.tags:
         retry_locked(lambda: client.delete_tag(run_id, TAG_ERROR))
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Sets several tags in one write (SLURM job id, requeue count, last preemption event)."""
+    run_tags = [RunTag(key, _cut(value, MAX_TAG_VAL_LENGTH)) for key, value in tags.items()]
+    retry_locked(lambda: client.log_batch(run_id, tags=run_tags))
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, error: BaseException | str | None = None) -> None:

@@ -10,16 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 
+from oner_lab.launch import cluster
+from oner_lab.launch.cluster import LaunchError
 from oner_lab.launch.job import TrainingJob
 from oner_lab.spec import LauncherConfig, PlannedRun
 
 NO_TIMEOUT_MIN = 60 * 24 * 365
 """LocalExecutor kills a job after `timeout_min` (2 minutes unless set); `local.timeout_min: null` means never."""
-
-
-class LaunchError(RuntimeError):
-    """A backend that cannot launch here; raised before anything is submitted."""
 
 
 @dataclass(frozen=True)
@@ -31,11 +30,13 @@ class Dispatch:
     run_dir: Path
 
 
-def make_executor(launcher: LauncherConfig, runs_dir: Path) -> submitit.Executor:
-    """debug: in this process, one run after another; local: one subprocess per run.
+def make_executor(launcher: LauncherConfig, runs_dir: Path, job_name: str = "oner") -> submitit.Executor:
+    """debug: in this process, one run after another; local: one subprocess per run; slurm: one job
+    array on the cluster profile's partition (cluster.py), one SLURM task per DDP rank.
 
-    Job logs and pickles go to `<runs_dir>/submitit/<job id>/`. Raises LaunchError for a backend
-    that cannot run here, before anything is submitted or logged.
+    Job logs and pickles go to `<runs_dir>/submitit/<job id>/` (on SLURM, `runs_dir` must be on a
+    file system the nodes share). Raises LaunchError for a backend that cannot run here, before
+    anything is submitted or logged.
     """
     folder = runs_dir / "submitit" / "%j"
     if launcher.backend == "debug":
@@ -44,22 +45,28 @@ def make_executor(launcher: LauncherConfig, runs_dir: Path) -> submitit.Executor
         executor = submitit.LocalExecutor(folder, max_num_timeout=0)
         executor.update_parameters(timeout_min=launcher.local.timeout_min or NO_TIMEOUT_MIN)
         return executor
-    raise LaunchError(
-        f"launcher.backend: {launcher.backend!r} is not implemented yet (it comes with the SLURM issue); "
-        "allowed now: debug, local"
-    )
+    resources = cluster.resolve(launcher.slurm)
+    cluster.check_cluster(resources)
+    try:  # submitit's own requeue budget only covers a signal that lands before the job installs its handlers
+        executor = submitit.AutoExecutor(folder, cluster="slurm", slurm_max_num_timeout=resources.max_requeues)
+    except RuntimeError as error:  # srun missing although sinfo answered
+        raise LaunchError(f"launcher.backend: 'slurm' cannot submit from here: {error}") from None
+    executor.update_parameters(**resources.executor_parameters(job_name))
+    return executor
 
 
 def submit(
     executor: submitit.Executor, launcher: LauncherConfig, runs: list[Dispatch], tracking_uri: str, *, owner_pid: int | None
 ) -> list[submitit.Job]:
-    """Submits one `TrainingJob` per run to `executor` (from `make_executor(launcher, ...)`).
+    """Submits one `TrainingJob` per run to `executor` (from `make_executor(launcher, ...)`); under
+    `executor.batch()` SLURM gets them as one job array. Raises LaunchError when sbatch refuses them.
 
     `owner_pid`: the process whose exit stops local jobs after their next checkpoint (the CLI
     while it waits); None lets them run on after the CLI exits (`--no-wait`). Only local jobs
     watch it: they share this machine's process table.
     """
     local = launcher.backend == "local"
+    max_requeues = cluster.resolve(launcher.slurm).max_requeues if launcher.backend == "slurm" else None
     jobs = [
         TrainingJob(
             run.planned,
@@ -68,12 +75,16 @@ def submit(
             run.run_dir,
             max_parallel=launcher.local.max_parallel if local else None,
             owner_pid=owner_pid if local else None,
+            max_requeues=max_requeues,
         )
         for run in runs
     ]
     inherited = _stdio_to(executor.folder.parent / "controllers.log") if local else nullcontext()
-    with inherited, executor.batch():
-        submitted = [executor.submit(job) for job in jobs]
+    try:
+        with inherited, executor.batch():
+            submitted = [executor.submit(job) for job in jobs]
+    except (FailedJobError, FailedSubmissionError) as error:  # sbatch refused: nothing was queued
+        raise LaunchError(f"the scheduler refused the jobs: {str(error).strip()}") from None
     return submitted
 
 

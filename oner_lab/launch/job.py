@@ -3,7 +3,8 @@
 It is a submitit `Checkpointable`, so a preempted or timed-out job is requeued as itself and
 `train.run` resumes from the run directory's last checkpoint. It never raises for a failed
 run (that would stop a debug executor's whole sweep): it marks the MLflow run FAILED and
-returns a `JobOutcome` saying so.
+returns a `JobOutcome` saying so. On SLURM (preemption.py) a job that is requeued exits
+without an outcome instead: it has not ended, it will start again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ import submitit
 from mlflow import MlflowClient
 
 from oner_lab import tracking
-from oner_lab.hooks import Interrupted
+from oner_lab.hooks import Interrupted, RunControl
+from oner_lab.launch import scheduler
+from oner_lab.launch.preemption import TERM, Next, SignalStop, SlurmTask, decide, over_budget_message
 from oner_lab.spec import PlannedRun
 
 POLL_S = 0.5
@@ -90,6 +93,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
     `<runs_dir>/.slots` (`runs_dir` being the run directory's parent): jobs beyond it wait for
     a free slot, also after the CLI has exited (`--no-wait`). A per-run lock keeps two
     processes from training one run directory. `owner_pid`: see `OwnerControl`.
+    `max_requeues` (SLURM backend): the job runs as one DDP rank per SLURM task, checkpoints and
+    requeues on SIGUSR2/SIGTERM (preemption.py), and ends FAILED past that many requeues.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         *,
         max_parallel: int | None = None,
         owner_pid: int | None = None,
+        max_requeues: int | None = None,
     ) -> None:
         self.planned = planned
         self.tracking_uri = tracking_uri
@@ -108,10 +114,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.run_dir = Path(run_dir)
         self.max_parallel = max_parallel
         self.owner_pid = owner_pid
+        self.max_requeues = max_requeues
 
     def __call__(self) -> JobOutcome:
         try:
-            return self._run()
+            return self._run() if self.max_requeues is None else self._run_on_slurm()
         except Exception as error:  # noqa: BLE001 - tracking itself failed; the CLI records what it can
             message = f"{type(error).__name__}: {error}"
             return JobOutcome(self.planned.run_name, self.run_id, tracking.FAILED, error=message)
@@ -125,28 +132,93 @@ class TrainingJob(submitit.helpers.Checkpointable):
             for candidates in waits:
                 if not held.enter_context(hold_lock(candidates, control)):
                     return self._end(tracking.KILLED, "the launching command ended before this run started; rerun it")
-            return self._train(control)
+            client = tracking.connect(self.tracking_uri)
+            owner_gone = "the launching command ended; rerun it to resume"
+            return self._train(control, client, lambda stop: self._record(tracking.KILLED, f"{stop}: {owner_gone}", client))
 
-    def _train(self, control: OwnerControl) -> JobOutcome:
+    def _run_on_slurm(self) -> JobOutcome:
+        """One rank of the run's SLURM job; only rank 0 writes to MLflow (train.run logs on rank 0 only)."""
+        assert self.max_requeues is not None
+        task = SlurmTask.from_env()
+        stop = SignalStop()
+        stop.install()
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        client = tracking.connect(self.tracking_uri) if task.is_main else None
+        if client is not None:
+            tags = {tracking.TAG_SLURM_JOB: task.job_id, tracking.TAG_SLURM_REQUEUES: str(task.restarts)}
+            tracking.set_tags(client, self.run_id, tags)
+        if task.restarts > self.max_requeues:
+            reason = over_budget_message(f"SLURM requeued the job {task.restarts} times", self.max_requeues, None)
+            return self._record(tracking.FAILED, reason, client)
+        on_interrupt = lambda interrupted: self._after_signal(task, stop, interrupted, client)  # noqa: E731
+        if client is None:
+            return self._train(stop, None, on_interrupt)
+        with hold_lock([self.run_dir / ".lock"], OwnerControl(None)):
+            return self._train(stop, client, on_interrupt)
+
+    def _after_signal(
+        self, task: SlurmTask, stop: SignalStop, interrupted: Interrupted, client: MlflowClient | None
+    ) -> JobOutcome:
+        """After the checkpoint a signal asked for: requeue (exit without an outcome), or end the run."""
+        assert self.max_requeues is not None
+        requeued = stop.agreed == TERM and scheduler.restarts(task.raw_job_id) > task.restarts
+        next_step = decide(stop.agreed, task.restarts, self.max_requeues, requeued)
+        event = f"{stop.signal_name} at step {interrupted.step} (checkpoint written)"
+        if next_step is Next.OVER_BUDGET:
+            cause = f"{stop.signal_name} after {task.restarts} requeue{'s' if task.restarts != 1 else ''}"
+            return self._record(tracking.FAILED, over_budget_message(cause, self.max_requeues, interrupted.step), client)
+        if next_step is Next.CANCELLED:
+            reason = f"cancelled: {event}, and SLURM is not requeueing the job; rerun the spec to resume"
+            return self._record(tracking.KILLED, reason, client)
+        if client is not None:
+            tracking.set_tags(client, self.run_id, {tracking.TAG_SLURM_EVENT: f"{event}: {next_step.value}"})
+            tracking.set_status(client, self.run_id, tracking.SCHEDULED)
+            if next_step is Next.REQUEUE:
+                scheduler.requeue(task.raw_job_id)
+        _barrier()  # no rank leaves before rank 0 has requeued (a site may kill the job when one task exits)
+        raise SystemExit(f"[oner] {event}: {next_step.value}; the job resumes from the checkpoint when it restarts")
+
+    def _train(
+        self, control: RunControl, client: MlflowClient | None, on_interrupt: Callable[[Interrupted], JobOutcome]
+    ) -> JobOutcome:
+        """`train.run` with the run's MLflow logger (`client` None: a DDP rank > 0, which logs nothing)."""
         from oner_lab import train  # only once a slot is held: a waiting job stays ~170 MB instead of ~800 MB
 
-        client = tracking.connect(self.tracking_uri)
-        tracking.set_status(client, self.run_id, tracking.RUNNING)
+        if client is not None:
+            tracking.set_status(client, self.run_id, tracking.RUNNING)
         try:
-            with tracking.MlflowRunLogger(client, self.run_id) as logger:
+            with tracking.MlflowRunLogger(client, self.run_id) if client else _no_logger() as logger:
                 metrics = train.run(self.planned.config, self.run_dir, logger=logger, control=control)
         except Interrupted as stop:
-            return self._end(tracking.KILLED, f"{stop}: the launching command ended; rerun it to resume", client)
+            return on_interrupt(stop)
         except Exception as error:  # noqa: BLE001 - any failure of one run is recorded, the sweep goes on
-            return self._end(tracking.FAILED, error, client)
+            return self._record(tracking.FAILED, error, client)
         except KeyboardInterrupt:
-            self._end(tracking.KILLED, "interrupted (Ctrl-C / SIGINT); rerun to resume", client)
+            self._record(tracking.KILLED, "interrupted (Ctrl-C / SIGINT); rerun to resume", client)
             raise
-        tracking.end_run(client, self.run_id, tracking.FINISHED)
+        if client is not None:
+            tracking.end_run(client, self.run_id, tracking.FINISHED)
         return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
 
-    def _end(self, status: str, error: BaseException | str, client: MlflowClient | None = None) -> JobOutcome:
-        client = client or tracking.connect(self.tracking_uri)
-        tracking.end_run(client, self.run_id, status, error)
+    def _end(self, status: str, error: BaseException | str) -> JobOutcome:
+        """Ends the MLflow run before training started (a fresh connection)."""
+        return self._record(status, error, tracking.connect(self.tracking_uri))
+
+    def _record(self, status: str, error: BaseException | str, client: MlflowClient | None) -> JobOutcome:
+        """The outcome; also ends the MLflow run with it when `client` is given (rank 0)."""
+        if client is not None:
+            tracking.end_run(client, self.run_id, status, error)
         message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
         return JobOutcome(self.planned.run_name, self.run_id, status, error=message)
+
+
+@contextmanager
+def _no_logger() -> Iterator[None]:
+    yield None
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()

@@ -9,15 +9,19 @@ from dataclasses import dataclass
 
 import submitit
 from mlflow import MlflowClient
+from submitit.core.utils import pickle_load
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from oner_lab import tracking
+from oner_lab.launch import scheduler
 from oner_lab.launch.executors import Dispatch
 from oner_lab.launch.job import JobOutcome
 
 POLL_S = 1.0
+SQUEUE_EVERY_S = 5.0
+"""How often the queue is asked which SLURM jobs ended without an outcome (squeue is a call to slurmctld)."""
 STOP_GRACE_S = 15.0
 QUEUED, RUNNING = "queued", "running"
 STYLES = {QUEUED: "dim", RUNNING: "cyan", tracking.FINISHED: "green", tracking.FAILED: "red", tracking.KILLED: "yellow"}
@@ -90,7 +94,7 @@ def _collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment:
     """The job's outcome. A job whose process died (or whose tracking failed) could not record how it
     ended, so its run is marked here."""
     try:
-        outcome = job.result()
+        outcome = _slurm_outcome(job) if isinstance(job, submitit.SlurmJob) else job.result()
     except Exception as error:  # noqa: BLE001 - submitit reports a dead process as one of several errors
         message = f"job {job.job_id} ended without an outcome (its log: {job.paths.stderr}): {error}"
         outcome = JobOutcome(run.planned.run_name, run.run_id, tracking.FAILED, error=message)
@@ -98,6 +102,42 @@ def _collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment:
         if tracking.statuses(client, experiment, [run.run_id]).get(run.run_id) in (tracking.RUNNING, tracking.SCHEDULED):
             tracking.end_run(client, run.run_id, outcome.status, outcome.error)
     return outcome
+
+
+def _slurm_outcome(job: submitit.Job) -> JobOutcome:
+    """Rank 0's outcome (every rank of a DDP job returns one; rank 0 is the one that tracked the run).
+    Read from its result file directly: `job.result()` would wait for accounting (`sacct`), which a
+    cluster may not have, before deciding that a job gone from the queue has no result."""
+    result = job.paths.result_pickle
+    if not result.exists():
+        raise RuntimeError(f"it left the SLURM queue without writing {result}")
+    kind, value = pickle_load(result)
+    if kind != "success":
+        raise RuntimeError(str(value).strip().splitlines()[-1])
+    return value
+
+
+class SlurmQueue:
+    """Which submitted SLURM jobs have ended: rank 0 wrote its outcome, or the job left the queue
+    (cancelled, killed, node failure) - asked at most every SQUEUE_EVERY_S seconds."""
+
+    def __init__(self) -> None:
+        self.asked = float("-inf")
+        self.gone: set[str] = set()
+
+    def ended(self, job: submitit.Job) -> bool:
+        return job.paths.result_pickle.exists() or job.job_id in self.gone
+
+    def refresh(self, jobs: Sequence[submitit.Job]) -> None:
+        if time.monotonic() - self.asked < SQUEUE_EVERY_S:
+            return
+        self.asked = time.monotonic()
+        waiting = [job.job_id for job in jobs if not job.paths.result_pickle.exists()]
+        try:
+            states = scheduler.queue_states(waiting)
+        except scheduler.SchedulerError:
+            return  # the scheduler did not answer: nothing is known to have ended
+        self.gone = {job_id for job_id in waiting if states.get(job_id) not in scheduler.ALIVE_STATES}
 
 
 def _first_line(text: str | None) -> str:
@@ -120,8 +160,11 @@ def wait_for(
     view = ProgressView([run.planned.run_name for run in runs], console)
     outcomes: dict[int, JobOutcome] = {}
     index_of = {run.run_id: index for index, run in enumerate(runs)}
+    queue = SlurmQueue() if any(isinstance(job, submitit.SlurmJob) for job in jobs) else None
     with view:
         while len(outcomes) < len(jobs):
+            if queue is not None:
+                queue.refresh([job for index, job in enumerate(jobs) if index not in outcomes])
             if not in_process:
                 for run_id, status in tracking.statuses(client, experiment, [run.run_id for run in runs]).items():
                     if index_of[run_id] not in outcomes:
@@ -131,7 +174,7 @@ def wait_for(
                     continue
                 if in_process:
                     view.set(index, RUNNING)
-                if job.done():
+                if queue.ended(job) if queue is not None else job.done():
                     outcome = _collect(job, runs[index], client, experiment)
                     outcomes[index] = outcome
                     view.set(index, outcome.status, _first_line(outcome.error))
@@ -143,12 +186,15 @@ def wait_for(
 def stop(jobs: Sequence[submitit.Job], runs: Sequence[Dispatch], client: MlflowClient, experiment: str) -> list[str]:
     """Cancels unfinished jobs (local: their processes are interrupted, then killed), waits for them to
     go, and marks runs still SCHEDULED or RUNNING as KILLED; returns the names of the runs stopped."""
-    live = [job for job in jobs if job.state in ("RUNNING", "QUEUED")]
-    for job in live:
-        job.cancel(check=False)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while any(job.state == "RUNNING" for job in live) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    if any(isinstance(job, submitit.SlurmJob) for job in jobs):
+        _cancel_slurm(jobs)
+    else:
+        live = [job for job in jobs if job.state in ("RUNNING", "QUEUED")]
+        for job in live:
+            job.cancel(check=False)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(job.state == "RUNNING" for job in live) and time.monotonic() < deadline:
+            time.sleep(0.2)
     current = tracking.statuses(client, experiment, [run.run_id for run in runs])
     stopped = []
     for run in runs:
@@ -158,3 +204,20 @@ def stop(jobs: Sequence[submitit.Job], runs: Sequence[Dispatch], client: MlflowC
         if status not in (tracking.FINISHED, tracking.FAILED):
             stopped.append(run.planned.run_name)
     return stopped
+
+
+def _cancel_slurm(jobs: Sequence[submitit.Job]) -> None:
+    """scancel: a running job checkpoints on the SIGTERM and marks its run KILLED; waits (bounded) for
+    the jobs to leave the queue so the caller marks only runs nobody else will."""
+    live = [job for job in jobs if not job.paths.result_pickle.exists()]
+    for job in live:
+        job.cancel(check=False)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            states = scheduler.queue_states([job.job_id for job in live])
+        except scheduler.SchedulerError:
+            return
+        if not any(states.get(job.job_id) in scheduler.ALIVE_STATES for job in live):
+            return
+        time.sleep(0.5)

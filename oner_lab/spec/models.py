@@ -33,13 +33,22 @@ class LocalConfig(Section):
 
 
 class SlurmConfig(Section):
-    """`backend: slurm`: one job array on a cluster described by `slurm/<cluster>.yaml`."""
+    """`backend: slurm`: one job array on a cluster described by a cluster profile (docs/slurm.md)."""
 
-    cluster: str = Field(default="a100", pattern=NAME_PATTERN, description="a cluster profile in slurm/<cluster>.yaml")
+    cluster: str = Field(
+        default="a100",
+        pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]*|.+\.ya?ml)$",
+        description="a cluster profile: a name (slurm/<cluster>.yaml) or a path to a .yaml file",
+    )
     nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt | None = Field(default=None, description="default: the cluster profile's")
+    gpus_per_node: NonNegativeInt | None = Field(default=None, description="default: the cluster profile's")
+    tasks_per_node: PositiveInt | None = Field(
+        default=None, description="DDP ranks per node; default: gpus_per_node (1 without GPUs); for CPU-only runs"
+    )
     time_min: PositiveInt | None = Field(default=None, description="job time limit; default: the cluster profile's")
-    max_requeues: NonNegativeInt = Field(default=3, description="preemption/timeout requeues before a run is FAILED")
+    max_requeues: NonNegativeInt | None = Field(
+        default=None, description="preemption/timeout requeues before a run is FAILED; default: the cluster profile's"
+    )
 
 
 class LauncherConfig(Section):
