@@ -22,6 +22,8 @@ from oner_lab.launch.job import JobOutcome
 POLL_S = 1.0
 SQUEUE_EVERY_S = 5.0
 """How often the queue is asked which SLURM jobs ended without an outcome (squeue is a call to slurmctld)."""
+RESULT_GRACE_S = 15.0
+"""How long a job that left the queue may take to show its outcome file (as submitit waits)."""
 STOP_GRACE_S = 15.0
 QUEUED, RUNNING = "queued", "running"
 STYLES = {QUEUED: "dim", RUNNING: "cyan", tracking.FINISHED: "green", tracking.FAILED: "red", tracking.KILLED: "yellow"}
@@ -109,6 +111,9 @@ def _slurm_outcome(job: submitit.Job) -> JobOutcome:
     Read from its result file directly: `job.result()` would wait for accounting (`sacct`), which a
     cluster may not have, before deciding that a job gone from the queue has no result."""
     result = job.paths.result_pickle
+    deadline = time.monotonic() + RESULT_GRACE_S
+    while not result.exists() and time.monotonic() < deadline:  # a shared file system may show it late
+        time.sleep(POLL_S)
     if not result.exists():
         raise RuntimeError(f"it left the SLURM queue without writing {result}")
     kind, value = pickle_load(result)
