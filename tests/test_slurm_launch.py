@@ -364,6 +364,7 @@ def test_cancelled_job_checkpoints_and_ends_killed(preemption: Preemption) -> No
     assert run.info.status == "KILLED"
     (stopped_at,) = scenario.stopped_at_step
     assert SIGNAL_AFTER <= stopped_at < CHECKPOINT_EVERY, "the checkpoint was not written when the signal came"
-    assert run.data.tags["oner.error"].startswith(f"cancelled: SIGTERM at step {stopped_at} ")
+    assert run.data.tags["oner.error"].startswith("stopped by SLURM without a requeue")
+    assert f"SIGTERM at step {stopped_at} (checkpoint written)" in run.data.tags["oner.error"]
     assert run.data.tags["oner.slurm.requeues"] == "0"
     assert last_step(preemption.client, run.info.run_id) == stopped_at, "steps up to the checkpoint were not all logged"

@@ -168,7 +168,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             cause = f"{stop.signal_name} after {task.restarts} requeue{'s' if task.restarts != 1 else ''}"
             return self._record(tracking.FAILED, over_budget_message(cause, self.max_requeues, interrupted.step), client)
         if next_step is Next.CANCELLED:
-            reason = f"cancelled: {event}, and SLURM is not requeueing the job; rerun the spec to resume"
+            reason = f"stopped by SLURM without a requeue (scancel, or the time limit): {event}; rerun the spec to resume"
             return self._record(tracking.KILLED, reason, client)
         if client is not None:
             tracking.set_tags(client, self.run_id, {tracking.TAG_SLURM_EVENT: f"{event}: {next_step.value}"})

@@ -94,7 +94,8 @@ class Next(Enum):
     REQUEUED_BY_SLURM = "requeued by SLURM"
     """SIGTERM of a requeue: SLURM brings the job back; exit without a result."""
     CANCELLED = "cancelled"
-    """SIGTERM without a requeue (scancel): the run ends KILLED; rerunning the spec resumes it."""
+    """SIGTERM without a requeue (scancel, or the time limit reached): the run ends KILLED; rerunning
+    the spec resumes it."""
     OVER_BUDGET = "over budget"
     """USR2 with no requeue left: the run ends FAILED, its checkpoint kept."""
 
