@@ -56,7 +56,7 @@ BAD_INPUTS = [
     (["--only", "seed=7"], "--only seed"),
     (["--only", "foo"], "--only"),
     (["--set", "base.model.width=32", "--set", "base.model.num_heads=3"], "model.width"),  # refused by train.validate
-    (["--set", "launcher.backend=slurm"], "launcher.backend"),
+    (["--set", "launcher.backend=slurm", "--set", "launcher.slurm.cluster=a10"], "launcher.slurm.cluster"),
     (["--set", "tracking.uri=sqlite:////no/such/dir/mlflow.db"], "tracking.uri"),
     (["--set", "tracking.uri=http://127.0.0.1:1"], "tracking.uri"),
 ]
