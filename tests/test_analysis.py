@@ -287,24 +287,29 @@ def test_loss_and_gap_curves_plot_every_term_and_evaluation(uri: str) -> None:
 
 
 def test_initial_weights_are_the_trainers(store: Path, uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without checkpoints/early.pt (older runs) fall back to the seed's initial weights."""
     monkeypatch.chdir(store)  # the run's relative data cache
     run = analysis.load_runs(uri, EXPERIMENT).set_index("run_name").loc["oner/seed1"]
-    final = checkpoint.load(Path(run["run_dir"]) / "checkpoints" / "last.pt")
-    (label, rebuilt), _ = tsne.checkpoint_models(Path(run["run_dir"]), final)
+    run_dir = store / "no-early-checkpoint"
+    shutil.copytree(run["run_dir"], run_dir)
+    (run_dir / "checkpoints" / tsne.EARLY_CHECKPOINT).unlink()
+    final = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    (label, rebuilt), _ = tsne.checkpoint_models(run_dir, final)
     trainer = Trainer(RunConfig.model_validate(final["config"]), store / "unused", DistInfo(0, 1, 0))
     assert label == "step 0 (initial weights)"
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(tensor, rebuilt.state_dict()[name]), name
 
 
-def test_an_early_checkpoint_is_used_when_the_run_kept_one(store_copy: str, tmp_path: Path) -> None:
-    run = analysis.load_runs(store_copy, EXPERIMENT).iloc[0]
-    run_dir = tmp_path / "run"
-    shutil.copytree(run["run_dir"], run_dir)
+def test_the_trainers_early_checkpoint_is_used(uri: str) -> None:
+    run = analysis.load_runs(uri, EXPERIMENT).iloc[0]
+    run_dir = Path(run["run_dir"])
     final = checkpoint.load(run_dir / "checkpoints" / "last.pt")
-    checkpoint.save_atomic({**final, "step": 1}, run_dir / "checkpoints" / tsne.EARLY_CHECKPOINT)
-    labels = [label for label, _ in tsne.checkpoint_models(run_dir, final)]
-    assert labels == ["step 1", f"step {final['step']} (final)"]
+    (early_label, early_model), (final_label, _) = tsne.checkpoint_models(run_dir, final)
+    assert (early_label, final_label) == ("step 1", f"step {final['step']} (final)")
+    early = checkpoint.load(run_dir / "checkpoints" / tsne.EARLY_CHECKPOINT)
+    for name, tensor in early["model"].items():
+        assert torch.equal(tensor, early_model.state_dict()[name]), name
 
 
 def test_tsne_embeds_the_eval_set_the_run_was_evaluated_on(uri: str, logged: dict) -> None:
@@ -324,7 +329,7 @@ def test_tsne_embeds_the_eval_set_the_run_was_evaluated_on(uri: str, logged: dic
 def test_tsne_figure_has_early_and_final_panels_of_three_modalities(uri: str, store: Path) -> None:
     figure = analysis.tsne_figure(uri, analysis.load_runs(uri, EXPERIMENT), max_points=20)
     titles = [axis.get_title() for axis in figure.axes]
-    assert titles == [f"{variant}/seed0: {when}" for variant in VARIANTS for when in ("step 0 (initial weights)", "step 5 (final)")]
+    assert titles == [f"{variant}/seed0: {when}" for variant in VARIANTS for when in ("step 1", "step 5 (final)")]
     for axis in figure.axes:
         points = np.concatenate([collection.get_offsets() for collection in axis.collections])
         assert points.shape == (3 * 20, 2) and np.isfinite(points).all()
