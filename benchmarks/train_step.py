@@ -17,7 +17,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from oner_lab.model import OneTower, ema_update, momentum_copy, tower_config
-from oner_lab.objectives import VARIANTS, Objective, StepInputs, ViewSettings, resolve_terms
+from oner_lab.objectives import (
+    VARIANTS,
+    Objective,
+    StepInputs,
+    ViewSettings,
+    resolve_terms,
+)
 
 DEFAULT_BATCH = {"cpu": {"tiny": 128, "vit_s16": 8, "vit_b16": 4}, "cuda": {"tiny": 1024, "vit_s16": 256, "vit_b16": 128}}
 

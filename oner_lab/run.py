@@ -32,6 +32,7 @@ from oner_lab import launch, table, tracking, train
 from oner_lab.hooks import ConfigError
 from oner_lab.launch import scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
+from oner_lab.spec.cli import add_spec_arguments
 
 if TYPE_CHECKING:
     import submitit
@@ -54,13 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m oner_lab.run",
         description="Run every grid point of an experiment spec, log to MLflow, print the ablation table.",
     )
-    parser.add_argument("spec", help="the experiment spec (YAML), e.g. experiments/ablation.yaml")
-    parser.add_argument("--profile", help="a profile of the spec (a named partial override)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="YAML-typed value at a dotted spec path, after the profile (repeatable): --set base.train.lr=3e-4",
-    )
-    parser.add_argument("--only", metavar="K=V,...", help="only the runs matching, e.g. variant=oner,seed=0")
+    add_spec_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the plan (run / resume / skip) and exit")
     parser.add_argument("--no-wait", action="store_true", help="dispatch and exit; local runs go on in the background")
     parser.add_argument("--force", action="store_true", help="start every selected run afresh, FINISHED or not")

@@ -20,6 +20,7 @@ from rich.table import Table
 from oner_lab import table, tracking
 from oner_lab.launch import scheduler
 from oner_lab.spec import PlannedRun, SpecError, expand, load_spec, parse_only
+from oner_lab.spec.cli import add_spec_arguments
 
 LOSS = "train/loss"
 SHOWN_EVAL = ("/top1", "/tr_r1", "/ir_r1")
@@ -102,10 +103,7 @@ def render(rows: Sequence[RunStatus]) -> Table:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oner_lab.status", description="Show where each run of a spec stands.")
-    parser.add_argument("spec", help="the experiment spec (YAML)")
-    parser.add_argument("--profile", help="the profile the runs were launched with")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="as given to run")
-    parser.add_argument("--only", metavar="K=V,...", help="only the runs matching, e.g. variant=oner,seed=0")
+    add_spec_arguments(parser)
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, profile=args.profile, overrides=args.overrides)

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from oner_lab import analysis, tracking
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec
+from oner_lab.spec.cli import add_spec_arguments
 
 LEFT_ALIGNED = ("variant", "method", "paper row")
 
@@ -71,9 +72,7 @@ def make_console() -> Console:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oner_lab.table", description="Print a spec's ablation table from MLflow.")
-    parser.add_argument("spec", help="the experiment spec (YAML)")
-    parser.add_argument("--profile", help="the profile the runs were launched with")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="as given to run")
+    add_spec_arguments(parser, only=False)
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, profile=args.profile, overrides=args.overrides)

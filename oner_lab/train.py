@@ -25,8 +25,23 @@ from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
 from oner_lab.evaluate import evaluate
 from oner_lab.hooks import ConfigError, Interrupted, RunControl, RunLogger
-from oner_lab.model import OneTower, TowerConfig, ema_update, momentum_at, momentum_copy, tower_config
-from oner_lab.objectives import MASKED_TERMS, TERMS, VARIANTS, Objective, StepInputs, ViewSettings, resolve_terms
+from oner_lab.model import (
+    OneTower,
+    TowerConfig,
+    ema_update,
+    momentum_at,
+    momentum_copy,
+    tower_config,
+)
+from oner_lab.objectives import (
+    MASKED_TERMS,
+    TERMS,
+    VARIANTS,
+    Objective,
+    StepInputs,
+    ViewSettings,
+    resolve_terms,
+)
 from oner_lab.spec.config import RunConfig
 
 JOINT_HEAD_TERMS = frozenset({"cmc"})  # their left side is a joint view: no per-modality head for it

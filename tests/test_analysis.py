@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
 import jupytext
+import matplotlib
 import nbformat
 import numpy as np
 import pandas as pd
@@ -25,8 +25,8 @@ import pytest
 import torch
 from jupyter_client.kernelspec import KernelSpecManager
 from mlflow import MlflowClient
-
 from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
+
 from oner_lab import analysis, checkpoint, tracking
 from oner_lab.analysis import paper, tsne
 from oner_lab.distributed import DistInfo

@@ -28,7 +28,13 @@ from oner_lab.data import (
 from oner_lab.data.augment import crop_boxes
 from oner_lab.data.batch import normalise
 from oner_lab.data.cache import build_once
-from oner_lab.data.shards import decode_image, decode_text, encode_png, read_shards, write_shards
+from oner_lab.data.shards import (
+    decode_image,
+    decode_text,
+    encode_png,
+    read_shards,
+    write_shards,
+)
 from oner_lab.hooks import ConfigError
 from oner_lab.spec.config import DataConfig
 

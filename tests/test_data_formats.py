@@ -25,7 +25,12 @@ from oner_lab import train
 from oner_lab.checkpoint import load
 from oner_lab.data import CorruptSampleError, ShardReadError, TextTokenizer, prepare
 from oner_lab.data.eval_sources import SLIP_TEMPLATES
-from oner_lab.data.shards import CorruptSample, decode_image_bytes, decode_text, write_shards
+from oner_lab.data.shards import (
+    CorruptSample,
+    decode_image_bytes,
+    decode_text,
+    write_shards,
+)
 from oner_lab.data.sources import expand_urls
 from oner_lab.data.streaming import batch_quotas, epoch_order
 from oner_lab.hooks import ConfigError

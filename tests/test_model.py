@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from oner_lab.model import OneTower, attention_mask, ema_update, momentum_at, momentum_copy, tower_config
+from oner_lab.model import (
+    OneTower,
+    attention_mask,
+    ema_update,
+    momentum_at,
+    momentum_copy,
+    tower_config,
+)
 
 VOCAB = 50
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Run
-
 from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
+
 from oner_lab import checkpoint, status
 from oner_lab.launch import scheduler
 from oner_lab.run import main

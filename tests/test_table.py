@@ -6,10 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
+from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
 from rich.console import Console
 
-from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
 from oner_lab import analysis, table, tracking
 from oner_lab.analysis import paper
 from oner_lab.spec import Spec, expand

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow_store import copy_store, mlflow_template, subprocess_env  # noqa: F401 - the fixture is used by name
 from sqlalchemy.exc import OperationalError
 
-from mlflow_store import copy_store, mlflow_template, subprocess_env  # noqa: F401 - the fixture is used by name
 from oner_lab import tracking
 from oner_lab.spec import Spec, expand
 

@@ -17,7 +17,7 @@ import pandas as pd
 from oner_lab.analysis import paper
 from oner_lab.analysis.result import ResultTable
 from oner_lab.analysis.runs import PARAM_PREFIX, metric_columns_like
-from oner_lab.analysis.selection import Selection, select_runs
+from oner_lab.analysis.selection import select_runs
 
 CLASSIFICATION_METRICS = {"top1": "top-1"}
 RETRIEVAL_METRICS = {"tr_r1": "TR@1", "tr_r5": "TR@5", "ir_r1": "IR@1", "ir_r5": "IR@5"}

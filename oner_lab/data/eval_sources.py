@@ -21,7 +21,13 @@ import torch
 from oner_lab.spec.config import EvalSourceConfig
 
 from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
-from .shards import IMAGE_EXTENSIONS, CorruptSample, CorruptSampleError, OnCorrupt, decode_image_bytes
+from .shards import (
+    IMAGE_EXTENSIONS,
+    CorruptSample,
+    CorruptSampleError,
+    OnCorrupt,
+    decode_image_bytes,
+)
 from .tokenizer import TextTokenizer
 
 SLIP_TEMPLATES = (  # SLIP's seven ImageNet prompts (PAPER.md, Evaluation protocols)
@@ -125,7 +131,9 @@ def _class_names(spec: str | None, folders: list[str]) -> list[str]:
     if spec is None:
         return [folder.replace("_", " ") for folder in folders]
     if spec == IMAGENET1K:
-        from timm.data import ImageNetInfo  # a maintained copy of the WordNet synsets and their lemmas
+        from timm.data import (
+            ImageNetInfo,  # a maintained copy of the WordNet synsets and their lemmas
+        )
 
         info = ImageNetInfo()
         known = set(info.label_names())

@@ -23,7 +23,13 @@ from oner_lab.spec.config import DataConfig, EvalSourceConfig
 from . import shapes
 from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
 from .cache import build_once
-from .eval_sources import EvalSourceError, class_entries, read_classification, read_retrieval, retrieval_entries
+from .eval_sources import (
+    EvalSourceError,
+    class_entries,
+    read_classification,
+    read_retrieval,
+    retrieval_entries,
+)
 from .shards import (
     CorruptSample,
     OnCorrupt,

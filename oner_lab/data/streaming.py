@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from .batch import Batch
-from .shards import CorruptSample, CorruptSampleError, OnCorrupt, RawSample, decode_image, decode_text
+from .shards import (
+    CorruptSample,
+    CorruptSampleError,
+    OnCorrupt,
+    RawSample,
+    decode_image,
+    decode_text,
+)
 from .stream import augmented_views, rows_of_rank
 from .tokenizer import TextTokenizer
 

@@ -23,7 +23,14 @@ from mlflow import MlflowClient
 from oner_lab import tracking
 from oner_lab.hooks import Interrupted, RunControl
 from oner_lab.launch import scheduler
-from oner_lab.launch.preemption import TERM, Next, SignalStop, SlurmTask, decide, over_budget_message
+from oner_lab.launch.preemption import (
+    TERM,
+    Next,
+    SignalStop,
+    SlurmTask,
+    decide,
+    over_budget_message,
+)
 from oner_lab.spec import PlannedRun
 
 POLL_S = 0.5
@@ -182,7 +189,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self, control: RunControl, client: MlflowClient | None, on_interrupt: Callable[[Interrupted], JobOutcome]
     ) -> JobOutcome:
         """`train.run` with the run's MLflow logger (`client` None: a DDP rank > 0, which logs nothing)."""
-        from oner_lab import train  # only once a slot is held: a waiting job stays ~170 MB instead of ~800 MB
+        from oner_lab import (
+            train,  # only once a slot is held: a waiting job stays ~170 MB instead of ~800 MB
+        )
 
         if client is not None:
             tracking.set_status(client, self.run_id, tracking.RUNNING)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import submitit
 from mlflow import MlflowClient
-from submitit.core.utils import pickle_load
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from submitit.core.utils import pickle_load
 
 from oner_lab import tracking
 from oner_lab.launch import scheduler

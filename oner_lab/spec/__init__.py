@@ -8,7 +8,14 @@
 from oner_lab.spec.config import RunConfig
 from oner_lab.spec.errors import SpecError
 from oner_lab.spec.loader import load_spec
-from oner_lab.spec.models import GridConfig, LauncherConfig, LocalConfig, SlurmConfig, Spec, TrackingConfig
+from oner_lab.spec.models import (
+    GridConfig,
+    LauncherConfig,
+    LocalConfig,
+    SlurmConfig,
+    Spec,
+    TrackingConfig,
+)
 from oner_lab.spec.plan import PlannedRun, config_hash, expand, parse_only
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from oner_lab.spec import schema
-from oner_lab.spec.errors import SpecError, did_you_mean, one_of, show
+from oner_lab.spec.errors import SpecError, did_you_mean, one_of
 from oner_lab.spec.merge import deep_merge, leaf_paths, set_at
 from oner_lab.spec.models import Spec
 from oner_lab.spec.plan import expand_with_notes
