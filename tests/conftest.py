@@ -11,6 +11,7 @@ import os
 import subprocess
 
 import pytest
+from mlflow_store import mlflow_template  # noqa: F401  (a session fixture every MLflow test shares)
 
 SLURM_PARTITION = "a100"
 USABLE_NODE_STATES = ("idle", "mixed", "allocated")

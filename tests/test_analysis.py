@@ -25,7 +25,7 @@ import pytest
 import torch
 from jupyter_client.kernelspec import KernelSpecManager
 from mlflow import MlflowClient
-from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
+from mlflow_store import copy_store
 
 from oner_lab import analysis, checkpoint, tracking
 from oner_lab.analysis import paper, tsne

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from mlflow_store import copy_store, mlflow_template, subprocess_env  # noqa: F401 - the fixture is used by name
+from mlflow_store import copy_store, subprocess_env
 
 from oner_lab import checkpoint
 from oner_lab.run import main

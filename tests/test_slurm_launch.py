@@ -19,7 +19,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
+from mlflow_store import copy_store
 
 from oner_lab import checkpoint, status
 from oner_lab.launch import scheduler

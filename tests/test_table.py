@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from mlflow_store import copy_store, mlflow_template  # noqa: F401 - the fixture is used by name
+from mlflow_store import copy_store
 from rich.console import Console
 
 from oner_lab import analysis, table, tracking
