@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +34,6 @@ from oner_lab.model import (
     tower_config,
 )
 from oner_lab.objectives import (
-    MASKED_TERMS,
     TERMS,
     VARIANTS,
     Objective,
@@ -132,7 +131,7 @@ class Trainer:
         if self.device.type == "cuda":
             self.data.train = self.data.train.to(self.device)  # crop and resize on the GPU, not one CPU core
         tokenizer = self.data.tokenizer
-        self.tower_cfg = resolve_tower(config, vocab_size=tokenizer.vocab_size)
+        self.tower_cfg = replace(tower, vocab_size=tokenizer.vocab_size)
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every resume
         self.model = OneTower(self.tower_cfg).to(self.device)
         self.target = momentum_copy(self.model)
@@ -337,4 +336,4 @@ def run(
     return trainer.fit(logger, control)
 
 
-__all__ = ["MASKED_TERMS", "NonFiniteLossError", "Trainer", "lr_at", "resolve_tower", "run", "validate"]
+__all__ = ["NonFiniteLossError", "Trainer", "lr_at", "resolve_tower", "run", "validate"]

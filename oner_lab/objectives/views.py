@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from oner_lab.model import OneTower, TowerOutput
 from oner_lab.objectives.infonce import info_nce, mix
-from oner_lab.objectives.masking import mask_patches, mask_text, patchify
+from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text, patchify
 
 HEAD_OF_VIEW = {"I": "image", "T": "text", "I|T": "image", "T|I": "text", "I,T": "joint"}
 MASKED_TERM_OF_VIEW = {"I": "mim", "T": "mlm", "I,T": "mmm"}
@@ -140,7 +140,7 @@ class Views:
     def mlm_loss(self, out: TowerOutput) -> torch.Tensor:
         """Cross-entropy of the tied MLM head on the corrupted text positions."""
         labels = self.text_corruption()[1]
-        chosen = labels != -100
+        chosen = labels != IGNORE
         logits = self.online.mlm_head(out.text_tokens[chosen])
         return F.cross_entropy(logits.float(), labels[chosen])
 
