@@ -86,6 +86,16 @@ class EvalSourceConfig(Section):
     )
 
 
+class UnpairedSourceConfig(Section):
+    """Unpaired training data mixed into every step: captions for MLM only, or images for MIM only (docs/data.md)."""
+
+    urls: str | list[str] = Field(
+        description="text_only: plain-text files, one caption per line; image_only: webdataset tar shards or "
+        "directories of image files (searched recursively); patterns expand like data.urls"
+    )
+    batch_size: PositiveInt = Field(description="unpaired samples per global step, split over ranks like train.batch_size")
+
+
 class DataConfig(Section):
     """Training and evaluation data. `source: shapes` is the built-in generated dataset; the
     readers of real formats (webdataset shards, CSV, retrieval JSON, class folders) are in docs/data.md."""
@@ -104,6 +114,12 @@ class DataConfig(Section):
     csv_caption_key: str = Field(default="title", description="CSV column of captions")
     shuffle_buffer: PositiveInt = Field(default=10000, description="samples in one shuffle window of a real source")
     workers: PositiveInt = Field(default=4, description="decoding threads of a real source")
+    text_only: UnpairedSourceConfig | None = Field(
+        default=None, description="caption files trained with MLM only, beside the paired data (needs the mlm term)"
+    )
+    image_only: UnpairedSourceConfig | None = Field(
+        default=None, description="image shards or folders trained with MIM only, beside the paired data (needs the mim term)"
+    )
     eval_sources: dict[str, EvalSourceConfig] = Field(
         default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
     )
