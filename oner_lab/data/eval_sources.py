@@ -46,6 +46,14 @@ class EvalSourceError(ValueError):
     """An eval source whose files do not have the expected structure; the message names file and entry."""
 
 
+class EmptySplitError(EvalSourceError):
+    """A Karpathy split asked for holds no image."""
+
+
+class MissingImageError(EvalSourceError):
+    """The JSON lists an image file that does not exist under the image root."""
+
+
 @dataclass(frozen=True)
 class ClassEntries:
     class_names: list[str]
@@ -55,16 +63,25 @@ class ClassEntries:
 
 def retrieval_entries(source: EvalSourceConfig) -> list[tuple[Path, list[str]]]:
     """(image path, captions) per image, from an ALBEF per-image list or a Karpathy split."""
-    path = Path(source.path)
+    return pair_entries(Path(source.path), source.format, source.image_root, [source.split])
+
+
+def pair_entries(path: Path, fmt: str, image_root: str | None, splits: Sequence[str]) -> list[tuple[Path, list[str]]]:
+    """(image path, captions) per image of a `retrieval_json` file, or of the `splits` of a `karpathy` one.
+
+    Also what a training source of these formats reads. Raises EvalSourceError naming the file and
+    entry: EmptySplitError for a split without images, MissingImageError for an image file that is
+    not there (every one is checked, so a wrong `image_root` is found before any work).
+    """
     data = _load_json(str(path), _mtime(path))
-    root = Path(source.image_root) if source.image_root else path.parent
-    if source.format == "retrieval_json":
+    root = Path(image_root) if image_root else path.parent
+    if fmt == "retrieval_json":
         entries = _albef_entries(path, data, root)
     else:
-        entries = _karpathy_entries(path, data, root, source.split)
+        entries = _karpathy_entries(path, data, root, splits)
     for image, _ in entries:
         if not image.is_file():
-            raise EvalSourceError(f"{path}: image {image} does not exist (image_root is {root})")
+            raise MissingImageError(f"{path}: image {image} does not exist (image_root is {root})")
     return entries
 
 
@@ -86,7 +103,7 @@ def _albef_entries(path: Path, data: object, root: Path) -> list[tuple[Path, lis
     return entries
 
 
-def _karpathy_entries(path: Path, data: object, root: Path, split: str) -> list[tuple[Path, list[str]]]:
+def _karpathy_entries(path: Path, data: object, root: Path, wanted: Sequence[str]) -> list[tuple[Path, list[str]]]:
     expected = "Karpathy's format: {images: [{filepath?, filename, split, sentences: [{raw}]}]}"
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise EvalSourceError(f"{path}: no 'images' list; expected {expected}")
@@ -96,7 +113,7 @@ def _karpathy_entries(path: Path, data: object, root: Path, split: str) -> list[
             if not isinstance(image, dict) or key not in image:
                 raise EvalSourceError(f"{path}: images[{number}] lacks key {key!r}; expected {expected}")
         splits.add(image["split"])
-        if image["split"] != split:
+        if image["split"] not in wanted:
             continue
         captions = []
         for index, sentence in enumerate(image["sentences"]):
@@ -104,8 +121,9 @@ def _karpathy_entries(path: Path, data: object, root: Path, split: str) -> list[
                 raise EvalSourceError(f"{path}: images[{number}].sentences[{index}] lacks a string 'raw'; expected {expected}")
             captions.append(sentence["raw"])
         entries.append((root / image.get("filepath", "") / image["filename"], captions))
-    if not entries:
-        raise EvalSourceError(f"{path}: no image in split {split!r} (splits present: {sorted(splits)})")
+    empty = next((split for split in wanted if split not in splits), None)
+    if empty is not None:
+        raise EmptySplitError(f"{path}: no image in split {empty!r} (splits present: {sorted(splits)})")
     return entries
 
 

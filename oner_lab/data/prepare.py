@@ -24,8 +24,11 @@ from . import shapes
 from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
 from .cache import build_once
 from .eval_sources import (
+    EmptySplitError,
     EvalSourceError,
+    MissingImageError,
     class_entries,
+    pair_entries,
     read_classification,
     read_retrieval,
     retrieval_entries,
@@ -42,7 +45,7 @@ from .shards import (
     read_shards,
     write_shards,
 )
-from .sources import CsvSource, TarSource, expand_urls, read_csv_columns, url_patterns
+from .sources import CsvSource, RetrievalJsonSource, TarSource, expand_urls, read_csv_columns, url_patterns
 from .stream import TrainStream
 from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
@@ -50,6 +53,12 @@ from .tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 EVAL_SET_NAMES = ("shapes", "shapes_cls")
+TRAIN_URL_EXAMPLES = {
+    "webdataset": "/data/cc3m/{00000..00331}.tar",
+    "csv": "/data/cc3m/train.tsv",
+    "karpathy": "/data/coco/dataset_coco.json",
+    "retrieval_json": "/data/albef/coco_train.json",
+}
 SAMPLES_PER_SHARD = 4096
 CLASSES_FILE = "classes.json"
 _GENERATOR_VERSION = 2  # bump when shapes.py changes what a seed generates
@@ -94,7 +103,7 @@ def _check_train_sources(cfg: DataConfig) -> None:
     """Every url pattern matches files; shards are non-empty; CSVs have the configured columns."""
     patterns = url_patterns(cfg.urls)
     if not patterns:
-        example = "/data/cc3m/{00000..00331}.tar" if cfg.source == "webdataset" else "/data/cc3m/train.tsv"
+        example = TRAIN_URL_EXAMPLES[cfg.source]
         raise ConfigError("data.urls", cfg.urls, f"one or more paths such as {example} for data.source: {cfg.source}")
     if cfg.weights is not None and len(cfg.weights) != len(patterns):
         raise ConfigError("data.weights", cfg.weights, f"one weight per data.urls entry ({len(patterns)})")
@@ -103,6 +112,9 @@ def _check_train_sources(cfg: DataConfig) -> None:
             paths = expand_urls(pattern)
         except FileNotFoundError as error:
             raise ConfigError("data.urls", pattern, f"every path must exist ({error})") from None
+        if cfg.source in ("karpathy", "retrieval_json"):
+            _check_pair_json(cfg, pattern, paths)
+            continue
         if cfg.source == "webdataset":
             empty = next((p for p in paths if p.stat().st_size == 0), None)
             if empty is not None:
@@ -116,6 +128,20 @@ def _check_train_sources(cfg: DataConfig) -> None:
             raise ConfigError("data.urls", pattern, f"a CSV with columns data.csv_img_key and data.csv_caption_key ({error})") from None
 
 
+def _check_pair_json(cfg: DataConfig, pattern: str, paths: list[Path]) -> None:
+    """A retrieval JSON training source: one readable file with the expected keys, splits and image files."""
+    if len(paths) != 1:
+        raise ConfigError("data.urls", pattern, f"matches {len(paths)} files; a {cfg.source} source is one JSON file (list several urls to mix them)")
+    try:
+        pair_entries(paths[0], cfg.source, cfg.image_root, cfg.splits)
+    except EmptySplitError as error:
+        raise ConfigError("data.splits", cfg.splits, f"splits that hold images ({error})") from None
+    except MissingImageError as error:
+        raise ConfigError("data.image_root", cfg.image_root, f"the directory the JSON's image paths are relative to ({error})") from None
+    except EvalSourceError as error:
+        raise ConfigError("data.urls", pattern, f"a readable {cfg.source} JSON ({error})") from None
+
+
 def _check_eval_source(name: str, source: EvalSourceConfig) -> None:
     try:
         if source.format == "class_folders":
@@ -126,14 +152,19 @@ def _check_eval_source(name: str, source: EvalSourceConfig) -> None:
         raise ConfigError(f"data.eval_sources.{name}", source.path, f"readable {source.format} data ({error})") from None
 
 
-def prepare(cfg: DataConfig, image_size: int, max_text_len: int, eval_sets: Sequence[str]) -> DataBundle:
-    """Training stream, tokenizer and the named zero-shot eval sets, generating the built-in cache on first use."""
+def prepare(
+    cfg: DataConfig, image_size: int, max_text_len: int, eval_sets: Sequence[str], tokenizer: TextTokenizer | None = None
+) -> DataBundle:
+    """Training stream, tokenizer and the named zero-shot eval sets, generating the built-in cache on first use.
+
+    `tokenizer`: use this one instead of `data.tokenizer` or a trained WordPiece (a fine-tuning run
+    keeps its parent's vocabulary)."""
     check_config(cfg, eval_sets)
     root = Path(cfg.cache_dir)
     if cfg.source == "shapes":
-        tokenizer, train, skipped = _shapes_train(cfg, root, image_size, max_text_len)
+        tokenizer, train, skipped = _shapes_train(cfg, root, image_size, max_text_len, tokenizer)
     else:
-        tokenizer, train = _streaming_train(cfg, root, image_size, max_text_len)
+        tokenizer, train = _streaming_train(cfg, root, image_size, max_text_len, tokenizer)
         skipped = 0
     loaded: dict[str, RetrievalSet | ClassificationSet] = {}
     for name in eval_sets:
@@ -152,7 +183,9 @@ def prepare(cfg: DataConfig, image_size: int, max_text_len: int, eval_sets: Sequ
     return bundle
 
 
-def _shapes_train(cfg: DataConfig, root: Path, image_size: int, max_text_len: int) -> tuple[TextTokenizer, TrainStream, int]:
+def _shapes_train(
+    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None
+) -> tuple[TextTokenizer, TrainStream, int]:
     train_dir = _split_directory(root, "train", cfg, image_size)
     train, skipped = read_shards(
         _shards(train_dir), lambda sample: (decode_image(sample, image_size), decode_text(sample)), cfg.on_corrupt
@@ -160,20 +193,18 @@ def _shapes_train(cfg: DataConfig, root: Path, image_size: int, max_text_len: in
     if not train:
         raise ValueError(f"{train_dir}: no readable training sample ({skipped} corrupt)")
     captions = [caption for _, caption in train]
-    tokenizer = _user_tokenizer(cfg) or _trained_tokenizer(root, train_dir.name, captions, cfg.vocab_size)
+    tokenizer = tokenizer or _user_tokenizer(cfg) or _trained_tokenizer(root, train_dir.name, captions, cfg.vocab_size)
     text_ids, text_mask = tokenizer.encode(captions, max_text_len)
     images = torch.from_numpy(np.stack([image for image, _ in train]))
     return tokenizer, TrainStream(images, text_ids, text_mask, cfg.crop_scale, cfg.hflip), skipped
 
 
-def _streaming_train(cfg: DataConfig, root: Path, image_size: int, max_text_len: int) -> tuple[TextTokenizer, IndexedStream]:
+def _streaming_train(
+    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None
+) -> tuple[TextTokenizer, IndexedStream]:
     """Index each `urls` entry as one source (cached), then serve batches decoded on demand."""
-    sources: list[TarSource | CsvSource] = [
-        TarSource(pattern, root, cfg.on_corrupt) if cfg.source == "webdataset"
-        else CsvSource(pattern, cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key, cfg.on_corrupt)
-        for pattern in url_patterns(cfg.urls)
-    ]
-    tokenizer = _user_tokenizer(cfg)
+    sources = [_train_source(cfg, pattern, root) for pattern in url_patterns(cfg.urls)]
+    tokenizer = tokenizer or _user_tokenizer(cfg)
     if tokenizer is None:
         name = hashlib.sha256("/".join(s.fingerprint for s in sources).encode()).hexdigest()[:12]
         captions = (caption for source in sources for caption in _readable_captions(source.captions()))
@@ -183,6 +214,14 @@ def _streaming_train(cfg: DataConfig, root: Path, image_size: int, max_text_len:
         cfg.shuffle_buffer, cfg.workers, cfg.on_corrupt,
     )
     return tokenizer, stream
+
+
+def _train_source(cfg: DataConfig, pattern: str, root: Path) -> TarSource | CsvSource | RetrievalJsonSource:
+    if cfg.source == "webdataset":
+        return TarSource(pattern, root, cfg.on_corrupt)
+    if cfg.source == "csv":
+        return CsvSource(pattern, cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key, cfg.on_corrupt)
+    return RetrievalJsonSource(pattern, cfg.source, cfg.image_root, cfg.splits, cfg.on_corrupt)
 
 
 def _readable_captions(raw: Iterator[bytes]) -> Iterator[str]:

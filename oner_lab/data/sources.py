@@ -1,9 +1,11 @@
-"""Real training sources with random access by sample index: webdataset tar shards and open_clip CSVs.
+"""Real training sources with random access by sample index: webdataset tar shards, open_clip CSVs and
+retrieval JSON (every caption of every image is a sample).
 
 A tar source is indexed once (member offsets, read from tar headers without touching image data)
 and the index cached beside the data, keyed by each shard's path, size and mtime; a sample is then
 two `os.pread` calls. This is what lets a batch be a pure function of its step (exact resume).
-A CSV source holds its (image path, caption) rows in memory; image paths are relative to the file.
+A CSV or JSON source holds its (image path, caption) pairs in memory; image paths are relative to the
+file (a JSON's to its `image_root`).
 """
 
 from __future__ import annotations
@@ -81,15 +83,20 @@ class SourceStats:
 
 
 class TarSource:
-    """Webdataset shards: samples `<key>.jpg|jpeg|png|webp` + `<key>.txt`, grouped as webdataset groups them."""
+    """Webdataset shards: samples `<key>.jpg|jpeg|png|webp` + `<key>.txt`, grouped as webdataset groups them.
 
-    def __init__(self, pattern: str, cache_dir: Path, on_corrupt: OnCorrupt) -> None:
+    `captions=False` indexes every sample with an image, captioned or not (an image-only source).
+    """
+
+    def __init__(self, pattern: str, cache_dir: Path, on_corrupt: OnCorrupt, captions: bool = True) -> None:
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         self.pattern = pattern
         self.shards = expand_urls(pattern)
-        self.fingerprint = _fingerprint(self.shards)
-        directory, _ = build_once(cache_dir, f"tarindex-{self.fingerprint}", lambda d: _write_index(d, self.shards, on_corrupt))
+        self.fingerprint = _fingerprint(self.shards) if captions else _fingerprint(self.shards, "images only")
+        directory, _ = build_once(
+            cache_dir, f"tarindex-{self.fingerprint}", lambda d: _write_index(d, self.shards, on_corrupt, captions)
+        )
         with np.load(directory / "index.npz") as index:
             self._index = {name: index[name] for name in _INDEX_FIELDS}
             self.keys = index["key"]
@@ -138,7 +145,7 @@ class TarSource:
         self.close()
 
 
-def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt) -> None:
+def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt, captions: bool) -> None:
     columns: dict[str, list[int]] = {name: [] for name in _INDEX_FIELDS}
     keys: list[str] = []
     skipped = 0
@@ -147,7 +154,7 @@ def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt)
         for key, members in _shard_samples(shard):
             image = next(((e, members[e]) for e in IMAGE_EXTENSIONS if e in members), None)
             why = "no image (expected one of ." + ", .".join(IMAGE_EXTENSIONS) + ")" if image is None else None
-            if why is None and "txt" not in members:
+            if why is None and captions and "txt" not in members:
                 why = "missing .txt caption"
             if why is not None:
                 if on_corrupt == "fail":
@@ -155,7 +162,7 @@ def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt)
                 skipped += 1
                 continue
             ext, (image_offset, image_size) = image
-            text_offset, text_size = members["txt"]
+            text_offset, text_size = members.get("txt", (0, 0))
             for name, value in zip(
                 _INDEX_FIELDS,
                 (shard_number, image_offset, image_size, IMAGE_EXTENSIONS.index(ext), text_offset, text_size),
@@ -165,9 +172,8 @@ def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt)
             keys.append(key)
             found += 1
         if found == 0:
-            raise ShardReadError(
-                f"{shard}: holds no usable sample (expected webdataset members <key>.jpg|jpeg|png|webp with <key>.txt)"
-            )
+            expected = "<key>.jpg|jpeg|png|webp with <key>.txt" if captions else "<key>.jpg|jpeg|png|webp"
+            raise ShardReadError(f"{shard}: holds no usable sample (expected webdataset members {expected})")
     arrays = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
     np.savez(directory / "index.npz", key=np.asarray(keys), **arrays)
     (directory / "index.json").write_text(json.dumps({"shards": [str(s) for s in shards], "skipped": skipped}))
@@ -196,15 +202,43 @@ def _shard_samples(shard: Path) -> Iterator[tuple[str, dict[str, tuple[int, int]
         yield key, members
 
 
-class CsvSource:
+class _PairListSource:
+    """(image file, caption) pairs held in memory; an image is read from its file when its sample is loaded."""
+
+    path: Path
+    image_paths: list[str]
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def load(self, index: int) -> RawSample:
+        path = Path(self.image_paths[index])
+        url, key = self.where(index)
+        where = {"__key__": key, "__url__": url}
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise CorruptSample(f"image {path} cannot be read: {error.strerror or error}") from None
+        ext = path.suffix.lower().lstrip(".")
+        return {**where, (ext if ext in IMAGE_EXTENSIONS else "jpg"): data, "txt": self.texts[index].encode()}
+
+    def where(self, index: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def captions(self) -> Iterator[bytes]:
+        return (text.encode() for text in self.texts)
+
+
+class CsvSource(_PairListSource):
     """open_clip's CSV/TSV: an image-path column and a caption column; relative paths are relative to the file."""
 
     def __init__(self, path: str, separator: str, img_key: str, caption_key: str, on_corrupt: OnCorrupt) -> None:
         self.path = Path(path)
         self.fingerprint = _fingerprint([self.path], separator, img_key, caption_key)
         table = read_csv_columns(self.path, separator, img_key, caption_key)
-        self.image_paths: list[str] = []
-        self.texts: list[str] = []
+        self.image_paths = []
+        self.texts = []
         self.rows: list[int] = []
         self.skipped = 0
         for row, (image, caption) in enumerate(zip(table[img_key], table[caption_key], strict=True)):
@@ -225,25 +259,45 @@ class CsvSource:
             raise ValueError(f"{self.path}: no usable row ({self.skipped} without image path or caption)")
         self.group_starts = np.arange(len(self.texts))
 
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def load(self, index: int) -> RawSample:
-        path = Path(self.image_paths[index])
-        url, key = self.where(index)
-        where = {"__key__": key, "__url__": url}
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise CorruptSample(f"image {path} cannot be read: {error.strerror or error}") from None
-        ext = path.suffix.lower().lstrip(".")
-        return {**where, (ext if ext in IMAGE_EXTENSIONS else "jpg"): data, "txt": self.texts[index].encode()}
-
     def where(self, index: int) -> tuple[str, str]:
         return str(self.path), f"row {self.rows[index]}"
 
-    def captions(self) -> Iterator[bytes]:
-        return (text.encode() for text in self.texts)
+
+class RetrievalJsonSource(_PairListSource):
+    """Every (image, caption) pair of a retrieval JSON (Karpathy's splits, or ALBEF's per-image list) as one sample.
+
+    COCO's Karpathy train + restval is 113,287 images with about 5 captions each (566,747 samples).
+    Each pair is its own shard of the epoch order, as a CSV row is: an epoch is a full permutation, so
+    two captions of one image rarely share a batch (where ITC would count them as negatives). The
+    entries are parsed and checked (structure, splits, image files) by `eval_sources.pair_entries`.
+    """
+
+    def __init__(self, path: str, fmt: str, image_root: str | None, splits: Sequence[str], on_corrupt: OnCorrupt) -> None:
+        from .eval_sources import pair_entries  # eval_sources imports the shard decoder, as this module does
+
+        self.path = Path(path)
+        entries = pair_entries(self.path, fmt, image_root, splits)
+        self.fingerprint = _fingerprint([self.path], fmt, str(image_root), list(splits) if fmt == "karpathy" else None)
+        self.image_paths, self.texts, self.keys = [], [], []
+        self.skipped = 0
+        for image, captions in entries:
+            for number, caption in enumerate(captions):
+                try:
+                    text = clean_caption(caption, str(number))
+                except CorruptSample as why:
+                    if on_corrupt == "fail":
+                        raise CorruptSampleError(f"{self.path}: image {image}: {why} (data.on_corrupt is 'fail')") from None
+                    self.skipped += 1
+                    continue
+                self.image_paths.append(str(image))
+                self.texts.append(text)
+                self.keys.append(f"{image} caption {number}")
+        if not self.texts:
+            raise ValueError(f"{self.path}: no usable caption ({self.skipped} empty)")
+        self.group_starts = np.arange(len(self.texts))
+
+    def where(self, index: int) -> tuple[str, str]:
+        return str(self.path), self.keys[index]
 
 
 def read_csv_columns(path: Path, separator: str, img_key: str, caption_key: str) -> pd.DataFrame:

@@ -100,11 +100,14 @@ class DataConfig(Section):
     """Training and evaluation data. `source: shapes` is the built-in generated dataset; the
     readers of real formats (webdataset shards, CSV, retrieval JSON, class folders) are in docs/data.md."""
 
-    source: Literal["shapes", "webdataset", "csv"] = Field(
-        default="shapes", description="shapes: built-in generated data; webdataset: tar shards at `urls`; csv: open_clip CSV/TSV files at `urls`"
+    source: Literal["shapes", "webdataset", "csv", "karpathy", "retrieval_json"] = Field(
+        default="shapes",
+        description="shapes: built-in generated data; webdataset: tar shards at `urls`; csv: open_clip CSV/TSV files at `urls`; "
+        "karpathy / retrieval_json: every (image, caption) pair of a dataset_coco.json or ALBEF [{image, caption: [..]}] file at `urls`",
     )
     urls: str | list[str] | None = Field(
-        default=None, description="webdataset shard pattern(s), e.g. /data/cc3m/{00000..00331}.tar, or CSV file(s); a list mixes sources"
+        default=None,
+        description="webdataset shard pattern(s), e.g. /data/cc3m/{00000..00331}.tar, CSV file(s) or retrieval JSON file(s); a list mixes sources",
     )
     weights: list[PositiveFloat] | None = Field(
         default=None, description="sampling weight of each `urls` entry; default: proportional to source sizes"
@@ -112,6 +115,12 @@ class DataConfig(Section):
     csv_separator: str = Field(default="\t", description="open_clip's --csv-separator")
     csv_img_key: str = Field(default="filepath", description="CSV column of image paths (relative to the CSV file unless absolute)")
     csv_caption_key: str = Field(default="title", description="CSV column of captions")
+    image_root: str | None = Field(
+        default=None, description="karpathy / retrieval_json: what the JSON's image paths are relative to; default: the JSON's directory"
+    )
+    splits: list[str] = Field(
+        default_factory=lambda: ["train", "restval"], min_length=1, description="karpathy: the splits trained on"
+    )
     shuffle_buffer: PositiveInt = Field(default=10000, description="samples in one shuffle window of a real source")
     workers: PositiveInt = Field(default=4, description="decoding threads of a real source")
     text_only: UnpairedSourceConfig | None = Field(
@@ -155,6 +164,11 @@ class TrainConfig(Section):
     checkpoint_every: PositiveInt = 200
     log_every: PositiveInt = 10
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
+    init_from: str | None = Field(
+        default=None,
+        description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
+        "to a .pt checkpoint; its model and momentum weights and its tokenizer are the start (step 0, fresh optimizer)",
+    )
 
 
 class EvalConfig(Section):
