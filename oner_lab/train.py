@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from oner_lab import checkpoint
+from oner_lab import checkpoint, finetune
 from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
 from oner_lab.evaluate import evaluate
@@ -80,7 +80,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("objective.temperature_min", obj.temperature_min, f"at most objective.temperature_init ({obj.temperature_init})")
     if config.train.min_lr > config.train.lr:
         raise ConfigError("train.min_lr", config.train.min_lr, f"at most train.lr ({config.train.lr})")
+    for key, section, term in (("data.text_only", config.data.text_only, "mlm"), ("data.image_only", config.data.image_only, "mim")):
+        if section is not None and term not in weights:
+            raise ConfigError(key, section.urls, f"unpaired data is trained by the {term} term only, which this run lacks ({sorted(weights)})")
     check_config(config.data, config.eval.sets)
+    finetune.validate(config)
 
 
 def lr_at(step: int, config: RunConfig) -> float:
@@ -111,7 +115,7 @@ def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[di
 class Trainer:
     """Holds one run's model, optimiser and data; `fit` runs the loop, `evaluate` the zero-shot sets."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, dist_info: DistInfo) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, dist_info: DistInfo, init_checkpoint: Path | None = None) -> None:
         self.started = time.perf_counter()  # wall time of this session: data, training and evaluation
         self.config = config
         self.run_dir = run_dir
@@ -126,12 +130,22 @@ class Trainer:
         )
         if config.train.batch_size % dist_info.world_size:
             raise ConfigError("train.batch_size", t.batch_size, f"divisible by the number of ranks ({dist_info.world_size})")
+        for key, section in (("data.text_only", config.data.text_only), ("data.image_only", config.data.image_only)):
+            if section is not None and section.batch_size % dist_info.world_size:
+                raise ConfigError(f"{key}.batch_size", section.batch_size, f"divisible by the number of ranks ({dist_info.world_size})")
         tower = resolve_tower(config)
-        self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, config.eval.sets)
+        self.checkpoint_path = run_dir / "checkpoints" / "last.pt"
+        kept_tokenizer, self.parent = finetune.start(
+            config, run_dir, init_checkpoint, resuming=self.checkpoint_path.exists(), is_main=dist_info.is_main
+        ) if t.init_from else (None, None)
+        self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, config.eval.sets, kept_tokenizer)
         if self.device.type == "cuda":
             self.data.train = self.data.train.to(self.device)  # crop and resize on the GPU, not one CPU core
+            self.data.unpaired.to(self.device)
         tokenizer = self.data.tokenizer
         self.tower_cfg = replace(tower, vocab_size=tokenizer.vocab_size)
+        if self.parent is not None:
+            self.parent.check(config, tokenizer, self.tower_cfg)
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every resume
         self.model = OneTower(self.tower_cfg).to(self.device)
         self.target = momentum_copy(self.model)
@@ -156,7 +170,6 @@ class Trainer:
             fused=self.device.type == "cuda",
         )
         self.step = 0
-        self.checkpoint_path = run_dir / "checkpoints" / "last.pt"
 
     # --- checkpoints --------------------------------------------------------------------
     def state(self) -> dict:
@@ -169,6 +182,7 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "config": self.config.model_dump(mode="json"),
             "tower": asdict(self.tower_cfg),
+            "tokenizer": self.data.tokenizer.to_str(),  # a run started from this checkpoint keeps the vocabulary
         }
 
     def save(self) -> None:
@@ -180,6 +194,11 @@ class Trainer:
         """Weights at a tenth of training (the paper's t-SNE compares 4 of 40 epochs with the end)."""
         state = {k: v for k, v in self.state().items() if k in ("step", "model", "target", "config", "tower")}
         checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "early.pt")
+
+    def start(self) -> None:
+        """Resume from this run's last checkpoint; failing that, a fine-tuning run takes its parent's weights."""
+        if not self.resume() and self.parent is not None:
+            self.parent.load_into(self.model, self.target)
 
     def resume(self) -> bool:
         """Load the last checkpoint of this run directory, if any; refuses another config's."""
@@ -204,7 +223,10 @@ class Trainer:
         t = self.config.train
         batch = self.data.train.batch(self.step, t.batch_size, t.seed, self.dist.rank, self.dist.world_size)
         batch = batch.to(self.device)
-        inputs = StepInputs(batch.images, batch.images_target, batch.text_ids, batch.text_mask)
+        extra = self.data.unpaired.batch(self.step, t.seed, self.dist.rank, self.dist.world_size).to(self.device)
+        inputs = StepInputs(
+            batch.images, batch.images_target, batch.text_ids, batch.text_mask, extra.text_ids, extra.text_mask, extra.images
+        )
         generator = torch.Generator().manual_seed(hash((t.seed, self.step, self.dist.rank)) & 0x7FFF_FFFF)
         lr = lr_at(self.step, self.config)
         for group in self.optimizer.param_groups:
@@ -248,6 +270,7 @@ class Trainer:
         finally:
             self.model.train()
         metrics["data/skipped_samples"] = float(self.data.skipped_samples)
+        metrics.update({f"data/{kind}_samples": float(n) for kind, n in self.data.unpaired.sample_counts().items()})
         return metrics
 
     # --- the loop -----------------------------------------------------------------------
@@ -322,8 +345,12 @@ def run(
     run_dir: str | Path,
     logger: RunLogger | None = None,
     control: RunControl | None = None,
+    init_checkpoint: str | Path | None = None,
 ) -> dict[str, float]:
-    """Train `config` in `run_dir` (resuming from its last checkpoint) and return final metrics."""
+    """Train `config` in `run_dir` (resuming from its last checkpoint) and return final metrics.
+
+    `init_checkpoint`: the parent checkpoint of a fine-tuning run (`train.init_from`), as the CLI
+    resolves a variant name; by default `train.init_from` is taken as a path."""
     validate(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -331,8 +358,8 @@ def run(
         config.train.device == "auto" and torch.cuda.is_available()
     ) else "cpu"
     dist_info = init_from_env(device_type)
-    trainer = Trainer(config, run_dir, dist_info)
-    trainer.resume()
+    trainer = Trainer(config, run_dir, dist_info, Path(init_checkpoint) if init_checkpoint else None)
+    trainer.start()
     return trainer.fit(logger, control)
 
 

@@ -8,10 +8,11 @@ Data is always read back through `shards.read_shards`, the path real datasets ta
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from .sources import CsvSource, RetrievalJsonSource, TarSource, expand_urls, rea
 from .stream import TrainStream
 from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
+from .unpaired import TextLinesSource, UnpairedData, check_unpaired, text_only_sources, unpaired_data
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +72,12 @@ class DataBundle:
     train: TrainStream | IndexedStream
     eval_sets: dict[str, RetrievalSet | ClassificationSet]
     skipped_reading: int  # corrupt samples skipped while reading the eval sets and an in-memory training split
+    unpaired: UnpairedData = field(default_factory=UnpairedData)  # data.text_only / data.image_only streams
 
     @property
     def skipped_samples(self) -> int:
         """All corrupt samples skipped so far: while reading, plus those a streaming source has met."""
-        return self.skipped_reading + self.train.skipped
+        return self.skipped_reading + self.train.skipped + self.unpaired.skipped
 
 
 def check_config(cfg: DataConfig, eval_sets: Sequence[str]) -> None:
@@ -96,6 +99,7 @@ def check_config(cfg: DataConfig, eval_sets: Sequence[str]) -> None:
     low, high = cfg.crop_scale
     if not 0 < low <= high <= 1:
         raise ConfigError("data.crop_scale", cfg.crop_scale, "allowed: [low, high] with 0 < low <= high <= 1")
+    check_unpaired(cfg)
     _user_tokenizer(cfg)
 
 
@@ -161,11 +165,13 @@ def prepare(
     keeps its parent's vocabulary)."""
     check_config(cfg, eval_sets)
     root = Path(cfg.cache_dir)
+    text_sources = text_only_sources(cfg.text_only)  # read first: a trained tokenizer learns their words too
     if cfg.source == "shapes":
-        tokenizer, train, skipped = _shapes_train(cfg, root, image_size, max_text_len, tokenizer)
+        tokenizer, train, skipped = _shapes_train(cfg, root, image_size, max_text_len, tokenizer, text_sources)
     else:
-        tokenizer, train = _streaming_train(cfg, root, image_size, max_text_len, tokenizer)
+        tokenizer, train = _streaming_train(cfg, root, image_size, max_text_len, tokenizer, text_sources)
         skipped = 0
+    unpaired = unpaired_data(cfg, text_sources, tokenizer, image_size, max_text_len)
     loaded: dict[str, RetrievalSet | ClassificationSet] = {}
     for name in eval_sets:
         if name in cfg.eval_sources:
@@ -177,14 +183,15 @@ def prepare(
             reader = _read_retrieval if name == "shapes" else _read_classification
             loaded[name], skipped_here = reader(name, directory, tokenizer, image_size, max_text_len, cfg.on_corrupt)
         skipped += skipped_here
-    bundle = DataBundle(tokenizer, train, loaded, skipped)
+    bundle = DataBundle(tokenizer, train, loaded, skipped, unpaired)
     if bundle.skipped_samples:
         log.warning("skipped %d corrupt samples while reading the data", bundle.skipped_samples)
     return bundle
 
 
 def _shapes_train(
-    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None
+    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None,
+    text_only: Sequence[TextLinesSource],
 ) -> tuple[TextTokenizer, TrainStream, int]:
     train_dir = _split_directory(root, "train", cfg, image_size)
     train, skipped = read_shards(
@@ -193,14 +200,15 @@ def _shapes_train(
     if not train:
         raise ValueError(f"{train_dir}: no readable training sample ({skipped} corrupt)")
     captions = [caption for _, caption in train]
-    tokenizer = tokenizer or _user_tokenizer(cfg) or _trained_tokenizer(root, train_dir.name, captions, cfg.vocab_size)
+    tokenizer = tokenizer or _user_tokenizer(cfg) or _trained_tokenizer(root, train_dir.name, captions, cfg.vocab_size, text_only)
     text_ids, text_mask = tokenizer.encode(captions, max_text_len)
     images = torch.from_numpy(np.stack([image for image, _ in train]))
     return tokenizer, TrainStream(images, text_ids, text_mask, cfg.crop_scale, cfg.hflip), skipped
 
 
 def _streaming_train(
-    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None
+    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None,
+    text_only: Sequence[TextLinesSource],
 ) -> tuple[TextTokenizer, IndexedStream]:
     """Index each `urls` entry as one source (cached), then serve batches decoded on demand."""
     sources = [_train_source(cfg, pattern, root) for pattern in url_patterns(cfg.urls)]
@@ -208,7 +216,7 @@ def _streaming_train(
     if tokenizer is None:
         name = hashlib.sha256("/".join(s.fingerprint for s in sources).encode()).hexdigest()[:12]
         captions = (caption for source in sources for caption in _readable_captions(source.captions()))
-        tokenizer = _trained_tokenizer(root, f"{cfg.source}-{name}", captions, cfg.vocab_size)
+        tokenizer = _trained_tokenizer(root, f"{cfg.source}-{name}", captions, cfg.vocab_size, text_only)
     stream = IndexedStream(
         sources, cfg.weights, tokenizer, image_size, max_text_len, cfg.crop_scale, cfg.hflip,
         cfg.shuffle_buffer, cfg.workers, cfg.on_corrupt,
@@ -247,7 +255,14 @@ def _user_tokenizer(cfg: DataConfig) -> TextTokenizer | None:
         ) from error
 
 
-def _trained_tokenizer(root: Path, train_name: str, captions: Iterable[str], vocab_size: int) -> TextTokenizer:
+def _trained_tokenizer(
+    root: Path, train_name: str, captions: Iterable[str], vocab_size: int, text_only: Sequence[TextLinesSource]
+) -> TextTokenizer:
+    """A WordPiece of the paired captions and any text-only ones (whose files then name the cache entry too)."""
+    if text_only:
+        key = hashlib.sha256("/".join(source.fingerprint for source in text_only).encode()).hexdigest()[:12]
+        train_name = f"{train_name}-text{key}"
+        captions = itertools.chain(captions, (c for source in text_only for c in _readable_captions(source.captions())))
     name = f"tokenizer-wordpiece{vocab_size}-{train_name}"
     directory, _ = build_once(root, name, lambda d: TextTokenizer.train(captions, vocab_size).save(d))
     return TextTokenizer.load(directory)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -145,6 +145,14 @@ class IndexedStream:
         rows = rows_of_rank(batch_size, rank, world_size)
         plan = self._global_rows(step, batch_size, seed)[rows]
         loaded = list(self._decoders.map(lambda row: self._load(seed, int(row[0]), int(row[1])), plan))
+        return self._collate(loaded, step, batch_size, seed, rows)
+
+    def _decode(self, sample: RawSample) -> tuple[np.ndarray, str]:
+        """One raw sample as the rows of a batch need it; raises CorruptSample. Unpaired streams override it."""
+        return decode_image(sample, self.image_size), decode_text(sample)
+
+    def _collate(self, loaded: list[tuple[np.ndarray, str]], step: int, batch_size: int, seed: int, rows: slice) -> Batch:
+        """This rank's decoded rows of global batch `step` as a Batch: tokenised, two augmented views."""
         images = torch.from_numpy(np.stack([image for image, _ in loaded])).to(self.device)
         text_ids, text_mask = self.tokenizer.encode([caption for _, caption in loaded], self.max_text_len)
         views = augmented_views(images, seed, step, batch_size, rows, self.crop_scale, self.hflip)
@@ -163,13 +171,12 @@ class IndexedStream:
             plan = plan[np.random.default_rng([seed % 2**64, _MIX_STREAM, step]).permutation(batch_size)]
         return plan
 
-    def _load(self, seed: int, source_number: int, position: int) -> tuple[np.ndarray, str]:
+    def _load(self, seed: int, source_number: int, position: int) -> Any:
         source = self.sources[source_number]
         for attempt in range(MAX_CONSECUTIVE_CORRUPT):
             index = self._sample_index(seed, source_number, position + attempt)
             try:
-                sample = source.load(index)
-                return decode_image(sample, self.image_size), decode_text(sample)
+                return self._decode(source.load(index))
             except CorruptSample as why:
                 if self.on_corrupt == "fail":
                     url, key = source.where(index)

@@ -2,6 +2,11 @@
 
 Each term asks for the views it needs; a pass that two terms share (the masked
 image pass for MIM and ITC, the masked joint pass for MMM and CMC) runs once.
+
+Unpaired rows (`StepInputs.extra_*`: captions without images, images without captions) join
+only the masked single-modality passes, after the paired rows: MLM and MIM train on them, while
+every contrastive term (`embed` keeps the paired rows) and MMM see the paired rows alone. Their
+corruption is drawn from a generator of their own, so the paired rows' masks do not depend on them.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,12 +42,15 @@ class ViewSettings:
 
 @dataclass
 class StepInputs:
-    """One step's batch, as the data module hands it over."""
+    """One step's batch, as the data module hands it over; `extra_*` are optional unpaired rows."""
 
     images: torch.Tensor
     images_target: torch.Tensor
     text_ids: torch.Tensor
     text_mask: torch.Tensor
+    extra_text_ids: torch.Tensor | None = None  # [E, L] captions without images: the MLM pass only
+    extra_text_mask: torch.Tensor | None = None
+    extra_images: torch.Tensor | None = None  # [E, 3, H, W] images without captions: the MIM pass only
 
 
 class Views:
@@ -66,6 +75,9 @@ class Views:
         self._targets: dict[str, torch.Tensor] = {}
         self._text_corruption: tuple[torch.Tensor, torch.Tensor] | None = None
         self._patch_mask: torch.Tensor | None = None
+        self._extra_corruption: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._extra_patch_mask: torch.Tensor | None = None
+        self._extra_generator: torch.Generator | None = None
 
     # --- corruption, drawn once per step -------------------------------------------------
     def text_corruption(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +97,48 @@ class Views:
             self._patch_mask = mask.to(self.inputs.images.device)
         return self._patch_mask
 
+    def extra_generator(self) -> torch.Generator:
+        """The unpaired rows' randomness: seeded from the step's generator without drawing from it."""
+        if self._extra_generator is None:
+            state = np.random.SeedSequence([self.generator.initial_seed(), 1]).generate_state(1, np.uint64)[0]
+            self._extra_generator = torch.Generator().manual_seed(int(state))
+        return self._extra_generator
+
+    def masked_text(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(corrupted ids, text mask, labels) of the first `rows` rows of [paired; unpaired captions]."""
+        ids, labels = self.text_corruption()
+        text_mask = self.inputs.text_mask
+        extra_ids = self.inputs.extra_text_ids
+        if rows > ids.shape[0] and extra_ids is not None:
+            if self._extra_corruption is None:
+                s = self.settings
+                self._extra_corruption = mask_text(
+                    extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator()
+                )
+            ids, labels = (torch.cat([a, b]) for a, b in zip((ids, labels), self._extra_corruption, strict=True))
+            text_mask = torch.cat([text_mask, self.inputs.extra_text_mask])
+        return ids[:rows], text_mask[:rows], labels[:rows]
+
+    def masked_images(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, patch mask) of the first `rows` rows of [paired; unpaired images]."""
+        images, mask = self.inputs.images, self.patch_mask()
+        extra = self.inputs.extra_images
+        if rows > images.shape[0] and extra is not None:
+            if self._extra_patch_mask is None:
+                extra_mask = mask_patches(extra.shape[0], self.online.cfg.num_patches, self.settings.mim_ratio, self.extra_generator())
+                self._extra_patch_mask = extra_mask.to(extra.device)
+            images, mask = torch.cat([images, extra]), torch.cat([mask, self._extra_patch_mask])
+        return images[:rows], mask[:rows]
+
+    def masked_rows(self, view: str) -> int:
+        """Rows of a masked pass: the paired batch, plus the unpaired rows in the single-modality views."""
+        x = self.inputs
+        if view == "T" and x.extra_text_ids is not None:
+            return x.text_ids.shape[0] + x.extra_text_ids.shape[0]
+        if view == "I" and x.extra_images is not None:
+            return x.images.shape[0] + x.extra_images.shape[0]
+        return x.text_ids.shape[0]
+
     # --- forward passes -----------------------------------------------------------------
     def output(self, view: str, masked: bool = False) -> TowerOutput:
         """The online encoder's pass over `view`, masked (MIM/MLM corruption) or clean."""
@@ -93,21 +147,23 @@ class Views:
             x = self.inputs
             images = x.images if "I" in view else None
             text_ids = x.text_ids if "T" in view else None
+            text_mask = x.text_mask if "T" in view else None
             patch_mask = None
             if masked:
+                rows = self.masked_rows(view)
                 if images is not None:
-                    patch_mask = self.patch_mask()
+                    images, patch_mask = self.masked_images(rows)
                 if text_ids is not None:
-                    text_ids = self.text_corruption()[0]
+                    text_ids, text_mask, _ = self.masked_text(rows)
             self._outputs[key] = self.online(
-                view, images=images, text_ids=text_ids, text_mask=x.text_mask if text_ids is not None else None,
-                patch_mask=patch_mask,
+                view, images=images, text_ids=text_ids, text_mask=text_mask, patch_mask=patch_mask,
             )
         return self._outputs[key]
 
     def embed(self, view: str, masked: bool = False) -> torch.Tensor:
-        """F(view) from the online encoder: pooled [CLS], projected, L2-normalised."""
-        return self.online.project(self.output(view, masked).cls, HEAD_OF_VIEW[view])
+        """F(view) from the online encoder: pooled [CLS], projected, L2-normalised; paired rows only."""
+        paired = self.inputs.text_ids.shape[0]
+        return self.online.project(self.output(view, masked).cls[:paired], HEAD_OF_VIEW[view])
 
     def contrast(self, view: str) -> torch.Tensor:
         """F(view) for a contrastive left side. The joint view takes the global token of the
@@ -138,15 +194,15 @@ class Views:
         return info_nce(left, right, self.logit_scale)
 
     def mlm_loss(self, out: TowerOutput) -> torch.Tensor:
-        """Cross-entropy of the tied MLM head on the corrupted text positions."""
-        labels = self.text_corruption()[1]
+        """Cross-entropy of the tied MLM head on the corrupted text positions (of every row `out` holds)."""
+        labels = self.masked_text(out.text_tokens.shape[0])[2]
         chosen = labels != IGNORE
         logits = self.online.mlm_head(out.text_tokens[chosen])
         return F.cross_entropy(logits.float(), labels[chosen])
 
     def mim_loss(self, out: TowerOutput) -> torch.Tensor:
-        """SimMIM: L1 between predicted and true (normalised) pixels of the masked patches."""
-        mask = self.patch_mask()
+        """SimMIM: L1 between predicted and true (normalised) pixels of the masked patches (of every row `out` holds)."""
+        images, mask = self.masked_images(out.image_tokens.shape[0])
         pred = self.online.mim_head(out.image_tokens[mask])
-        target = patchify(self.inputs.images, self.online.cfg.patch_size)[mask]
+        target = patchify(images, self.online.cfg.patch_size)[mask]
         return F.l1_loss(pred.float(), target.float())
