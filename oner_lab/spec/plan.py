@@ -7,7 +7,7 @@ import itertools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -16,19 +16,28 @@ from pydantic import ValidationError
 from oner_lab.spec.config import RunConfig
 from oner_lab.spec.errors import SpecError, did_you_mean, one_of, show
 from oner_lab.spec.merge import deep_merge, set_at
-from oner_lab.spec.models import Spec
+from oner_lab.spec.models import NAME_PATTERN, Spec
 from oner_lab.spec.validation import NoteFor, describe, to_spec_error, validate
 from oner_lab.spec.yaml_io import parse_yaml
 
 
-def config_hash(config: RunConfig) -> str:
+def config_hash(config: RunConfig, parent_hash: str | None = None) -> str:
     """First 12 hex digits of the sha256 of the config's canonical JSON (sorted keys).
 
     Computed from the validated config, so YAML layout, comments, key order and number
-    spelling (1e-3 vs 0.001) do not matter; every field counts, defaults included.
+    spelling (1e-3 vs 0.001) do not matter; every field counts, defaults included. A run that
+    starts from another variant's run (`train.init_from`) folds in that run's hash (`parent_hash`,
+    appended as a line `parent <hash>`), so changing the parent's config changes the child's.
     """
     canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    if parent_hash is not None:
+        canonical += f"\nparent {parent_hash}"
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def names_variant(init_from: str) -> bool:
+    """Whether `train.init_from` names a grid variant (a variant name) rather than a checkpoint path."""
+    return re.fullmatch(NAME_PATTERN, init_from) is not None
 
 
 def format_axis_value(value: object) -> str:
@@ -45,6 +54,8 @@ class PlannedRun:
     axes: dict[str, object]
     config: RunConfig
     config_hash: str
+    parent: PlannedRun | None = None
+    """The run of variant `train.init_from` with this run's seed and axes, which this one starts from."""
 
     @property
     def run_name(self) -> str:
@@ -72,22 +83,68 @@ def expand_with_notes(
     selection = _Selection.parse(spec, only or {})
     runs: list[PlannedRun] = []
     for variant, override in spec.grid.variants.items():
-        if variant not in selection.variants:
-            continue
         variant_config = deep_merge(spec.base.model_dump(), override)
         prefix = ("grid", "variants", variant)
         validate(RunConfig, variant_config, file=spec.source_file, prefix=prefix, note_for=note_for)
-        axis_values = [selection.axes.get(key, values) for key, values in spec.grid.axes.items()]
         for seed in spec.grid.seed:
-            if seed not in selection.seeds:
-                continue
             seeded = set_at(variant_config, ["train", "seed"], seed)
-            for point in itertools.product(*axis_values):
+            for point in itertools.product(*spec.grid.axes.values()):
                 axes = dict(zip(spec.grid.axes, point))
                 config = _with_axes(spec, seeded, axes, note_for)
                 runs.append(PlannedRun(variant, seed, axes, config, config_hash(config)))
+    runs = _link_parents(spec, runs, note_for)
     _check_distinct(spec, runs)
-    return runs
+    return [run for run in runs if selection.keeps(run)]
+
+
+def _point(run: PlannedRun) -> tuple[str, int, str]:
+    return run.variant, run.seed, repr(list(run.axes.values()))
+
+
+def _link_parents(spec: Spec, runs: list[PlannedRun], note_for: NoteFor) -> list[PlannedRun]:
+    """Each run whose `train.init_from` names a variant gets that variant's run of the same seed and
+    axes as `parent`, and a hash folding in the parent's. A name that is no variant, a variant
+    starting from itself and a cycle of variants are SpecErrors at the key that set it."""
+    by_point = {_point(run): run for run in runs}
+    linked: dict[tuple[str, int, str], PlannedRun] = {}
+
+    def link(run: PlannedRun, chain: tuple[str, ...]) -> PlannedRun:
+        point = _point(run)
+        if point in linked:
+            return linked[point]
+        init_from = run.config.train.init_from
+        if init_from is None or not names_variant(init_from):
+            linked[point] = run
+            return run
+        key = _init_from_key(spec, run)
+        allowed = "the name of another grid variant, or a path to a .pt checkpoint (with a '/' or '.pt')"
+        if init_from == run.variant:
+            raise SpecError(spec.source_file, key, f"variant {run.variant!r} starts from itself", allowed, value=init_from, note=note_for(key))
+        if init_from not in spec.grid.variants:
+            raise SpecError(
+                spec.source_file, key, f"{init_from!r} is not a variant of this spec", f"{one_of(spec.grid.variants)}; or {allowed}",
+                value=init_from, suggestion=did_you_mean(init_from, spec.grid.variants), note=note_for(key),
+            )
+        if init_from in chain:
+            cycle = " -> ".join([*chain[chain.index(init_from):], run.variant, init_from])
+            raise SpecError(
+                spec.source_file, key, f"variants start from each other in a cycle ({cycle})",
+                "a chain of train.init_from that ends at a variant trained from scratch", value=init_from, note=note_for(key),
+            )
+        parent = link(by_point[(init_from, run.seed, point[2])], (*chain, run.variant))
+        linked[point] = replace(run, parent=parent, config_hash=config_hash(run.config, parent.config_hash))
+        return linked[point]
+
+    return [link(run, ()) for run in runs]
+
+
+def _init_from_key(spec: Spec, run: PlannedRun) -> str:
+    """Where the run's `train.init_from` was written: an axis, its variant, or base."""
+    if "train.init_from" in run.axes:
+        return "grid.axes.train.init_from"
+    if "init_from" in (spec.grid.variants[run.variant].get("train") or {}):
+        return f"grid.variants.{run.variant}.train.init_from"
+    return "base.train.init_from"
 
 
 def _with_axes(spec: Spec, config: dict[str, Any], axes: dict[str, object], note_for: NoteFor) -> RunConfig:
@@ -173,6 +230,14 @@ class _Selection:
                     file, "--only", f"unknown key {key!r}", one_of(keys), value=key, suggestion=did_you_mean(key, keys)
                 )
         return selection
+
+    def keeps(self, run: PlannedRun) -> bool:
+        """Whether the run matches every `--only` pair."""
+        return (
+            run.variant in self.variants
+            and run.seed in self.seeds
+            and all(repr(run.axes[key]) in {repr(value) for value in kept} for key, kept in self.axes.items())
+        )
 
 
 def _parse_value(text: str) -> object:
