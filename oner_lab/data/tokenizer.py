@@ -77,6 +77,15 @@ class TextTokenizer:
             raise FileNotFoundError(f"{directory} is not a directory")
         raise FileNotFoundError(f"{directory} holds neither {TOKENIZER_FILE} nor {VOCAB_FILE}")
 
+    @classmethod
+    def from_str(cls, text: str) -> TextTokenizer:
+        """The tokenizer `to_str` wrote (kept inside checkpoints, so a run started from one gets its vocabulary)."""
+        return cls(Tokenizer.from_str(text))
+
+    def to_str(self) -> str:
+        """The whole tokenizer as `tokenizer.json` text."""
+        return self._tokenizer.to_str()
+
     def save(self, directory: Path | str) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
