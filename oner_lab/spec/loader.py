@@ -13,6 +13,7 @@ from oner_lab.spec.errors import SpecError, did_you_mean, one_of
 from oner_lab.spec.merge import deep_merge, leaf_paths, set_at
 from oner_lab.spec.models import Spec
 from oner_lab.spec.plan import expand_with_notes
+from oner_lab.spec.sweep import check_sweep
 from oner_lab.spec.validation import NoteFor, validate
 from oner_lab.spec.yaml_io import parse_yaml, read_yaml
 
@@ -86,7 +87,7 @@ def _read_mapping(file: Path) -> dict[str, Any]:
 
 def _build(data: Mapping[str, Any], file: Path, profile: str | None, note_for: NoteFor) -> Spec:
     spec = validate(Spec, {**data, "source_file": file, "profile": profile}, file=file, note_for=note_for)
-    expand_with_notes(spec, note_for=note_for)
+    check_sweep(spec, expand_with_notes(spec, note_for=note_for), note_for)
     return spec
 
 

@@ -128,6 +128,88 @@ class GridConfig(Section):
         return seeds
 
 
+class FloatParam(Section):
+    """A float in [low, high], log-uniform when `log` (learning rates, temperatures)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+
+class IntParam(Section):
+    """An int in [low, high] (both included), log-uniform when `log`."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+
+class CategoricalParam(Section):
+    """One of `choices` (strings, numbers, booleans or null)."""
+
+    type: Literal["categorical"]
+    choices: Annotated[list[str | bool | int | float | None], AfterValidator(_axis_values)]
+
+
+def _metric(metric: str) -> str:
+    if not re.match(r"^eval/[^/]+/[^/]+$", metric):
+        raise ValueError("an eval metric eval/<set>/<metric>, e.g. eval/shapes/rsum")
+    return metric
+
+
+def _storage(storage: str) -> str:
+    if not re.match(r"^([a-z][a-z0-9+]*://.+|journal:.+)$", storage):
+        raise ValueError("an RDB URL (sqlite:///optuna.db, postgresql://host/db) or journal:<file>")
+    return storage
+
+
+SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class SamplerConfig(Section):
+    """How a trial's parameters are chosen: TPE (after `n_startup_trials` random ones) or random, seeded."""
+
+    type: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    n_startup_trials: PositiveInt = Field(default=10, description="tpe: random trials before TPE takes over")
+
+
+class PrunerConfig(Section):
+    """When a trial stops early: `median` stops one whose metric at an evaluation step is worse than the
+    median of the completed trials at that step; `none` never stops one."""
+
+    type: Literal["median", "none"] = "median"
+    n_startup_trials: NonNegativeInt = Field(default=5, description="completed trials before pruning starts")
+    n_warmup_steps: NonNegativeInt = Field(default=0, description="training steps before a trial may be pruned")
+
+
+class SweepConfig(Section):
+    """A hyperparameter study over the spec's one grid point (docs/sweep.md)."""
+
+    study: str | None = Field(default=None, min_length=1, description="the Optuna study name; default: the spec's name")
+    metric: Annotated[str, AfterValidator(_metric)] = Field(
+        description="the eval metric optimised, eval/<set>/<metric>, e.g. eval/shapes/rsum"
+    )
+    direction: Literal["maximize", "minimize"]
+    trials: PositiveInt = Field(description="finished (complete or pruned) trials the study ends with")
+    parallel: PositiveInt = Field(default=1, description="trials running at once")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    storage: Annotated[str, AfterValidator(_storage)] | None = Field(
+        default=None,
+        description="an RDB URL (sqlite:///optuna.db, postgresql://...) or journal:<file> on a shared file system; "
+        "default: optuna.db beside the MLflow SQLite store",
+    )
+    space: Annotated[dict[AxisKey, SearchParam], DottedKeys()] = Field(
+        min_length=1, description="dotted RunConfig key -> {type: float|int|categorical, ...}"
+    )
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, description="parameter sets tried first, in order (warm starts); keys from `space`"
+    )
+
+
 SpecOverride = Annotated[dict[str, Any], PartialOf(lambda: Spec)]
 
 
@@ -140,6 +222,7 @@ class Spec(Section):
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     base: RunConfig = Field(default_factory=RunConfig)
     grid: GridConfig
+    sweep: SweepConfig | None = Field(default=None, description="tune the grid's one run with Optuna (docs/sweep.md)")
     profiles: dict[Name, SpecOverride] = Field(
         default_factory=dict, description="name -> partial override of this spec"
     )
