@@ -51,6 +51,10 @@ TAG_SLURM_REQUEUES = "oner.slurm.requeues"
 TAG_SLURM_EVENT = "oner.slurm.last_event"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_NOTE = "mlflow.note.content"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+"""A fine-tuning run's link to the MLflow run it started from (the UI nests it there; the retrieval table reads it)."""
+TAG_PARENT = "oner.parent"
+"""The same, readable: the parent's run name, or the checkpoint path `train.init_from` gave."""
 
 FINISHED, FAILED, KILLED, RUNNING, SCHEDULED = "FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"
 
@@ -396,6 +400,60 @@ class MlflowRunLogger:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+TAG_PARENT_RUN = "mlflow.parentRunId"
+"""MLflow's own nesting tag: the UI shows a sweep's trial runs under their study's run."""
+TAG_STUDY = "oner.sweep.study"
+TAG_TRIAL = "oner.sweep.trial"
+"""A trial run's Optuna trial number; the study's own (parent) run has TAG_STUDY and no TAG_TRIAL."""
+TAG_TRIAL_STATE = "oner.sweep.state"
+"""COMPLETE, PRUNED or FAIL as Optuna ended the trial; a pruned trial's run ends KILLED with this PRUNED."""
+TAG_TRIAL_PARAMS = "oner.sweep.params"
+TAG_BEST = "oner.sweep.best"
+"""Prefix of the study run's tags naming its best trial: `.trial`, `.value`, `.<param>`."""
+
+
+def study_run(client: MlflowClient, experiment: str, study: str, note: str) -> str:
+    """The parent MLflow run of an Optuna study (found by TAG_STUDY, created on first use), set RUNNING."""
+    experiment_key = experiment_id(client, experiment)
+    found = retry_locked(
+        lambda: client.search_runs(
+            [experiment_key],
+            filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_TRIAL}` IS NULL",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        tags = {TAG_STUDY: study, TAG_NOTE: note}
+        run_id = retry_locked(lambda: client.create_run(experiment_key, run_name=f"study/{study}", tags=tags)).info.run_id
+    set_status(client, run_id, RUNNING)
+    return run_id
+
+
+def create_trial_run(
+    client: MlflowClient, spec: Spec, planned: PlannedRun, run_dir: Path, parent_run_id: str, number: int, params: Mapping[str, Any]
+) -> str:
+    """A trial's MLflow run (`create_run`, SCHEDULED), nested under its study's run and tagged with the
+    study, the trial number and the sampled parameters."""
+    run_id = create_run(client, spec.experiment_name, planned, spec, run_dir)
+    study = retry_locked(lambda: client.get_run(parent_run_id)).data.tags[TAG_STUDY]
+    tags = {TAG_PARENT_RUN: parent_run_id, TAG_STUDY: study, TAG_TRIAL: str(number), TAG_TRIAL_PARAMS: json.dumps(dict(params))}
+    set_tags(client, run_id, tags)
+    return run_id
+
+
+def log_best_trial(client: MlflowClient, run_id: str, number: int, value: float, params: Mapping[str, Any], finished: int) -> None:
+    """The study run's view of its best trial so far: tags `oner.sweep.best.*`, metric `sweep/best_value`
+    at step = finished trials (tags, not params: MLflow params cannot change once logged)."""
+    tags = {f"{TAG_BEST}.trial": str(number), f"{TAG_BEST}.value": repr(value)}
+    tags.update({f"{TAG_BEST}.{key}": json.dumps(param) for key, param in params.items()})
+    set_tags(client, run_id, tags)
+    metric = Metric("sweep/best_value", float(value), int(time.time() * 1000), finished)
+    retry_locked(lambda: client.log_batch(run_id, metrics=[metric], synchronous=True))
 
 
 TAG_ANALYSIS = "oner.analysis"
