@@ -77,7 +77,6 @@ class Views:
         self._patch_mask: torch.Tensor | None = None
         self._extra_corruption: tuple[torch.Tensor, torch.Tensor] | None = None
         self._extra_patch_mask: torch.Tensor | None = None
-        self._extra_generator: torch.Generator | None = None
 
     # --- corruption, drawn once per step -------------------------------------------------
     def text_corruption(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +96,11 @@ class Views:
             self._patch_mask = mask.to(self.inputs.images.device)
         return self._patch_mask
 
-    def extra_generator(self) -> torch.Generator:
-        """The unpaired rows' randomness: seeded from the step's generator without drawing from it."""
-        if self._extra_generator is None:
-            state = np.random.SeedSequence([self.generator.initial_seed(), 1]).generate_state(1, np.uint64)[0]
-            self._extra_generator = torch.Generator().manual_seed(int(state))
-        return self._extra_generator
+    def extra_generator(self, stream: int) -> torch.Generator:
+        """Randomness for unpaired rows (stream 1: captions, 2: images), seeded from the step's generator
+        without drawing from it, so no mask depends on which other rows the step holds."""
+        state = np.random.SeedSequence([self.generator.initial_seed(), stream]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state))
 
     def masked_text(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(corrupted ids, text mask, labels) of the first `rows` rows of [paired; unpaired captions]."""
@@ -113,7 +111,7 @@ class Views:
             if self._extra_corruption is None:
                 s = self.settings
                 self._extra_corruption = mask_text(
-                    extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator()
+                    extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator(1)
                 )
             ids, labels = (torch.cat([a, b]) for a, b in zip((ids, labels), self._extra_corruption, strict=True))
             text_mask = torch.cat([text_mask, self.inputs.extra_text_mask])
@@ -125,7 +123,7 @@ class Views:
         extra = self.inputs.extra_images
         if rows > images.shape[0] and extra is not None:
             if self._extra_patch_mask is None:
-                extra_mask = mask_patches(extra.shape[0], self.online.cfg.num_patches, self.settings.mim_ratio, self.extra_generator())
+                extra_mask = mask_patches(extra.shape[0], self.online.cfg.num_patches, self.settings.mim_ratio, self.extra_generator(2))
                 self._extra_patch_mask = extra_mask.to(extra.device)
             images, mask = torch.cat([images, extra]), torch.cat([mask, self._extra_patch_mask])
         return images[:rows], mask[:rows]
