@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
@@ -65,20 +66,33 @@ def submit(
     while it waits); None lets them run on after the CLI exits (`--no-wait`). Only local jobs
     watch it: they share this machine's process table.
     """
-    local = launcher.backend == "local"
-    max_requeues = cluster.resolve(launcher.slurm).max_requeues if launcher.backend == "slurm" else None
     jobs = [
         TrainingJob(
             run.planned,
             tracking_uri,
             run.run_id,
             run.run_dir,
-            max_parallel=launcher.local.max_parallel if local else None,
-            owner_pid=owner_pid if local else None,
-            max_requeues=max_requeues,
+            **job_options(launcher, owner_pid),
         )
         for run in runs
     ]
+    return submit_jobs(executor, launcher, jobs)
+
+
+def job_options(launcher: LauncherConfig, owner_pid: int | None) -> dict[str, Any]:
+    """The backend's keyword arguments of a `TrainingJob` (slots and owner locally, requeues on SLURM)."""
+    local = launcher.backend == "local"
+    return {
+        "max_parallel": launcher.local.max_parallel if local else None,
+        "owner_pid": owner_pid if local else None,
+        "max_requeues": cluster.resolve(launcher.slurm).max_requeues if launcher.backend == "slurm" else None,
+    }
+
+
+def submit_jobs(executor: submitit.Executor, launcher: LauncherConfig, jobs: Sequence[TrainingJob]) -> list[submitit.Job]:
+    """Submits built jobs (one `TrainingJob` per run, or a sweep's trial jobs) as one batch; LaunchError
+    when the scheduler refuses them."""
+    local = launcher.backend == "local"
     inherited = _stdio_to(executor.folder.parent / "controllers.log") if local else nullcontext()
     try:
         with inherited, executor.batch():

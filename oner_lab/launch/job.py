@@ -13,7 +13,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import submitit
 from mlflow import MlflowClient
 
 from oner_lab import tracking
-from oner_lab.hooks import Interrupted, RunControl
+from oner_lab.hooks import Interrupted, RunControl, RunLogger
 from oner_lab.launch import scheduler
 from oner_lab.launch.preemption import (
     TERM,
@@ -196,7 +196,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         if client is not None:
             tracking.set_status(client, self.run_id, tracking.RUNNING)
         try:
-            with tracking.MlflowRunLogger(client, self.run_id) if client else _no_logger() as logger:
+            with self._logger(client) as logger:
                 metrics = train.run(self.planned.config, self.run_dir, logger=logger, control=control)
         except Interrupted as stop:
             return on_interrupt(stop)
@@ -208,6 +208,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
         if client is not None:
             tracking.end_run(client, self.run_id, tracking.FINISHED)
         return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
+
+    def _logger(self, client: MlflowClient | None) -> AbstractContextManager[RunLogger | None]:
+        """What `train.run` logs through: the run's MLflow logger on rank 0, nothing on other ranks.
+        A sweep trial (sweep.py) wraps it to report its metric to Optuna."""
+        return tracking.MlflowRunLogger(client, self.run_id) if client else _no_logger()
 
     def _end(self, status: str, error: BaseException | str) -> JobOutcome:
         """Ends the MLflow run before training started (a fresh connection)."""

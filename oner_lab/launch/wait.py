@@ -92,7 +92,7 @@ class ProgressView:
         return Group(self.summary(), table)
 
 
-def _collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment: str) -> JobOutcome:
+def collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment: str) -> JobOutcome:
     """The job's outcome. A job whose process died (or whose tracking failed) could not record how it
     ended, so its run is marked here."""
     try:
@@ -180,7 +180,7 @@ def wait_for(
                 if in_process:
                     view.set(index, RUNNING)
                 if queue.ended(job) if queue is not None else job.done():
-                    outcome = _collect(job, runs[index], client, experiment)
+                    outcome = collect(job, runs[index], client, experiment)
                     outcomes[index] = outcome
                     view.set(index, outcome.status, _first_line(outcome.error))
             if len(outcomes) < len(jobs):
