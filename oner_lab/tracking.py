@@ -52,7 +52,8 @@ TAG_SLURM_EVENT = "oner.slurm.last_event"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_NOTE = "mlflow.note.content"
 TAG_PARENT_RUN = "mlflow.parentRunId"
-"""A fine-tuning run's link to the MLflow run it started from (the UI nests it there; the retrieval table reads it)."""
+"""MLflow's own nesting tag: a fine-tuning run names the run it started from (the retrieval table reads it),
+a sweep's trial run its study's run; the UI shows children under their parent."""
 TAG_PARENT = "oner.parent"
 """The same, readable: the parent's run name, or the checkpoint path `train.init_from` gave."""
 
@@ -402,8 +403,6 @@ class MlflowRunLogger:
         self.close()
 
 
-TAG_PARENT_RUN = "mlflow.parentRunId"
-"""MLflow's own nesting tag: the UI shows a sweep's trial runs under their study's run."""
 TAG_STUDY = "oner.sweep.study"
 TAG_TRIAL = "oner.sweep.trial"
 """A trial run's Optuna trial number; the study's own (parent) run has TAG_STUDY and no TAG_TRIAL."""
