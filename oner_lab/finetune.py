@@ -35,7 +35,7 @@ def validate(config: RunConfig) -> None:
     """A checkpoint path must exist; a variant name is resolved (and checked) by the spec's planner."""
     init_from = config.train.init_from
     if init_from is not None and not names_variant(init_from) and not Path(init_from).is_file():
-        raise ConfigError(KEY, init_from, "an existing .pt checkpoint written by oner_lab, or the name of a grid variant")
+        raise ConfigError(KEY, init_from, "allowed: an existing .pt checkpoint written by oner_lab, or the name of a grid variant")
 
 
 def check_tower(parent: TowerConfig | dict[str, Any], child: TowerConfig, parent_name: str) -> None:
@@ -46,7 +46,7 @@ def check_tower(parent: TowerConfig | dict[str, Any], child: TowerConfig, parent
             raise ConfigError(
                 f"model.{field}",
                 getattr(child, field),
-                f"{values[field]}, as in {parent_name}: a run started from {KEY} keeps its parent's tower shape",
+                f"allowed: {values[field]}, as in {parent_name} (a run started from {KEY} keeps its parent's tower shape)",
             )
 
 
@@ -63,14 +63,14 @@ class Parent:
     @classmethod
     def read(cls, path: Path) -> Parent:
         if not path.is_file():
-            raise ConfigError(KEY, str(path), "an existing checkpoint file (a parent's checkpoints/last.pt)")
+            raise ConfigError(KEY, str(path), "allowed: an existing checkpoint file (a parent run's checkpoints/last.pt)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # noqa: BLE001 - torch raises several types for a file it cannot read
-            raise ConfigError(KEY, str(path), f"a .pt checkpoint written by oner_lab ({type(error).__name__}: {error})") from None
+            raise ConfigError(KEY, str(path), f"allowed: a .pt checkpoint written by oner_lab ({type(error).__name__}: {error})") from None
         missing = [key for key in ("model", "tower") if not isinstance(state, dict) or key not in state]
         if missing:
-            raise ConfigError(KEY, str(path), f"a checkpoint written by oner_lab's trainer (it lacks {missing})")
+            raise ConfigError(KEY, str(path), f"allowed: a checkpoint written by oner_lab's trainer (it lacks {missing})")
         tokenizer = TextTokenizer.from_str(state["tokenizer"]) if "tokenizer" in state else None
         return cls(path, state["tower"], state["model"], state.get("target", state["model"]), tokenizer)
 
@@ -78,12 +78,12 @@ class Parent:
         """The child's tokenizer is the parent's and its tower has the parent's shape (vocabulary included)."""
         if self.tokenizer is not None and tokenizer.to_str() != self.tokenizer.to_str():
             raise ConfigError(
-                "data.tokenizer", config.data.tokenizer, f"the tokenizer of {self.path} (leave it null to use the parent's)"
+                "data.tokenizer", config.data.tokenizer, f"allowed: the tokenizer of {self.path}, or null to use it"
             )
         check_tower(self.tower, tower, str(self.path))
         if self.tower["vocab_size"] != tower.vocab_size:
             raise ConfigError(
-                "data.tokenizer", config.data.tokenizer, f"a vocabulary of {self.tower['vocab_size']} tokens, the one of {self.path}"
+                "data.tokenizer", config.data.tokenizer, f"allowed: a vocabulary of {self.tower['vocab_size']} tokens, as the tokenizer of {self.path}"
             )
 
     def load_into(self, model: torch.nn.Module, target: torch.nn.Module) -> None:
@@ -113,7 +113,7 @@ def start(
     if init_checkpoint is None:
         if names_variant(init_from):
             raise ConfigError(
-                KEY, init_from, "a checkpoint path when calling train.run directly; a variant name is resolved by "
+                KEY, init_from, "allowed: a checkpoint path when calling train.run directly; a variant name is resolved by "
                 "`python -m oner_lab.run SPEC`, which passes its FINISHED run's checkpoint"
             )
         init_checkpoint = Path(init_from)
@@ -122,7 +122,7 @@ def start(
         return None, parent  # prepare loads it; Parent.check compares it with the parent's
     if parent.tokenizer is None:
         raise ConfigError(
-            KEY, str(parent.path), "a checkpoint that holds its tokenizer (older ones do not): set data.tokenizer to the "
+            KEY, str(parent.path), "allowed: a checkpoint that holds its tokenizer (older ones do not), or set data.tokenizer to the "
             "tokenizer directory its run used (the run's MLflow artifact tokenizer/)"
         )
     tokenizer = parent.tokenizer

@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
-from oner_lab import launch, table, tracking, train
+from oner_lab import finetune, launch, table, tracking, train
 from oner_lab.hooks import ConfigError
 from oner_lab.launch import scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
@@ -107,18 +107,39 @@ def fresh_run_dir(spec: Spec, run: PlannedRun) -> Path:
 
 def plan_table(steps: Sequence[Step]) -> Table:
     view = Table(title="Plan", title_justify="left")
-    for header in ("run", "config hash", "action", "MLflow run", "status"):
+    starts_from = any(step.planned.parent is not None for step in steps)
+    for header in ("run", "config hash", "action", "MLflow run", "status", *(["starts from"] if starts_from else [])):
         view.add_column(header)
     for step in steps:
         found = step.existing
+        parent = step.planned.parent
         view.add_row(
             step.planned.run_name,
             step.planned.config_hash,
             step.action,
             found.run_id[:12] if found else "-",
             found.status if found else "-",
+            *([parent.run_name if parent else "-"] if starts_from else []),
         )
     return view
+
+
+def unstartable(steps: Sequence[Step], existing: dict[str, tracking.TrackedRun]) -> list[str]:
+    """Fine-tuning runs to start whose parent neither FINISHED nor is planned here (`--only` left it out)."""
+    planned = {step.planned.config_hash for step in steps}
+    problems = []
+    for step in steps:
+        parent = step.planned.parent
+        if step.action in (SKIP, QUEUED) or parent is None or parent.config_hash in planned:
+            continue
+        found = existing.get(parent.config_hash)
+        if found is None or not found.finished:
+            problems.append(
+                f"run {step.planned.run_name} starts from {parent.run_name} (train.init_from), which has not FINISHED "
+                f"({found.status if found else 'never run'}); run it first (--only variant={parent.variant}) or leave "
+                "out --only to run both in order"
+            )
+    return problems
 
 
 def check_world_size(planned: Sequence[PlannedRun], world_size: int) -> None:
@@ -162,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in planned:
         try:
             train.validate(run.config)
+            if run.parent is not None:  # found now, not after the parent has trained
+                finetune.check_tower(train.resolve_tower(run.parent.config), train.resolve_tower(run.config), run.parent.run_name)
         except ConfigError as error:
             return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
 
@@ -187,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{spec.source_file}: {error}")
     steps = decide(planned, existing, args.force, live_slurm_jobs(existing))
     console.print(plan_table(steps))
+    if problems := unstartable(steps, existing):
+        return fail(f"{spec.source_file}: {'; '.join(problems)}")
     if args.dry_run:
         return 0
     queued = [step for step in steps if step.action == QUEUED]
@@ -216,34 +241,56 @@ def launch_and_wait(
     no_wait: bool,
     console: Console,
 ) -> int:
-    """Opens the MLflow runs, submits them, waits with a progress view, prints the table; returns the exit code."""
+    """Opens the MLflow runs, submits them, waits with a progress view, prints the table; returns the exit code.
+
+    Runs go in stages: first every run whose parent (`train.init_from` naming a variant) is not run
+    here, then, once their parents FINISHED, the runs starting from them, and so on down a chain. A
+    run whose parent failed, is still queued from an earlier invocation, or was only dispatched
+    (`--no-wait`) is not started, and the CLI says why and what to run.
+    """
     in_process = spec.launcher.backend == "debug"
     if no_wait and in_process:
         console.print("--no-wait has no effect with the debug backend: its runs run in this process.")
         no_wait = False
-    dispatches = [_prepare(client, spec, step) for step in todo]
     experiment = spec.experiment_name
+    run_here = {step.planned.config_hash for step in todo}
+    parents = {key: run for key, run in tracking.runs_by_hash(client, experiment).items() if run.finished and key not in run_here}
+    waiting = list(todo)
+    outcomes: list[launch.JobOutcome] = []
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     jobs: list[submitit.Job] = []
+    dispatches: list[launch.Dispatch] = []
     try:
-        try:
-            jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid())
-        except launch.LaunchError as error:
-            for run in dispatches:
-                tracking.end_run(client, run.run_id, tracking.FAILED, f"not submitted: {error}")
-            console.print(f"[red]error[/]: {spec.source_file}: {error}")
-            return 1
-        if spec.launcher.backend == "slurm":
-            for job, run in zip(jobs, dispatches):
-                tracking.set_tags(client, run.run_id, {tracking.TAG_SLURM_JOB: job.job_id})
-        if no_wait:
-            console.print(
-                f"Dispatched {len(jobs)} runs; logs under {Path(spec.launcher.runs_dir).resolve() / 'submitit'}. "
-                f"`python -m oner_lab.status {spec.source_file}` shows them, `mlflow ui` too; "
-                f"`python -m oner_lab.table {spec.source_file}` prints the table."
-            )
-            return 0
-        outcomes = launch.wait_for(jobs, dispatches, client, experiment, console, in_process=in_process)
+        while ready := [step for step in waiting if step.planned.parent is None or step.planned.parent.config_hash in parents]:
+            waiting = [step for step in waiting if all(step is not other for other in ready)]
+            if outcomes:
+                console.print(f"Parents FINISHED; starting {', '.join(step.planned.run_name for step in ready)}.")
+            dispatches = [_prepare(client, spec, step, parents) for step in ready]
+            try:
+                jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid())
+            except launch.LaunchError as error:
+                for run in dispatches:
+                    tracking.end_run(client, run.run_id, tracking.FAILED, f"not submitted: {error}")
+                console.print(f"[red]error[/]: {spec.source_file}: {error}")
+                return 1
+            if spec.launcher.backend == "slurm":
+                for job, run in zip(jobs, dispatches):
+                    tracking.set_tags(client, run.run_id, {tracking.TAG_SLURM_JOB: job.job_id})
+            if no_wait:
+                console.print(
+                    f"Dispatched {len(jobs)} runs; logs under {Path(spec.launcher.runs_dir).resolve() / 'submitit'}. "
+                    f"`python -m oner_lab.status {spec.source_file}` shows them, `mlflow ui` too; "
+                    f"`python -m oner_lab.table {spec.source_file}` prints the table."
+                )
+                _report_waiting(spec, waiting, outcomes, console, dispatched=True)
+                return 0
+            stage = launch.wait_for(jobs, dispatches, client, experiment, console, in_process=in_process)
+            outcomes += stage
+            for run, outcome in zip(dispatches, stage):
+                if outcome.status == tracking.FINISHED:
+                    parents[run.planned.config_hash] = tracking.TrackedRun(
+                        run.run_id, run.planned.run_name, tracking.FINISHED, str(run.run_dir), 0
+                    )
     except KeyboardInterrupt:
         stopped = launch.stop(jobs, dispatches, client, experiment)
         console.print(f"Interrupted: stopped {', '.join(stopped) or 'nothing'}. Run the same command again to resume.")
@@ -254,18 +301,56 @@ def launch_and_wait(
     failed = [outcome for outcome in outcomes if outcome.status != tracking.FINISHED]
     for outcome in failed:
         console.print(f"[red]{outcome.run_name} {outcome.status}[/]: {outcome.error}")
+    _report_waiting(spec, waiting, outcomes, console, dispatched=False)
     return 1 if failed else 0
 
 
-def _prepare(client: MlflowClient, spec: Spec, step: Step) -> launch.Dispatch:
-    """Creates the MLflow run (run, rerun) or re-opens the existing one (resume)."""
+def _report_waiting(
+    spec: Spec, waiting: Sequence[Step], outcomes: Sequence[launch.JobOutcome], console: Console, *, dispatched: bool
+) -> None:
+    """Says which fine-tuning runs were not started, why, and what to run."""
+    ended = {outcome.run_name: outcome.status for outcome in outcomes}
+    rerun = f"`python -m oner_lab.run {spec.source_file}" + (f" --profile {spec.profile}" if spec.profile else "") + "`"
+    for step in waiting:
+        assert step.planned.parent is not None
+        parent = step.planned.parent.run_name
+        if dispatched:
+            why = f"it starts from {parent}, dispatched now; run {rerun} again once that FINISHED (finished runs are skipped)"
+        elif parent in ended:
+            why = f"its parent {parent} ended {ended[parent]}; fix it, then run {rerun} again"
+        elif any(other.planned.run_name == parent for other in waiting):
+            why = f"its parent {parent} was not started either; run {rerun} again once that FINISHED"
+        else:
+            why = f"its parent {parent} is still queued or running from an earlier invocation; run {rerun} again once that FINISHED"
+        console.print(f"[yellow]{step.planned.run_name} not started[/]: {why}.")
+
+
+def _prepare(client: MlflowClient, spec: Spec, step: Step, parents: dict[str, tracking.TrackedRun]) -> launch.Dispatch:
+    """Creates the MLflow run (run, rerun) or re-opens the existing one (resume); a fine-tuning run is
+    tagged with its parent and given the parent's checkpoint (`parents`: FINISHED runs by config hash)."""
     if step.action == RESUME and step.existing is not None:
         run_dir = Path(step.existing.run_dir) if step.existing.run_dir else spec.run_dir(step.planned.config_hash).resolve()
-        tracking.set_status(client, step.existing.run_id, tracking.SCHEDULED)
-        return launch.Dispatch(step.planned, step.existing.run_id, run_dir)
-    run_dir = fresh_run_dir(spec, step.planned)
-    run_id = tracking.create_run(client, spec.experiment_name, step.planned, spec, run_dir)
-    return launch.Dispatch(step.planned, run_id, run_dir)
+        run_id = step.existing.run_id
+        tracking.set_status(client, run_id, tracking.SCHEDULED)
+    else:
+        run_dir = fresh_run_dir(spec, step.planned)
+        run_id = tracking.create_run(client, spec.experiment_name, step.planned, spec, run_dir)
+    init_checkpoint, tags = _start_of(spec, step.planned, parents)
+    if tags:
+        tracking.set_tags(client, run_id, tags)
+    return launch.Dispatch(step.planned, run_id, run_dir, init_checkpoint)
+
+
+def _start_of(spec: Spec, run: PlannedRun, parents: dict[str, tracking.TrackedRun]) -> tuple[Path | None, dict[str, str]]:
+    """The checkpoint a run starts from (its parent run's last.pt, or a train.init_from path) and the tags saying so."""
+    if run.parent is not None:
+        found = parents[run.parent.config_hash]
+        parent_dir = Path(found.run_dir) if found.run_dir else spec.run_dir(run.parent.config_hash).resolve()
+        return parent_dir / "checkpoints" / "last.pt", {tracking.TAG_PARENT_RUN: found.run_id, tracking.TAG_PARENT: found.run_name}
+    if run.config.train.init_from is not None:
+        path = Path(run.config.train.init_from).resolve()
+        return path, {tracking.TAG_PARENT: str(path)}
+    return None, {}
 
 
 if __name__ == "__main__":

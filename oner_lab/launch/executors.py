@@ -29,6 +29,8 @@ class Dispatch:
     planned: PlannedRun
     run_id: str
     run_dir: Path
+    init_checkpoint: Path | None = None
+    """A fine-tuning run's parent checkpoint (its parent run's last.pt, or the train.init_from path)."""
 
 
 def make_executor(launcher: LauncherConfig, runs_dir: Path, job_name: str = "oner") -> submitit.Executor:
@@ -73,6 +75,7 @@ def submit(
             run.run_id,
             run.run_dir,
             **job_options(launcher, owner_pid),
+            init_checkpoint=run.init_checkpoint,
         )
         for run in runs
     ]

@@ -102,6 +102,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     processes from training one run directory. `owner_pid`: see `OwnerControl`.
     `max_requeues` (SLURM backend): the job runs as one DDP rank per SLURM task, checkpoints and
     requeues on SIGUSR2/SIGTERM (preemption.py), and ends FAILED past that many requeues.
+    `init_checkpoint`: a fine-tuning run's parent checkpoint, passed to `train.run`.
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         max_parallel: int | None = None,
         owner_pid: int | None = None,
         max_requeues: int | None = None,
+        init_checkpoint: Path | None = None,
     ) -> None:
         self.planned = planned
         self.tracking_uri = tracking_uri
@@ -122,6 +124,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.max_parallel = max_parallel
         self.owner_pid = owner_pid
         self.max_requeues = max_requeues
+        self.init_checkpoint = init_checkpoint
 
     def __call__(self) -> JobOutcome:
         try:
@@ -197,7 +200,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
             tracking.set_status(client, self.run_id, tracking.RUNNING)
         try:
             with self._logger(client) as logger:
-                metrics = train.run(self.planned.config, self.run_dir, logger=logger, control=control)
+                metrics = train.run(
+                    self.planned.config, self.run_dir, logger=logger, control=control, init_checkpoint=self.init_checkpoint
+                )
         except Interrupted as stop:
             return on_interrupt(stop)
         except Exception as error:  # noqa: BLE001 - any failure of one run is recorded, the sweep goes on
