@@ -163,6 +163,18 @@ def describe_slurm(resources: launch.SlurmResources) -> str:
     )
 
 
+def run_sweep(
+    spec: Spec, planned: PlannedRun, executor: submitit.Executor | None, uri: str, args: argparse.Namespace, console: Console
+) -> int:
+    """Runs the spec's study (launch/sweep.py; `executor` None: --dry-run) and prints its table."""
+    if args.force or args.no_wait:
+        return fail(f"{spec.source_file}: --force and --no-wait do not apply to a sweep (rerunning continues the study)")
+    code = launch.run_study(spec, planned, executor, uri, console)
+    if code in (0, 1) and executor is not None:
+        table.print_sweep_table(spec, console)
+    return code
+
+
 def fail(message: object) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -199,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except launch.LaunchError as error:
         return fail(f"{spec.source_file}: {error}")
     uri = tracking.resolve_uri(spec.tracking.uri)
+    if spec.sweep is not None:  # an Optuna study of the spec's one grid point (docs/sweep.md)
+        return run_sweep(spec, planned[0], None if args.dry_run else executor, uri, args, console)
     experiment = spec.experiment_name
     try:
         if args.dry_run:  # reads only; a SQLite file that is not there yet is not created

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from oner_lab import analysis, tracking
+from oner_lab import study as studies
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec
 from oner_lab.spec.cli import add_spec_arguments
 
@@ -62,6 +63,34 @@ def print_spec_table(spec: Spec, planned: Sequence[PlannedRun], console: Console
         console.print(block)
 
 
+def print_sweep_table(spec: Spec, console: Console | None = None, top: int = 5) -> None:
+    """A sweep spec's study: its best completed trials, each parameter's importance, and trial counts."""
+    console = console or make_console()
+    storage = studies.storage_url(spec)
+    if not studies.storage_exists(storage):
+        console.print(f"No study yet: {storage} does not exist (run `python -m oner_lab.run {spec.source_file}`).")
+        return
+    found = studies.load_study(spec, storage)
+    sweep = spec.sweep
+    assert sweep is not None
+    trials = found.get_trials(deepcopy=False)
+    counts = ", ".join(f"{count} {state}" for state, count in studies.trials_frame(found)["state"].value_counts().items()) if trials else "none"
+    best = studies.best_trials(found, top).map(lambda value: f"{value:.4g}" if isinstance(value, float) else value)
+    title = f"Study {studies.study_name(spec)}: best {len(best)} of {len(trials)} trials by {sweep.metric} ({sweep.direction})"
+    notes = [f"trials: {counts}; storage {storage}", "an empty table: no trial has completed yet"] if best.empty else [
+        f"trials: {counts}; storage {storage}"
+    ]
+    importance = studies.importances(found)
+    for block in render_block(title, best, notes):
+        console.print(block)
+    if importance.empty:
+        console.print(Text("Parameter importances need two completed trials that differ in a parameter.", style="dim"))
+        return
+    cells = importance.rename_axis("parameter").reset_index().assign(importance=lambda frame: frame["importance"].map("{:.3f}".format))
+    for block in render_block("Parameter importances (fANOVA, share of the metric's variance)", cells, []):
+        console.print(block)
+
+
 def make_console() -> Console:
     """A console for tables: at least 120 columns wide when printing to a file or pipe (logs, CI)."""
     console = Console(highlight=False)
@@ -76,9 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, profile=args.profile, overrides=args.overrides)
-        planned = expand(spec)
-        print_spec_table(spec, planned, make_console())
-    except (SpecError, tracking.TrackingError) as error:
+        if spec.sweep is not None:
+            print_sweep_table(spec, make_console())
+        else:
+            print_spec_table(spec, expand(spec), make_console())
+    except (SpecError, tracking.TrackingError, studies.StudyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
