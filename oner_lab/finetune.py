@@ -98,8 +98,9 @@ def start(
 
     `init_checkpoint` overrides `train.init_from` (the CLI resolves a variant name to its run's
     `last.pt`). The parent's tokenizer is copied to `<run_dir>/tokenizer/` (rank 0), so a resumed run
-    and its MLflow artifact have it. A checkpoint without a tokenizer (an older one) needs
-    `data.tokenizer` set to the tokenizer its run used; the returned None then leaves it to `prepare`.
+    and its MLflow artifact have it. The tokenizer returned is None when the run sets `data.tokenizer`:
+    `prepare` loads that one and `Parent.check` compares it with the parent's (a checkpoint written
+    before checkpoints held their tokenizer needs it set).
     """
     copy = run_dir / TOKENIZER_DIR
     if resuming:
