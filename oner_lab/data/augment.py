@@ -1,15 +1,23 @@
-"""Random resized crop (and optional flip) for a whole batch in one `roi_align` call.
+"""Random resized crops (and optional flips): the same distribution as torchvision's RandomResizedCrop.
 
-The same distribution as torchvision's RandomResizedCrop (area fraction uniform in `scale`,
-log-uniform aspect ratio, up to 10 tries, else the whole image), but with continuous boxes and
-bilinear resampling done for all samples at once, which keeps a 128-image batch in milliseconds on CPU.
+Area fraction uniform in `scale`, log-uniform aspect ratio, up to 10 tries, else the whole image.
+Boxes are drawn on the S x S square an image is fitted to. Two ways to cut them:
+
+- `crop_views`: a batch of already fitted S x S images, all boxes in one `roi_align` call
+  (continuous boxes, bilinear); for data held in memory or on the GPU.
+- `resized_crops`: one decoded image at its own resolution, each box mapped onto its centre
+  square, rounded to whole pixels, and resized once with antialiased bilinear filtering on uint8
+  (PIL's filter; torch's vectorised uint8 kernel). The streaming decoders use it: one resampling
+  instead of fit-then-crop, and about a fifth of the CPU time at 224 px.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from .batch import normalise
@@ -58,3 +66,24 @@ def crop_views(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | 
     if flips is not None:
         crops = torch.where(flips[:, :, None, None, None], crops.flip(-1), crops)
     return normalise(crops)
+
+
+def resized_crops(image: np.ndarray, boxes: torch.Tensor, flips: torch.Tensor | None, out: torch.Tensor) -> None:
+    """Write the V crops of `image` (uint8 [H, W, 3]) into `out` (uint8 [V, 3, S, S]).
+
+    boxes: [V, 4] (x1, y1, x2, y2) on the S x S fit of the image (ImageOps.fit: its centre square,
+    scaled); flips: [V] bool or None. A box keeps at least one source pixel per side.
+    """
+    height, width = image.shape[:2]
+    size = out.shape[-1]
+    side = min(height, width)
+    offset = torch.tensor([(width - side) / 2, (height - side) / 2] * 2, dtype=torch.float64)
+    corners = (boxes.to(torch.float64) * (side / size) + offset).round().long().tolist()
+    flipped = [False] * len(corners) if flips is None else flips.tolist()
+    for view, ((x1, y1, x2, y2), flip) in enumerate(zip(corners, flipped, strict=True)):
+        x1, y1 = min(max(x1, 0), width - 1), min(max(y1, 0), height - 1)
+        x2, y2 = min(max(x2, x1 + 1), width), min(max(y2, y1 + 1), height)
+        # a contiguous (and writable) copy of the crop: the uint8 kernel runs ~1.4x faster on it than on a view
+        crop = torch.from_numpy(np.array(image[y1:y2, x1:x2])).permute(2, 0, 1)[None]
+        resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        out[view].copy_(resized.flip(-1) if flip else resized)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -95,9 +96,7 @@ def read_shards(
 
 def decode_image(sample: RawSample, image_size: int) -> np.ndarray:
     """The sample's image as uint8 [3, S, S]: resized (shorter side) and centre-cropped if not already S x S."""
-    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-    if ext is None:
-        raise CorruptSample(f"no image (expected one of .{', .'.join(IMAGE_EXTENSIONS)})")
+    ext = _image_member(sample)
     return decode_image_bytes(bytes(sample[ext]), image_size, f"image .{ext}")
 
 
@@ -107,22 +106,53 @@ def decode_image_bytes(data: bytes, image_size: int, what: str = "image") -> np.
     Greyscale, palette, CMYK and 16-bit images are converted to 8-bit RGB; transparent pixels are
     composited on white. An image above MAX_IMAGE_PIXELS is refused from its header, before decoding.
     """
+    with _rgb_image(data, image_size, what) as rgb:
+        if rgb.size != (image_size, image_size):
+            rgb = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BICUBIC)
+        pixels = np.asarray(rgb)
+    return pixels.transpose(2, 0, 1)
+
+
+def decode_image_rgb(sample: RawSample, min_side: int) -> np.ndarray:
+    """The sample's whole image as uint8 [H, W, 3], as decode_image_bytes converts it, but neither cropped nor resized.
+
+    Only reduced while both sides stay >= min_side: JPEGs in the DCT domain (draft), other formats
+    by an integer box filter (PIL's reduce, what its `reducing_gap` resizing does first), so a large
+    image costs little more than a small one. The training crops cut this and resize once.
+    """
+    ext = _image_member(sample)
+    with _rgb_image(bytes(sample[ext]), min_side, f"image .{ext}") as rgb:
+        factor = min(rgb.size) // min_side
+        if factor >= 2:
+            rgb = rgb.reduce(factor)
+        return np.asarray(rgb)
+
+
+def _image_member(sample: RawSample) -> str:
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise CorruptSample(f"no image (expected one of .{', .'.join(IMAGE_EXTENSIONS)})")
+    return ext
+
+
+@contextmanager
+def _rgb_image(data: bytes, min_side: int, what: str) -> Iterator[Image.Image]:
+    """The decoded image in 8-bit RGB (JPEGs at the smallest DCT scale keeping both sides >= min_side).
+
+    Any error PIL raises, here or in the caller's block, becomes CorruptSample naming `what`.
+    """
     try:  # PIL rather than torchvision.io: torchvision 0.29's PNG decoder segfaults on some corrupt IDAT data
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise CorruptSample(f"{what} is {width} x {height} pixels, above the {MAX_IMAGE_PIXELS:,} pixel limit")
-            image.draft("RGB", (image_size, image_size))  # JPEG: decode at the smallest DCT scale still >= S
+            image.draft("RGB", (min_side, min_side))
             image.load()
-            rgb = _to_rgb(image)
-            if rgb.size != (image_size, image_size):
-                rgb = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BICUBIC)
-            pixels = np.asarray(rgb)
+            yield _to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL raises all of these
         if isinstance(error, CorruptSample):
             raise
         raise CorruptSample(f"{what} cannot be decoded: {error}") from None
-    return pixels.transpose(2, 0, 1)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

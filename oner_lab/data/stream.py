@@ -31,17 +31,24 @@ def rows_of_rank(batch_size: int, rank: int, world_size: int) -> slice:
 def augmented_views(
     images: torch.Tensor, seed: int, step: int, batch_size: int, rows: slice, crop_scale: tuple[float, float], hflip: bool
 ) -> torch.Tensor:
-    """Two random resized crops [2, b, 3, H, W] of `images` (uint8 [b, 3, H, W], rows `rows` of global batch `step`).
+    """Two random resized crops [2, b, 3, H, W] of `images` (uint8 [b, 3, H, W], rows `rows` of global batch `step`)."""
+    height, width = images.shape[-2:]
+    boxes, flips = view_draws(seed, step, batch_size, rows, height, width, crop_scale, hflip)
+    return crop_views(images, boxes.to(images.device), None if flips is None else flips.to(images.device))
+
+
+def view_draws(
+    seed: int, step: int, batch_size: int, rows: slice, height: int, width: int, crop_scale: tuple[float, float], hflip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Crop boxes [2, b, 4] on an H x W image and flips [2, b] (None without hflip) of rows `rows` of global batch `step`.
 
     The randomness is drawn for the whole global batch from (seed, step) and then sliced, so a row
     gets the same crops whatever the world size.
     """
     generator = seeded_generator(seed, _AUGMENTATION_STREAM, step)
-    height, width = images.shape[-2:]
     boxes = crop_boxes(generator, 2 * batch_size, height, width, crop_scale).view(2, batch_size, 4)
     flips = torch.rand(2, batch_size, generator=generator) < 0.5  # drawn even when unused: same stream
-    flips = flips[:, rows].to(images.device) if hflip else None
-    return crop_views(images, boxes[:, rows].to(images.device), flips)
+    return boxes[:, rows], flips[:, rows] if hflip else None
 
 
 def seeded_generator(seed: int, stream: int, value: int) -> torch.Generator:

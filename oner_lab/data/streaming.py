@@ -26,16 +26,17 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .batch import Batch
+from .augment import resized_crops
+from .batch import Batch, normalise
 from .shards import (
     CorruptSample,
     CorruptSampleError,
     OnCorrupt,
     RawSample,
-    decode_image,
+    decode_image_rgb,
     decode_text,
 )
-from .stream import augmented_views, rows_of_rank
+from .stream import rows_of_rank, view_draws
 from .tokenizer import TextTokenizer
 
 _ORDER_STREAM = 2
@@ -120,7 +121,7 @@ class IndexedStream:
         return sum(source.skipped for source in self.sources) + len(self._corrupt)
 
     def to(self, device: torch.device | str) -> IndexedStream:
-        """Crop on `device` from now on (decoding stays on the CPU threads)."""
+        """Normalise on `device` from now on (decoding and cropping stay on the CPU threads, in uint8)."""
         self.device = torch.device(device)
         return self
 
@@ -149,13 +150,24 @@ class IndexedStream:
 
     def _decode(self, sample: RawSample) -> tuple[np.ndarray, str]:
         """One raw sample as the rows of a batch need it; raises CorruptSample. Unpaired streams override it."""
-        return decode_image(sample, self.image_size), decode_text(sample)
+        return decode_image_rgb(sample, self.image_size), decode_text(sample)
 
     def _collate(self, loaded: list[tuple[np.ndarray, str]], step: int, batch_size: int, seed: int, rows: slice) -> Batch:
-        """This rank's decoded rows of global batch `step` as a Batch: tokenised, two augmented views."""
-        images = torch.from_numpy(np.stack([image for image, _ in loaded])).to(self.device)
+        """This rank's decoded rows of global batch `step` as a Batch: two augmented views, tokenised captions.
+
+        The decode threads cut each row's two crops from its whole decoded image (one resize, uint8);
+        only the normalisation to float runs on `self.device`.
+        """
+        size = self.image_size
+        boxes, flips = view_draws(seed, step, batch_size, rows, size, size, self.crop_scale, self.hflip)
+        pixels = torch.from_numpy(np.empty((2, len(loaded), 3, size, size), np.uint8))  # numpy: huge pages, see normalise
+
+        def cut(row: int) -> None:
+            resized_crops(loaded[row][0], boxes[:, row], None if flips is None else flips[:, row], pixels[:, row])
+
+        list(self._decoders.map(cut, range(len(loaded))))
         text_ids, text_mask = self.tokenizer.encode([caption for _, caption in loaded], self.max_text_len)
-        views = augmented_views(images, seed, step, batch_size, rows, self.crop_scale, self.hflip)
+        views = normalise(pixels.to(self.device))
         return Batch(views[0], views[1], text_ids.to(self.device), text_mask.to(self.device))
 
     def _global_rows(self, step: int, batch_size: int, seed: int) -> np.ndarray:
