@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,26 @@ def test_a_failed_parent_leaves_its_child_unstarted_and_says_why(workdir: Path, 
     assert "pretrain/seed0 FAILED" in out
     assert "finetune/seed0 not started: its parent pretrain/seed0 ended FAILED; fix it, then run" in out
     assert set(runs_by_name(workdir)) == {"pretrain/seed0"}  # no MLflow run for the child
+
+
+def test_local_backend_no_wait_dispatches_the_parent_only_and_a_later_run_starts_the_child(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coco = write_karpathy(workdir / "coco", {"train": 2, "test": 2})
+    spec = micro_spec(workdir, coco, pretrain={}, finetune={"objective": {"variant": "itc"}, "train": {"init_from": "pretrain", "steps": 1}})
+    spec["launcher"] = {"backend": "local"}
+    path = write_spec(workdir, spec)
+    assert main([str(path), "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert "finetune/seed0 not started: it starts from pretrain/seed0, dispatched now; run" in out
+    deadline = time.monotonic() + 180
+    while (parent := runs_by_name(workdir).get("pretrain/seed0")) is None or parent.info.status != "FINISHED":
+        assert parent is None or parent.info.status in ("SCHEDULED", "RUNNING"), parent.data.tags.get("oner.error")
+        assert time.monotonic() < deadline, "the parent did not finish in time"
+        time.sleep(1)
+    assert set(runs_by_name(workdir)) == {"pretrain/seed0"}
+
+    assert main([str(path)]) == 0  # the parent is skipped, the child starts from its checkpoint
+    runs = runs_by_name(workdir)
+    assert runs["finetune/seed0"].info.status == "FINISHED"
+    assert runs["finetune/seed0"].data.tags["mlflow.parentRunId"] == runs["pretrain/seed0"].info.run_id
