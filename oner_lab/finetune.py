@@ -65,7 +65,7 @@ class Parent:
         if not path.is_file():
             raise ConfigError(KEY, str(path), "allowed: an existing checkpoint file (a parent run's checkpoints/last.pt)")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # only the weights are read
         except Exception as error:  # noqa: BLE001 - torch raises several types for a file it cannot read
             raise ConfigError(KEY, str(path), f"allowed: a .pt checkpoint written by oner_lab ({type(error).__name__}: {error})") from None
         missing = [key for key in ("model", "tower") if not isinstance(state, dict) or key not in state]

@@ -199,6 +199,7 @@ class Trainer:
         """Resume from this run's last checkpoint; failing that, a fine-tuning run takes its parent's weights."""
         if not self.resume() and self.parent is not None:
             self.parent.load_into(self.model, self.target)
+        self.parent = None  # its weights are copied (or not needed): free them for the rest of the run
 
     def resume(self) -> bool:
         """Load the last checkpoint of this run directory, if any; refuses another config's."""
