@@ -406,3 +406,18 @@ def test_local_backend_no_wait_dispatches_the_parent_only_and_a_later_run_starts
     runs = runs_by_name(workdir)
     assert runs["finetune/seed0"].info.status == "FINISHED"
     assert runs["finetune/seed0"].data.tags["mlflow.parentRunId"] == runs["pretrain/seed0"].info.run_id
+
+
+@pytest.mark.slurm
+def test_on_slurm_the_child_is_submitted_after_its_parent_finished(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = write_karpathy(workdir / "coco", {"train": 2, "test": 2})
+    spec = micro_spec(workdir, coco, pretrain={}, finetune={"objective": {"variant": "itc"}, "train": {"init_from": "pretrain", "steps": 1}})
+    spec["launcher"] = {"backend": "slurm", "runs_dir": str(workdir / "runs"), "slurm": {"cluster": "local"}}
+    assert main([str(write_spec(workdir, spec))]) == 0
+    assert "Parents FINISHED; starting finetune/seed0" in capsys.readouterr().out
+    runs = runs_by_name(workdir)
+    parent, child = runs["pretrain/seed0"], runs["finetune/seed0"]
+    assert parent.info.status == child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["oner.slurm.job_id"] != parent.data.tags["oner.slurm.job_id"]  # a second submission
+    assert child.info.start_time >= parent.info.end_time
