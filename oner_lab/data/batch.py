@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -57,16 +58,24 @@ class ClassificationSet:
     prompt_class: torch.Tensor  # [C * P] int64
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [.., 3, H, W] -> float32 with mean 0.5 and std 0.5, i.e. values in [-1, 1].
+def normalise(images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [.., 3, H, W] -> float32 with mean 0.5 and std 0.5, i.e. values in [-1, 1] (written into `out` if given).
 
-    On the CPU the float copy is allocated by numpy, which asks Linux for transparent huge pages for
-    arrays of 4 MB and more; torch's allocator does not (unless THP_MEM_ALLOC_ENABLE=1 is set before
-    it starts), and the page faults of a fresh 224 px batch then cost twice the conversion itself.
+    On the CPU the float copy is allocated by numpy (`cpu_batch_buffer`).
     """
-    if images.device.type == "cpu" and images.dtype != torch.float32:
-        images = torch.from_numpy(np.empty(images.shape, np.float32)).copy_(images)
+    if out is None and images.device.type == "cpu" and images.dtype != torch.float32:
+        out = cpu_batch_buffer(images.shape, torch.float32)
+    if out is not None:
+        images = out.copy_(images)
     return images.float().mul_(2 / 255).sub_(1)
+
+
+def cpu_batch_buffer(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor allocated by numpy, which asks Linux for transparent huge pages for
+    arrays of 4 MB and more; torch's allocator does not (unless THP_MEM_ALLOC_ENABLE=1 is set before
+    it starts), and the page faults of a fresh 224 px float batch then cost twice the conversion itself.
+    """
+    return torch.from_numpy(np.empty(tuple(shape), torch.empty(0, dtype=dtype).numpy().dtype))
 
 
 def retrieval_set(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .augment import resized_crops
-from .batch import Batch, normalise
+from .batch import Batch, cpu_batch_buffer, normalise
 from .shards import (
     CorruptSample,
     CorruptSampleError,
@@ -155,19 +155,28 @@ class IndexedStream:
     def _collate(self, loaded: list[tuple[np.ndarray, str]], step: int, batch_size: int, seed: int, rows: slice) -> Batch:
         """This rank's decoded rows of global batch `step` as a Batch: two augmented views, tokenised captions.
 
-        The decode threads cut each row's two crops from its whole decoded image (one resize, uint8);
-        only the normalisation to float runs on `self.device`.
+        The decode threads cut each row's two crops from its whole decoded image (one resize, uint8)
+        and, on the CPU, normalise them too (the batch's float conversion would otherwise be serial);
+        on another device the uint8 crops travel there and are normalised there.
         """
-        size = self.image_size
+        size, on_cpu = self.image_size, self.device.type == "cpu"
         boxes, flips = view_draws(seed, step, batch_size, rows, size, size, self.crop_scale, self.hflip)
-        pixels = torch.from_numpy(np.empty((2, len(loaded), 3, size, size), np.uint8))  # numpy: huge pages, see normalise
+        shape = (2, len(loaded), 3, size, size)
+        views = cpu_batch_buffer(shape, torch.float32 if on_cpu else torch.uint8)
 
         def cut(row: int) -> None:
-            resized_crops(loaded[row][0], boxes[:, row], None if flips is None else flips[:, row], pixels[:, row])
+            row_flips = None if flips is None else flips[:, row]
+            if on_cpu:
+                pixels = torch.empty((2, 3, size, size), dtype=torch.uint8)
+                resized_crops(loaded[row][0], boxes[:, row], row_flips, pixels)
+                normalise(pixels, out=views[:, row])
+            else:
+                resized_crops(loaded[row][0], boxes[:, row], row_flips, views[:, row])
 
         list(self._decoders.map(cut, range(len(loaded))))
         text_ids, text_mask = self.tokenizer.encode([caption for _, caption in loaded], self.max_text_len)
-        views = normalise(pixels.to(self.device))
+        if not on_cpu:
+            views = normalise(views.to(self.device))
         return Batch(views[0], views[1], text_ids.to(self.device), text_mask.to(self.device))
 
     def _global_rows(self, step: int, batch_size: int, seed: int) -> np.ndarray:
