@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from oner_lab import finetune, launch, table, tracking, train
+from oner_lab import study as studies
 from oner_lab.hooks import ConfigError
 from oner_lab.launch import scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
@@ -163,12 +164,19 @@ def describe_slurm(resources: launch.SlurmResources) -> str:
     )
 
 
-def run_sweep(
-    spec: Spec, planned: PlannedRun, executor: submitit.Executor | None, uri: str, args: argparse.Namespace, console: Console
-) -> int:
-    """Runs the spec's study (launch/sweep.py; `executor` None: --dry-run) and prints its table."""
+def sweep_problem(spec: Spec, planned: PlannedRun, args: argparse.Namespace) -> str | None:
+    """Why the spec's study cannot start (flags, metric, pruner, storage), found before anything is written."""
     if args.force or args.no_wait:
-        return fail(f"{spec.source_file}: --force and --no-wait do not apply to a sweep (rerunning continues the study)")
+        return f"{spec.source_file}: --force and --no-wait do not apply to a sweep (rerunning continues the study)"
+    try:
+        studies.check_sweep_run(spec, planned.config)
+    except SpecError as error:
+        return str(error)
+    return None
+
+
+def run_sweep(spec: Spec, planned: PlannedRun, executor: submitit.Executor | None, uri: str, console: Console) -> int:
+    """Runs the spec's study (launch/sweep.py; `executor` None: --dry-run) and prints its table."""
     code = launch.run_study(spec, planned, executor, uri, console)
     if code in (0, 1) and executor is not None:
         table.print_sweep_table(spec, console)
@@ -200,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as error:
             return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
 
+    if spec.sweep is not None and (problem := sweep_problem(spec, planned[0], args)):
+        return fail(problem)
     runs_dir = Path(spec.launcher.runs_dir).resolve()
     try:
         if spec.launcher.backend == "slurm":  # the cluster profile, checked even by a dry run (files only)
@@ -212,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{spec.source_file}: {error}")
     uri = tracking.resolve_uri(spec.tracking.uri)
     if spec.sweep is not None:  # an Optuna study of the spec's one grid point (docs/sweep.md)
-        return run_sweep(spec, planned[0], None if args.dry_run else executor, uri, args, console)
+        return run_sweep(spec, planned[0], None if args.dry_run else executor, uri, console)
     experiment = spec.experiment_name
     try:
         if args.dry_run:  # reads only; a SQLite file that is not there yet is not created

@@ -65,8 +65,10 @@ def eval_metrics(config: RunConfig) -> list[str]:
 
 def check_sweep_run(spec: Spec, config: RunConfig) -> None:
     """What the loader cannot check without the project's evaluation: the metric must be one the run's
-    eval sets log, and a pruner needs evaluations during training. Raises SpecError."""
+    eval sets log, a pruner needs evaluations during training, the storage is not the MLflow store.
+    Raises SpecError."""
     sweep = sweep_of(spec)
+    storage_url(spec)
     produced = eval_metrics(config)
     if sweep.metric not in produced:
         raise SpecError(
@@ -170,13 +172,17 @@ def open_study(spec: Spec, url: str) -> optuna.Study:
 
 def load_study(spec: Spec, url: str) -> optuna.Study:
     """The spec's existing study (for reading); StudyError when it is not there."""
-    name = study_name(spec)
+    return read_study(url, study_name(spec), hint=f" (run `python -m oner_lab.run {spec.source_file}`)")
+
+
+def read_study(url: str, name: str, hint: str = "") -> optuna.Study:
+    """Study `name` in storage `url`, never creating either; StudyError when it is not there."""
     if not storage_exists(url):
-        raise StudyError(f"no study yet: {url} does not exist (run `python -m oner_lab.run {spec.source_file}`)")
+        raise StudyError(f"no study yet: {url} does not exist{hint}")
     try:
         return optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
-        raise StudyError(f"no study {name!r} in {url} yet (run `python -m oner_lab.run {spec.source_file}`)") from None
+        raise StudyError(f"no study {name!r} in {url} yet{hint}") from None
 
 
 def suggest(trial: Trial, sweep: SweepConfig) -> dict[str, Any]:

@@ -437,4 +437,4 @@ def test_notebooks_are_committed_without_outputs_and_paired_with_their_twins() -
         assert {"tracking_uri", "experiment"} <= parameters, path
         twin = jupytext.read(path.with_suffix(".py"))
         assert [cell.source for cell in twin.cells] == [cell.source for cell in notebook.cells], f"{path} and its .py twin differ"
-    assert {path.stem for path in NOTEBOOKS.glob("*.ipynb")} == {"ablation", "modality_gap", "retrieval", "transfer"}
+    assert {path.stem for path in NOTEBOOKS.glob("*.ipynb")} == {"ablation", "modality_gap", "retrieval", "transfer", "sweep"}
