@@ -216,7 +216,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
     def _logger(self, client: MlflowClient | None) -> AbstractContextManager[RunLogger | None]:
         """What `train.run` logs through: the run's MLflow logger on rank 0, nothing on other ranks.
-        A sweep trial (sweep.py) wraps it to report its metric to Optuna."""
+        A sweep trial (trial.py) wraps it to report its metric to Optuna."""
         return tracking.MlflowRunLogger(client, self.run_id) if client else _no_logger()
 
     def _end(self, status: str, error: BaseException | str) -> JobOutcome:
