@@ -183,6 +183,25 @@ def run_sweep(spec: Spec, planned: PlannedRun, executor: submitit.Executor | Non
     return code
 
 
+def report_data(spec: Spec, planned: Sequence[PlannedRun], console: Console) -> None:
+    """A dry run validates the spec without its data (a paper recipe checked on a laptop); this says
+    which runs could not start here because a data, tokenizer or checkpoint file is missing or unreadable."""
+    problems = []
+    for run in planned:
+        try:
+            train.validate(run.config)
+        except ConfigError as error:
+            problems.append(f"  {run.run_name}: {error}")
+    if problems:
+        console.print(
+            f"[yellow]The spec is valid, but {len(problems)} of {len(planned)} runs cannot start on this machine[/] "
+            f"(the run itself refuses them, exit 2, until the files are there; docs/data.md):",
+            highlight=False,
+        )
+        for line in problems:
+            console.print(line, highlight=False, markup=False)
+
+
 def fail(message: object) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -202,12 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(error)
     for run in planned:
         try:
-            train.validate(run.config)
+            train.validate(run.config, files=not args.dry_run)
             if run.parent is not None:  # found now, not after the parent has trained
                 finetune.check_tower(train.resolve_tower(run.parent.config), train.resolve_tower(run.config), run.parent.run_name)
         except ConfigError as error:
             return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
 
+    if args.dry_run:
+        report_data(spec, planned, console)
     if spec.sweep is not None and (problem := sweep_problem(spec, planned[0], args)):
         return fail(problem)
     runs_dir = Path(spec.launcher.runs_dir).resolve()

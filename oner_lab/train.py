@@ -56,8 +56,10 @@ def resolve_tower(config: RunConfig, vocab_size: int = 30522) -> TowerConfig:
     return tower_config(config.model.preset, vocab_size=vocab_size, **overrides)
 
 
-def validate(config: RunConfig) -> None:
-    """Every check that needs the project's code; raises `ConfigError` before any work starts."""
+def validate(config: RunConfig, files: bool = True) -> None:
+    """Every check that needs the project's code; raises `ConfigError` before any work starts.
+
+    `files=False` leaves out every check that reads the data, tokenizer or checkpoint files."""
     tower = resolve_tower(config)
     if tower.image_size % tower.patch_size:
         raise ConfigError("model.image_size", tower.image_size, f"must be divisible by model.patch_size ({tower.patch_size})")
@@ -83,8 +85,9 @@ def validate(config: RunConfig) -> None:
     for key, section, term in (("data.text_only", config.data.text_only, "mlm"), ("data.image_only", config.data.image_only, "mim")):
         if section is not None and term not in weights:
             raise ConfigError(key, section.urls, f"unpaired data is trained by the {term} term only, which this run lacks ({sorted(weights)})")
-    check_config(config.data, config.eval.sets)
-    finetune.validate(config)
+    check_config(config.data, config.eval.sets, files)
+    if files:
+        finetune.validate(config)
 
 
 def lr_at(step: int, config: RunConfig) -> float:

@@ -80,16 +80,20 @@ class DataBundle:
         return self.skipped_reading + self.train.skipped + self.unpaired.skipped
 
 
-def check_config(cfg: DataConfig, eval_sets: Sequence[str]) -> None:
-    """Raise ConfigError for a data config that cannot run, before anything is generated or trained."""
+def check_config(cfg: DataConfig, eval_sets: Sequence[str], files: bool = True) -> None:
+    """Raise ConfigError for a data config that cannot run, before anything is generated or trained.
+
+    `files=False` checks the config alone and reads no data file (a dry run on a machine without
+    the data: `run --dry-run` reports missing files separately)."""
     if cfg.source != "shapes":
-        _check_train_sources(cfg)
+        _check_train_sources(cfg, files)
     for name in cfg.eval_sources:
         if name in EVAL_SET_NAMES:
             raise ConfigError(f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(EVAL_SET_NAMES)}) are taken")
     for name in eval_sets:
         if name in cfg.eval_sources:
-            _check_eval_source(name, cfg.eval_sources[name])
+            if files:
+                _check_eval_source(name, cfg.eval_sources[name])
         elif name not in EVAL_SET_NAMES:
             defined = f"; data.eval_sources defines {', '.join(cfg.eval_sources)}" if cfg.eval_sources else ""
             raise ConfigError("eval.sets", name, f"allowed: {', '.join(EVAL_SET_NAMES)} or a key of data.eval_sources{defined}")
@@ -99,11 +103,12 @@ def check_config(cfg: DataConfig, eval_sets: Sequence[str]) -> None:
     low, high = cfg.crop_scale
     if not 0 < low <= high <= 1:
         raise ConfigError("data.crop_scale", cfg.crop_scale, "allowed: [low, high] with 0 < low <= high <= 1")
-    check_unpaired(cfg)
-    _user_tokenizer(cfg)
+    check_unpaired(cfg, files)
+    if files:
+        _user_tokenizer(cfg)
 
 
-def _check_train_sources(cfg: DataConfig) -> None:
+def _check_train_sources(cfg: DataConfig, files: bool) -> None:
     """Every url pattern matches files; shards are non-empty; CSVs have the configured columns."""
     patterns = url_patterns(cfg.urls)
     if not patterns:
@@ -111,7 +116,7 @@ def _check_train_sources(cfg: DataConfig) -> None:
         raise ConfigError("data.urls", cfg.urls, f"one or more paths such as {example} for data.source: {cfg.source}")
     if cfg.weights is not None and len(cfg.weights) != len(patterns):
         raise ConfigError("data.weights", cfg.weights, f"one weight per data.urls entry ({len(patterns)})")
-    for pattern in patterns:
+    for pattern in patterns if files else ():
         try:
             paths = expand_urls(pattern)
         except FileNotFoundError as error:

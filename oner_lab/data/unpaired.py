@@ -139,15 +139,16 @@ def image_only_source(pattern: str, cache_dir: Path, on_corrupt: OnCorrupt) -> I
     return TarSource(pattern, cache_dir, on_corrupt, captions=False)
 
 
-def check_unpaired(cfg: DataConfig) -> None:
-    """ConfigError naming the key and the path for a text_only / image_only entry that cannot be read."""
+def check_unpaired(cfg: DataConfig, files: bool = True) -> None:
+    """ConfigError naming the key and the path for a text_only / image_only entry that cannot be read
+    (`files=False`: only that some path is given)."""
     for key, section in (("data.text_only", cfg.text_only), ("data.image_only", cfg.image_only)):
         if section is None:
             continue
         patterns = url_patterns(section.urls)
         if not patterns:
             raise ConfigError(f"{key}.urls", section.urls, "one or more paths")
-        for pattern in patterns:
+        for pattern in patterns if files else ():
             if key == "data.image_only" and Path(pattern).is_dir():
                 if next(image_files(Path(pattern)), None) is None:
                     raise ConfigError(f"{key}.urls", pattern, f"a directory holding image files (.{', .'.join(IMAGE_EXTENSIONS)})")
