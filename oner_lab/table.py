@@ -1,4 +1,4 @@
-"""The ablation table, read back from MLflow: one row per variant, mean ± std over seeds.
+"""A spec's paper table (ablation, retrieval or transfer: the spec's `table`), read back from MLflow.
 
     python -m oner_lab.table experiments/ablation.yaml [--profile NAME] [--set k=v ...]
 
@@ -41,11 +41,17 @@ def render_block(title: str, cells: pd.DataFrame, footnotes: list[str]) -> list[
 
 
 def spec_table(spec: Spec, planned: Sequence[PlannedRun]) -> analysis.ResultTable:
-    """The ablation table of a spec's planned runs (their config hashes only), from its tracking store."""
+    """The spec's table (`spec.table`) of its planned runs (their config hashes only), from its tracking store."""
+    runs = analysis.load_runs(tracking.resolve_uri(spec.tracking.uri), spec.experiment_name)
+    hashes = [run.config_hash for run in planned]
+    if spec.table == "retrieval":
+        return analysis.retrieval_table(runs[runs["config_hash"].isin(hashes)])
+    if spec.table == "transfer":
+        return analysis.transfer_table(runs[runs["config_hash"].isin(hashes)])
     return analysis.ablation_table(
-        analysis.load_runs(tracking.resolve_uri(spec.tracking.uri), spec.experiment_name),
+        runs,
         eval_sets=spec.base.eval.sets,
-        config_hashes=[run.config_hash for run in planned],
+        config_hashes=hashes,
         variants=list(dict.fromkeys(run.variant for run in planned)),
     )
 

@@ -223,6 +223,11 @@ class Spec(Section):
     base: RunConfig = Field(default_factory=RunConfig)
     grid: GridConfig
     sweep: SweepConfig | None = Field(default=None, description="tune the grid's one run with Optuna (docs/sweep.md)")
+    table: Literal["ablation", "retrieval", "transfer"] = Field(
+        default="ablation",
+        description="the paper table `run` and `table` print for these runs (docs/analysis.md): ablation, "
+        "retrieval (zero-shot and fine-tuned R@1/5/10) or transfer (rows = training data)",
+    )
     profiles: dict[Name, SpecOverride] = Field(
         default_factory=dict, description="name -> partial override of this spec"
     )
