@@ -1,0 +1,99 @@
+"""The shipped experiments: every spec and profile validates today without its data, and the `local`
+profiles of retrieval_4m.yaml and transfer.yaml run end to end on the sample corpora, written in the
+real formats, through the CLI and the same loaders as the paper-scale recipes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oner_lab import analysis, train
+from oner_lab.data.samples import SampleSizes, write_samples
+from oner_lab.spec import expand, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+
+
+def profiles_of(spec_file: Path) -> list[str | None]:
+    return [None, *load_spec(spec_file).profiles]
+
+
+@pytest.mark.parametrize(
+    ("spec_file", "profile"),
+    [(spec_file, profile) for spec_file in EXPERIMENTS for profile in profiles_of(spec_file)],
+    ids=lambda value: value.stem if isinstance(value, Path) else str(value),
+)
+def test_every_shipped_spec_and_profile_validates_without_its_data(spec_file: Path, profile: str | None) -> None:
+    spec = load_spec(spec_file, profile=profile)
+    for run in expand(spec):
+        train.validate(run.config, files=False)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oner_lab.run", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_a_dry_run_of_a_paper_recipe_lists_the_data_missing_here_and_succeeds(tmp_path: Path) -> None:
+    result = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 runs cannot start on this machine" in result.stdout
+    assert "data/coco_pairs/*.tar" in result.stdout and "data/coco/dataset_coco.json" in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+    refused = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--set", "launcher.backend=local", cwd=tmp_path)
+    assert refused.returncode == 2 and "data/coco_pairs/*.tar" in refused.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh working directory holding `data/sample`, as a user's checkout after `python -m oner_lab.data.samples`."""
+    directory = tmp_path_factory.mktemp("experiments")
+    write_samples(directory / "data" / "sample")
+    return directory
+
+
+def test_retrieval_local_profile_pretrains_fine_tunes_and_fills_both_table_columns(workdir: Path) -> None:
+    result = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--profile", "local", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Parents FINISHED; starting oner_coco_ft/seed0" in result.stdout
+    runs = analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", "oner-retrieval-4m-local")
+    assert sorted(runs["variant"]) == ["oner", "oner_coco_ft"] and set(runs["status"]) == {"FINISHED"}
+    parent = runs[runs["variant"] == "oner"].iloc[0]
+    child = runs[runs["variant"] == "oner_coco_ft"].iloc[0]
+    assert child["parent_run_id"] == parent["run_id"]
+    chance = 100 / SampleSizes().coco_test_images
+    for key in ("eval/coco5k/tr_r1", "eval/coco5k/ir_r1", "eval/flickr1k/tr_r1", "eval/flickr1k/ir_r1"):
+        assert parent[key] > 5 * chance, (key, parent[key])
+    assert child["eval/coco5k/tr_r1"] > 5 * chance
+    table = analysis.retrieval_table(runs)
+    assert list(table.frame.index) == ["oner"]
+    assert table.frame.loc["oner", "fine-tuned TR@1"] == pytest.approx(child["eval/coco5k/tr_r1"])
+    assert table.frame.loc["oner", "zero-shot TR@1"] == pytest.approx(parent["eval/coco5k/tr_r1"])
+
+    again = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--profile", "local", cwd=workdir)
+    assert again.returncode == 0 and "All 2 runs already FINISHED" in again.stdout
+
+
+def test_transfer_local_profile_trains_with_and_without_text_only_captions(workdir: Path) -> None:
+    result = run_cli(str(ROOT / "experiments" / "transfer.yaml"), "--profile", "local", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", "oner-transfer-local")
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    with_captions = runs["variant"].str.endswith("cc3m_captions")
+    assert (runs.loc[with_captions, "data/text_only_samples"] == SampleSizes().text_only_captions).all()
+    assert runs.loc[~with_captions, "data/text_only_samples"].fillna(0).eq(0).all()
+    table = analysis.transfer_table(runs)
+    assert len(table.frame.index) == 3 and table.frame.index[-1] == "gain"  # SBU, SBU + captions, gain
+    top1 = [column for column in table.frame.columns if column.endswith("top-1") and "std" not in column]
+    assert len(top1) == 2  # two heads, one tower
+    for column in top1:
+        first, second, gain = table.frame[column]
+        assert math.isclose(gain, second - first, abs_tol=1e-9)
+        assert first > 100 / 40 and second > 100 / 40  # above chance on the 40 classes
