@@ -49,7 +49,7 @@ from .shards import (
 from .sources import CsvSource, RetrievalJsonSource, TarSource, expand_urls, read_csv_columns, url_patterns
 from .stream import TrainStream
 from .streaming import IndexedStream
-from .tokenizer import TextTokenizer
+from .tokenizer import TRAINER_VERSION, TextTokenizer
 from .unpaired import TextLinesSource, UnpairedData, check_unpaired, text_only_sources, unpaired_data
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def _trained_tokenizer(
         key = hashlib.sha256("/".join(source.fingerprint for source in text_only).encode()).hexdigest()[:12]
         train_name = f"{train_name}-text{key}"
         captions = itertools.chain(captions, (c for source in text_only for c in _readable_captions(source.captions())))
-    name = f"tokenizer-wordpiece{vocab_size}-{train_name}"
+    name = f"tokenizer-wordpiece{vocab_size}-v{TRAINER_VERSION}-{train_name}"
     directory, _ = build_once(root, name, lambda d: TextTokenizer.train(captions, vocab_size).save(d))
     return TextTokenizer.load(directory)
 

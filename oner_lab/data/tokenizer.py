@@ -14,11 +14,15 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
+
+from .wordpiece import PREFIX, count_words, learn_vocab
 
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Bump when `TextTokenizer.train` learns a different vocabulary from the same texts: it names the
+# cache directory of trained tokenizers (2: deterministic `wordpiece` vocabularies, not HF's trainer).
+TRAINER_VERSION = 2
 # Role -> spellings in BERT-style and RoBERTa-style vocabularies.
 _ROLE_TOKENS = {
     "pad": ("[PAD]", "<pad>"),
@@ -56,13 +60,19 @@ class TextTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> TextTokenizer:
-        """A lowercasing WordPiece (BERT normaliser and pre-tokeniser) learnt from `texts`."""
-        tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece()
-        trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(_SPECIAL_TOKENS), show_progress=False)
-        tokenizer.train_from_iterator(texts, trainer)
+        """A lowercasing WordPiece (BERT normaliser and pre-tokeniser) learnt from `texts`.
+
+        Deterministic: the same texts and size give the same `tokenizer.json`, byte for byte, in
+        any process (the `wordpiece` module says why Hugging Face's trainer is not used).
+        """
+        normalizer = normalizers.BertNormalizer(lowercase=True)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        vocab = learn_vocab(count_words(texts, normalizer, pre_tokenizer), vocab_size, _SPECIAL_TOKENS)
+        tokenizer = Tokenizer(WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix=PREFIX))
+        tokenizer.normalizer = normalizer
+        tokenizer.pre_tokenizer = pre_tokenizer
+        tokenizer.decoder = decoders.WordPiece(prefix=PREFIX)
+        tokenizer.add_special_tokens(list(_SPECIAL_TOKENS))
         return cls(tokenizer)
 
     @classmethod
