@@ -92,7 +92,9 @@ def write_coco_style(directory: Path, count: int) -> tuple[Path, Path, list[tupl
     for i, (colour, shape) in enumerate(scenes(count)):
         name = f"COCO_val2014_{i:012d}.png"
         picture(colour, shape).save(directory / "val2014" / name)
-        captions = [f"a {colour} {shape}", f"{colour} {shape} on dark", f"the {shape} is {colour}", f"one {shape}", f"a {colour} thing"]
+        # Distinct across images: a caption shared by two images ties exactly, and float noise would
+        # decide the tie differently in the eval's batches and in the brute-force reference.
+        captions = [f"a {colour} {shape}", f"{colour} {shape} on dark", f"the {shape} is {colour}", f"one {shape} {i}", f"a {colour} thing {i}"]
         entries.append((f"val2014/{name}", captions))
     albef = directory / "coco_test.json"
     albef.write_text(json.dumps([{"image": image, "caption": captions} for image, captions in entries]))
