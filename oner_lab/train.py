@@ -143,7 +143,7 @@ class Trainer:
         ) if t.init_from else (None, None)
         self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, config.eval.sets, kept_tokenizer)
         if self.device.type == "cuda":
-            self.data.train = self.data.train.to(self.device)  # crop and resize on the GPU, not one CPU core
+            self.data.train = self.data.train.to(self.device)  # in-memory data: crops on the GPU; streamed data: decode threads crop in uint8, the GPU normalises
             self.data.unpaired.to(self.device)
         tokenizer = self.data.tokenizer
         self.tower_cfg = replace(tower, vocab_size=tokenizer.vocab_size)

@@ -308,15 +308,22 @@ def retrieval_table(runs: pd.DataFrame, *, eval_set: str | None = None) -> Resul
 # --- cross-modal transfer -------------------------------------------------------------------
 
 
+_UNSET = "(unset)"
+
+
 def _data_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run, the `data.*` params that differ between the runs (`data.x=v; ...`), or the data source."""
     keys = [column for column in runs.columns if column.startswith(PARAM_PREFIX + "data.")]
-    varying = [key for key in keys if runs[key].astype(str).nunique() > 1]
+    # a param a run did not log (a section that is null there, e.g. data.text_only) reads as unset,
+    # not as missing: pandas would leave it out of nunique and the rows would merge
+    values = runs[keys].astype(object).where(runs[keys].notna(), _UNSET).astype(str)
+    varying = [key for key in keys if values[key].nunique() > 1]
     if not varying:
         source = runs.get(PARAM_PREFIX + "data.source", pd.Series("data", index=runs.index))
         return source.astype(str)
-    values = runs[varying].astype(str)
-    return values.apply(lambda row: "; ".join(f"{key[len(PARAM_PREFIX):]}={value}" for key, value in row.items()), axis=1)
+    return values[varying].apply(
+        lambda row: "; ".join(f"{key[len(PARAM_PREFIX):]}={value}" for key, value in row.items() if value != _UNSET), axis=1
+    )
 
 
 def _transfer_cell(frame: pd.DataFrame, row: str, column: str, labels: list[str]) -> str:
