@@ -4,6 +4,7 @@ the table CLI and analysis/sweep.ipynb on the study it leaves."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from sweep_study import (
 
 from oner_lab import study as studies
 from oner_lab import table
+from oner_lab.launch.sweep import DeferredInterrupts
 from oner_lab.run import main
 from oner_lab.spec import load_spec
 
@@ -232,3 +234,22 @@ def test_sweep_notebook(killed_study: KilledStudy, tmp_path: Path) -> None:
     assert {item.path for item in client.list_artifacts(run.info.run_id, "analysis")} == {
         "analysis/sweep_history.png", "analysis/sweep_parallel.png", "analysis/sweep_intermediate.png"
     }
+
+
+def test_an_interrupt_while_a_trial_is_being_started_waits_until_it_is_tracked() -> None:
+    """SIGTERM between asking for a trial and recording its job is held until the section ends."""
+    interrupts = DeferredInterrupts()
+    previous = signal.signal(signal.SIGTERM, interrupts.handle)
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("submitted")  # still reached: the signal is held
+                steps.append("tracked")
+        with pytest.raises(KeyboardInterrupt):  # outside a section it interrupts at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert steps == ["submitted", "tracked"] and interrupts.pending is None

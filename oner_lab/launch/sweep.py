@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -95,6 +97,7 @@ class Driver:
         self.queue = SlurmQueue() if self.slurm else None
         self.active: dict[int, ActiveTrial] = {}
         self.parent_run_id = ""
+        self.interrupts = DeferredInterrupts()
 
     def run(self) -> int:
         note = (
@@ -102,7 +105,7 @@ class Driver:
             f"{self.sweep.direction} {self.sweep.metric} over {self.sweep.trials} trials; storage {self.storage}."
         )
         self.parent_run_id = tracking.study_run(self.client, self.experiment, self.name, note)
-        previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = {signum: signal.signal(signum, self.interrupts.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._take_over_running()
             code = self._loop()
@@ -116,7 +119,8 @@ class Driver:
             )
             return 130
         finally:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         status = tracking.FINISHED if code == 0 else tracking.FAILED
         tracking.end_run(self.client, self.parent_run_id, status, None if code == 0 else "too many trials failed")
         return code
@@ -142,7 +146,9 @@ class Driver:
             while failed < self.sweep.trials and len(self.active) < self.sweep.parallel:
                 if finished + len(self.active) >= self.sweep.trials:
                     break
-                if not self._start_new():
+                with self.interrupts.deferred():  # a trial asked is submitted and tracked, or not asked at all
+                    started = self._start_new()
+                if not started:
                     failed += 1
             time.sleep(0 if self.launcher.backend == "debug" else POLL_S)
 
@@ -158,7 +164,8 @@ class Driver:
                 self.active[frozen.number] = ActiveTrial(frozen.number, dispatch, job, adopted=True)
                 self.console.print(f"trial {frozen.number}: still running as SLURM job {job_id}; waiting for it")
             else:
-                self._resume(frozen)
+                with self.interrupts.deferred():
+                    self._resume(frozen)
 
     def _alive_jobs(self, job_ids: list[str]) -> set[str]:
         if not self.slurm or not job_ids:
@@ -295,5 +302,31 @@ def _fail(message: object) -> int:
     return 2
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+class DeferredInterrupts:
+    """SIGTERM/SIGINT as KeyboardInterrupt, held back inside `deferred()` sections.
+
+    Between asking Optuna for a trial and recording its submitted job, an interrupt would leave a
+    RUNNING trial whose job nobody stops (on SLURM: a second job on the same run directory after a
+    rerun). Signals are held in Python rather than masked, because a masked signal would be
+    inherited by the local jobs started inside the section."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.depth:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending is not None:
+                signum, self.pending = self.pending, None
+                raise KeyboardInterrupt(signal.Signals(signum).name)
