@@ -12,9 +12,11 @@ meet two completed trials at step 20 in an uninterrupted study, is above their m
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -65,6 +67,19 @@ def start_driver(directory: Path, spec: Path, *arguments: str) -> subprocess.Pop
     )
 
 
+def study_created(directory: Path) -> bool:
+    """Whether the driver has created the study, read without opening an Optuna storage: opening one
+    creates its tables, which would race the driver's own creation of them."""
+    path = directory / "optuna.db"
+    if not path.exists():
+        return False
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            return db.execute("SELECT count(*) FROM studies WHERE study_name = ?", (STUDY,)).fetchone()[0] > 0
+        except sqlite3.OperationalError:  # the tables are being created
+            return False
+
+
 def study_in(directory: Path) -> optuna.Study:
     return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{directory / 'optuna.db'}")
 
@@ -84,11 +99,8 @@ def wait_mid_study(directory: Path, driver: subprocess.Popen, timeout_s: float =
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed"
-        if (directory / "optuna.db").exists() and (directory / "mlflow.db").exists():
-            try:
-                trials = study_in(directory).get_trials(deepcopy=False)
-            except KeyError:  # the study is being created
-                trials = []
+        if study_created(directory) and (directory / "mlflow.db").exists():
+            trials = study_in(directory).get_trials(deepcopy=False)
             running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
             if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
                 client = client_of(directory)
