@@ -273,13 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             table.print_spec_table(spec, planned, console)
         return 0
 
-    return launch_and_wait(spec, planned, todo, executor, client, uri, args.no_wait, console)
+    return launch_and_wait(spec, planned, todo, existing, executor, client, uri, args.no_wait, console)
 
 
 def launch_and_wait(
     spec: Spec,
     planned: Sequence[PlannedRun],
     todo: Sequence[Step],
+    existing: dict[str, tracking.TrackedRun],
     executor: submitit.Executor,
     client: MlflowClient,
     uri: str,
@@ -299,15 +300,15 @@ def launch_and_wait(
         no_wait = False
     experiment = spec.experiment_name
     run_here = {step.planned.config_hash for step in todo}
-    parents = {key: run for key, run in tracking.runs_by_hash(client, experiment).items() if run.finished and key not in run_here}
+    parents = {key: run for key, run in existing.items() if run.finished and key not in run_here}
     waiting = list(todo)
     outcomes: list[launch.JobOutcome] = []
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     jobs: list[submitit.Job] = []
     dispatches: list[launch.Dispatch] = []
     try:
-        while ready := [step for step in waiting if step.planned.parent is None or step.planned.parent.config_hash in parents]:
-            waiting = [step for step in waiting if all(step is not other for other in ready)]
+        while ready := [step for step in waiting if _can_start(step, parents)]:
+            waiting = [step for step in waiting if not _can_start(step, parents)]
             if outcomes:
                 console.print(f"Parents FINISHED; starting {', '.join(step.planned.run_name for step in ready)}.")
             dispatches = [_prepare(client, spec, step, parents) for step in ready]
@@ -348,6 +349,11 @@ def launch_and_wait(
         console.print(f"[red]{outcome.run_name} {outcome.status}[/]: {outcome.error}")
     _report_waiting(spec, waiting, outcomes, console, dispatched=False)
     return 1 if failed else 0
+
+
+def _can_start(step: Step, parents: dict[str, tracking.TrackedRun]) -> bool:
+    """A run starts once it has no parent here, or its parent FINISHED (`parents`: by config hash)."""
+    return step.planned.parent is None or step.planned.parent.config_hash in parents
 
 
 def _report_waiting(

@@ -67,7 +67,7 @@ def url_patterns(urls: str | Sequence[str] | None) -> list[str]:
     return [urls] if isinstance(urls, str) else list(urls)
 
 
-def _fingerprint(paths: Sequence[Path], *extra: object) -> str:
+def files_fingerprint(paths: Sequence[Path], *extra: object) -> str:
     """Hash of the files' resolved paths, sizes and mtimes: a changed file gets a new cache entry."""
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     payload = json.dumps([_INDEX_VERSION, stats, *extra]).encode()
@@ -93,7 +93,7 @@ class TarSource:
         self._lock = threading.Lock()
         self.pattern = pattern
         self.shards = expand_urls(pattern)
-        self.fingerprint = _fingerprint(self.shards) if captions else _fingerprint(self.shards, "images only")
+        self.fingerprint = files_fingerprint(self.shards) if captions else files_fingerprint(self.shards, "images only")
         directory, _ = build_once(
             cache_dir, f"tarindex-{self.fingerprint}", lambda d: _write_index(d, self.shards, on_corrupt, captions)
         )
@@ -235,7 +235,7 @@ class CsvSource(_PairListSource):
 
     def __init__(self, path: str, separator: str, img_key: str, caption_key: str, on_corrupt: OnCorrupt) -> None:
         self.path = Path(path)
-        self.fingerprint = _fingerprint([self.path], separator, img_key, caption_key)
+        self.fingerprint = files_fingerprint([self.path], separator, img_key, caption_key)
         table = read_csv_columns(self.path, separator, img_key, caption_key)
         self.image_paths = []
         self.texts = []
@@ -277,7 +277,7 @@ class RetrievalJsonSource(_PairListSource):
 
         self.path = Path(path)
         entries = pair_entries(self.path, fmt, image_root, splits)
-        self.fingerprint = _fingerprint([self.path], fmt, str(image_root), list(splits) if fmt == "karpathy" else None)
+        self.fingerprint = files_fingerprint([self.path], fmt, str(image_root), list(splits) if fmt == "karpathy" else None)
         self.image_paths, self.texts, self.keys = [], [], []
         self.skipped = 0
         for image, captions in entries:

@@ -25,7 +25,7 @@ from oner_lab.hooks import ConfigError
 from oner_lab.spec.config import DataConfig, UnpairedSourceConfig
 
 from .shards import IMAGE_EXTENSIONS, CorruptSample, OnCorrupt, RawSample, decode_image, decode_text
-from .sources import TarSource, _fingerprint, expand_urls, url_patterns
+from .sources import TarSource, expand_urls, files_fingerprint, url_patterns
 from .stream import augmented_views
 from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
@@ -45,7 +45,7 @@ class TextLinesSource:
 
     def __init__(self, pattern: str) -> None:
         self.files = expand_urls(pattern)
-        self.fingerprint = _fingerprint(self.files, "text lines")
+        self.fingerprint = files_fingerprint(self.files, "text lines")
         starts, sizes, lines, file_starts = array("q"), array("i"), array("i"), []
         for path in self.files:
             file_starts.append(len(starts))

@@ -75,8 +75,8 @@ class Views:
         self._targets: dict[str, torch.Tensor] = {}
         self._text_corruption: tuple[torch.Tensor, torch.Tensor] | None = None
         self._patch_mask: torch.Tensor | None = None
-        self._extra_corruption: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._extra_patch_mask: torch.Tensor | None = None
+        self._all_masked_text: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._all_masked_images: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- corruption, drawn once per step -------------------------------------------------
     def text_corruption(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,28 +104,28 @@ class Views:
 
     def masked_text(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(corrupted ids, text mask, labels) of the first `rows` rows of [paired; unpaired captions]."""
-        ids, labels = self.text_corruption()
-        text_mask = self.inputs.text_mask
-        extra_ids = self.inputs.extra_text_ids
-        if rows > ids.shape[0] and extra_ids is not None:
-            if self._extra_corruption is None:
+        if self._all_masked_text is None:
+            ids, labels = self.text_corruption()
+            text_mask, extra_ids = self.inputs.text_mask, self.inputs.extra_text_ids
+            if extra_ids is not None:  # joined once a step: the masked pass and the MLM loss slice the same rows
                 s = self.settings
-                self._extra_corruption = mask_text(
-                    extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator(1)
-                )
-            ids, labels = (torch.cat([a, b]) for a, b in zip((ids, labels), self._extra_corruption, strict=True))
-            text_mask = torch.cat([text_mask, self.inputs.extra_text_mask])
+                extra = mask_text(extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator(1))
+                ids, labels = torch.cat([ids, extra[0]]), torch.cat([labels, extra[1]])
+                text_mask = torch.cat([text_mask, self.inputs.extra_text_mask])
+            self._all_masked_text = (ids, text_mask, labels)
+        ids, text_mask, labels = self._all_masked_text
         return ids[:rows], text_mask[:rows], labels[:rows]
 
     def masked_images(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, patch mask) of the first `rows` rows of [paired; unpaired images]."""
-        images, mask = self.inputs.images, self.patch_mask()
-        extra = self.inputs.extra_images
-        if rows > images.shape[0] and extra is not None:
-            if self._extra_patch_mask is None:
+        if self._all_masked_images is None:
+            images, mask = self.inputs.images, self.patch_mask()
+            extra = self.inputs.extra_images
+            if extra is not None:  # joined once a step: the masked pass and the MIM loss slice the same rows
                 extra_mask = mask_patches(extra.shape[0], self.online.cfg.num_patches, self.settings.mim_ratio, self.extra_generator(2))
-                self._extra_patch_mask = extra_mask.to(extra.device)
-            images, mask = torch.cat([images, extra]), torch.cat([mask, self._extra_patch_mask])
+                images, mask = torch.cat([images, extra]), torch.cat([mask, extra_mask.to(extra.device)])
+            self._all_masked_images = (images, mask)
+        images, mask = self._all_masked_images
         return images[:rows], mask[:rows]
 
     def masked_rows(self, view: str) -> int:
