@@ -41,7 +41,7 @@ readonly BRIDGE_ADDR=$SUBNET_PREFIX.1
 readonly NETNS_PREFIX=oner-node
 readonly MAX_NODES=8
 # Bumped whenever write_slurm_conf changes, so `start` restarts a cluster running an older config.
-readonly CONFIG_VERSION="oner-local-cluster config 3"
+readonly CONFIG_VERSION="oner-local-cluster config 4"
 readonly PACKAGES=(slurmctld slurmd slurm-client munge)
 readonly BINARIES=(slurmctld slurmd sinfo sbatch scontrol munged)
 
@@ -174,7 +174,8 @@ EOF
         done
         echo "# Cores are shared by up to $OVERSUBSCRIBE jobs per node (memory is not): a grid's array tasks run side"
         echo "# by side on a machine of a few cores, as they would on nodes with many."
-        echo "PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:$OVERSUBSCRIBE"
+        echo "# LLN: each job goes to the least loaded node(s), so jobs spread over the nodes instead of filling node1 first."
+        echo "PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:$OVERSUBSCRIBE LLN=YES"
     } >"$SLURM_CONF"
 }
 
@@ -213,9 +214,11 @@ create_network() {
     done
 }
 
+# Removes the nodes' namespaces numbered above $1 (0: all of them, then every link and the bridge).
 remove_network() {
-    local ns k pids
+    local keep=${1:-0} ns k pids
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$NETNS_PREFIX[0-9]+$" || true); do
+        ((${ns#"$NETNS_PREFIX"} > keep)) || continue
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         if [[ -n $pids ]]; then  # job steps the cluster started there that outlived their slurmd
             say "killing processes left in $ns: $(echo "$pids" | tr '\n' ' ')"
@@ -226,9 +229,10 @@ remove_network() {
         ip netns del "$ns"
         rm -rf "/etc/netns/$ns"
     done
-    for k in $(seq 1 $MAX_NODES); do
+    for k in $(seq $((keep + 1)) $MAX_NODES); do
         if ip link del "oner-v$k" 2>/dev/null; then say "removed link oner-v$k"; fi
     done
+    ((keep == 0)) || return 0
     if ip link show "$BRIDGE" >/dev/null 2>&1; then
         say "removing bridge $BRIDGE"
         ip link del "$BRIDGE"
@@ -287,7 +291,8 @@ start() {
         return
     fi
     stop_slurm_daemons
-    remove_network
+    # the bridge stays: services bound to its address (slurm/local-tracking.sh) keep running
+    remove_network "$nodes"
     create_network "$nodes"
     write_slurm_conf "$nodes"
     say "starting slurmctld"
