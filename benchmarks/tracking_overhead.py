@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
@@ -71,13 +72,14 @@ def time_calls(client: MlflowClient, experiment: str, calls: int) -> tuple[float
     return statistics.median(buffered), statistics.median(flushes)
 
 
-def write_for(uri: str, run_id: str, seconds: float, start_at: float) -> tuple[int, float]:
-    """One writer: `log_batch` of one step's KEYS, step after step, for `seconds` from wall time `start_at`.
-    Returns (steps written, seconds spent)."""
+def write_for(uri: str, run_id: str, seconds: float, ready: Any, results: Any) -> None:
+    """One writer process: connects and warms up (imports, first request), waits for every writer, then
+    writes `log_batch` of one step's KEYS, step after step, for `seconds`; puts (steps, seconds) on `results`."""
     from mlflow.entities import Metric
 
     client = MlflowClient(tracking_uri=uri)
-    time.sleep(max(0.0, start_at - time.time()))
+    client.get_run(run_id)
+    ready.wait()
     started = time.perf_counter()
     step = 0
     while time.perf_counter() - started < seconds:
@@ -85,22 +87,26 @@ def write_for(uri: str, run_id: str, seconds: float, start_at: float) -> tuple[i
         stamp = int(time.time() * 1000)
         metrics = [Metric(key, 1.0 / step, stamp, step) for key in KEYS]
         tracking.retry_locked(lambda metrics=metrics: client.log_batch(run_id, metrics=metrics, synchronous=True))
-    return step, time.perf_counter() - started
+    results.put((step, time.perf_counter() - started))
 
 
 def write_throughput(uri: str, client: MlflowClient, experiment: str, writers: int, seconds: float) -> None:
     """Prints the store's write rate under `writers` concurrent runs, and checks every value arrived."""
     run_ids = [tracking.retry_locked(lambda: client.create_run(experiment)).info.run_id for _ in range(writers)]
     context = multiprocessing.get_context("spawn")
-    start_at = time.time() + 5  # every writer imported and connected before the clock starts
-    with context.Pool(writers) as pool:
-        results = pool.starmap(write_for, [(uri, run_id, seconds, start_at) for run_id in run_ids])
-    steps = sum(count for count, _ in results)
-    wall = max(spent for _, spent in results)
+    ready, results = context.Barrier(writers), context.Queue()
+    processes = [context.Process(target=write_for, args=(uri, run_id, seconds, ready, results)) for run_id in run_ids]
+    for process in processes:
+        process.start()
+    done = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    steps = sum(count for count, _ in done)
+    wall = max(spent for _, spent in done)
     found = sum(len(client.get_metric_history(run_id, key)) for run_id in run_ids for key in KEYS)
     print(f"\nwrite throughput: {writers} writers x {seconds:g} s, one log_batch of {len(KEYS)} values per step")
     print(f"  {steps} batches = {steps * len(KEYS)} values in {wall:.1f} s: {steps / wall:.0f} batches/s, "
-          f"{steps * len(KEYS) / wall:.0f} values/s; per batch {1e3 * writers * wall / steps:.1f} ms per writer")
+          f"{steps * len(KEYS) / wall:.0f} values/s; {1e3 * writers * wall / steps:.1f} ms per batch seen by a writer")
     print(f"  read back: {found} of {steps * len(KEYS)} values")
     for tracked in run_ids:
         tracking.end_run(client, tracked, tracking.FINISHED)
