@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real SLURM cluster (partition "a100") of one or more nodes on this machine, for the tests and CI.
 #
-# Usage (as root): bash slurm/local-cluster.sh {install|start [--nodes N]|stop|status}
+# Usage (as root): bash slurm/local-cluster.sh {install|start [--nodes N]|stop|status|start-node K}
 #   install  apt-get install slurmctld slurmd slurm-client munge (skipped when already there)
 #   start    install if needed, start munged, create the nodes, write slurm.conf, start slurmctld
 #            and one slurmd per node, wait until every node is usable; a no-op when a cluster of
@@ -9,6 +9,8 @@
 #   stop     stop every slurmd, slurmctld and munged, remove the nodes' namespaces, links and
 #            the bridge (idempotent: a second stop finds nothing and says so)
 #   status   show the daemons and `sinfo`; exit 0 only when the partition answers
+#   start-node K   start node K's slurmd again (after it died or was killed: the node comes back
+#            from DOWN on its own once it registers, ReturnToService=2); a no-op when it runs
 #
 # Each node is a network namespace `oner-node<k>` with its own hostname (`node<k>`, through a UTS
 # namespace) and address 10.77.0.<10+k> on a veth pair to the bridge `oner-br0` (10.77.0.1), which
@@ -376,6 +378,11 @@ status() {
 nodes=1
 command=${1:-}
 shift || true
+node_arg=
+if [[ $command == start-node ]]; then
+    node_arg=${1:-}
+    shift || true
+fi
 while (($#)); do
     case $1 in
         --nodes) [[ $# -ge 2 ]] || die "--nodes needs a number"; nodes=$2; shift 2 ;;
@@ -384,10 +391,21 @@ while (($#)); do
     esac
 done
 
+start_node() {
+    local k=$1
+    [[ $k =~ ^[0-9]+$ ]] && ip netns list | grep -qw "$(netns_of "$k")" || die "start-node: no node '$k' (start the cluster first)"
+    if pid_alive "$(slurmd_pid_file "$k")"; then
+        say "slurmd of $(node_name "$k") already running"
+        return
+    fi
+    start_slurmd "$k"
+}
+
 case $command in
     install) install ;;
+    start-node) start_node "$node_arg" ;;
     start) start "$nodes" ;;
     stop) stop ;;
     status) status ;;
-    *) die "usage: $0 {install|start [--nodes N]|stop|status} (got '$command')" ;;
+    *) die "usage: $0 {install|start [--nodes N]|stop|status|start-node K} (got '$command')" ;;
 esac
