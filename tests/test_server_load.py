@@ -96,8 +96,9 @@ def test_sixteen_jobs_over_two_nodes_lose_no_metric_on_the_server(
             stamps = [metric.timestamp for metric in client.get_metric_history(run_id, "train/loss")]
             spans.append((min(stamps), max(stamps)))
     assert max(start for start, _ in spans) < min(end for _, end in spans), "the 15 runs did not all log at the same time"
-    print(f"\nload: {JOBS} jobs on {sorted(two_slurm_nodes[:2])}, {found} train/ metric values found of {written} "
-          f"logged, {load_s:.0f}s from submission to the last job's end")
+    with capsys.disabled():
+        print(f"\nload: {JOBS} jobs on {sorted(two_slurm_nodes[:2])}, {found} train/ metric values found of {written} "
+              f"logged, {load_s:.0f}s from submission to the last job's end")
 
     # the CLI's lookups against the server: 15 skipped as FINISHED, the cancelled run resumed in place
     assert main(arguments) == 0
