@@ -80,7 +80,11 @@ install_postgres() {
 
 pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER"; }
 
-mlflow_ready() { curl -sf -m 5 "$(tracking_uri)/health" >/dev/null; }
+# The server's health endpoint answers (python, not curl: the only client sure to be there).
+mlflow_ready() {
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$(tracking_uri)/health" \
+        >/dev/null 2>&1
+}
 
 start_postgres() {
     local addr listen
