@@ -53,6 +53,8 @@ SCENARIOS = {"reference": [], "nodes2": TWO_NODES, "nodes2_requeue": TWO_NODES}
 
 @dataclass
 class MultiNode:
+    """The four runs once ended, and what the two interruptions left: each one's checkpoint step."""
+
     client: MlflowClient
     runs: dict[str, Run]
     job_ids: dict[str, str]
@@ -67,8 +69,9 @@ def multinode(
     tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path, two_slurm_nodes: list[str]
 ) -> MultiNode:
     """Submits the three jobs with --no-wait, requeues one two-node job once it has logged SIGNAL_AFTER
-    steps, records the step of the checkpoint it stopped at, and waits for all three to end. Jobs inherit
-    ONER_MLFLOW_FLUSH_S=0 (every metric written at once), as in test_slurm_launch."""
+    steps, records the step of the checkpoint it stopped at, and waits for all three to end; then runs
+    the node-down job alone the same way. Jobs inherit ONER_MLFLOW_FLUSH_S=0 (every metric written at
+    once), as in test_slurm_launch."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ONER_MLFLOW_FLUSH_S", "0")
         return _run_scenarios(tmp_path_factory.mktemp("multinode"), mlflow_template, two_slurm_nodes[1])
@@ -116,7 +119,7 @@ def _run_scenarios(root: Path, mlflow_template: Path, second_node: str) -> Multi
     wait_until(lambda: client.get_run(target).info.status == "RUNNING" and last_step(client, target) >= SIGNAL_AFTER,
                SCENARIO_TIMEOUT_S, "the two-node job to train")
     pid_file = Path(f"/run/slurmd-{second_node}.pid")  # where slurm/local-cluster.sh's slurm.conf puts it
-    states = set()
+    states: set[str] = set()
     try:
         subprocess.run(["kill", "-KILL", pid_file.read_text().strip()], check=True)
         # SLURM would mark the node DOWN by itself SlurmdTimeout (20 s) after its slurmd stopped answering,
