@@ -219,6 +219,16 @@ def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]
     return latest
 
 
+def old_scheme_runs(client: MlflowClient, experiment: str) -> int:
+    """How many runs of `experiment` carry a config hash of an earlier scheme (no scheme tag): a rerun
+    does not find them until `python -m oner_lab.migrate` re-tags them."""
+    experiment_key = experiment_id(client, experiment, create=False)
+    if experiment_key is None:
+        return 0
+    filter_string = f"tags.`{TAG_HASH}` LIKE '%' and tags.`{TAG_HASH_SCHEME}` IS NULL"
+    return len(retry_locked(lambda: client.search_runs([experiment_key], filter_string=filter_string, max_results=1000)))
+
+
 def fetch_runs(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, Run]:
     """Run id -> MLflow run (params, tags, each metric's latest value), in one query."""
     experiment_key = experiment_id(client, experiment, create=False)
