@@ -25,7 +25,7 @@ from pydantic import Field
 
 from oner_lab.spec import RunConfig, expand, load_spec
 from oner_lab.spec.config import ObjectiveConfig, TrainConfig
-from oner_lab.spec.identity import Baseline, canonical_text, config_hash, field_roles, is_operational
+from oner_lab.spec.identity import Baseline, canonical_text, config_hash, field_roles, is_operational, roles_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -153,3 +153,10 @@ def test_every_field_is_either_operational_or_hashed_when_it_differs_from_its_ba
         changed = base.model_copy(update={section: getattr(base, section).model_copy(update={name: value})})
         field = type(getattr(base, section)).model_fields[name]
         assert (config_hash(changed) == config_hash(base)) == is_operational(field), key
+
+
+def test_docs_list_the_identity_and_operational_fields_the_markers_say() -> None:
+    """docs/spec.md's tables are the markers' (`python -m oner_lab.spec.identity` prints them to paste)."""
+    docs = (ROOT / "docs" / "spec.md").read_text()
+    shown = docs.split("<!-- identity-table:start -->\n")[1].split("<!-- identity-table:end -->")[0]
+    assert shown == roles_markdown(RunConfig), "docs/spec.md: paste `python -m oner_lab.spec.identity` between the markers"

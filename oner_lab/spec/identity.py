@@ -124,3 +124,25 @@ def field_roles(model: type[BaseModel], prefix: str = "") -> Iterator[FieldRole]
             continue
         marker = next((item for item in field.metadata if isinstance(item, Operational)), None)
         yield FieldRole(key, marker is None, baseline(field), marker.why if marker else "")
+
+
+def roles_markdown(model: type[BaseModel]) -> str:
+    """The tables docs/spec.md shows: identity fields per section, then each operational field and why."""
+    roles = list(field_roles(model))
+    sections: dict[str, list[str]] = {}
+    for role in roles:
+        section, _, name = role.key.rpartition(".")
+        if role.identity:
+            sections.setdefault(section, []).append(f"`{name}`")
+    lines = ["| section | identity fields (hashed when not at their baseline) |", "|---|---|"]
+    lines += [f"| `{section}` | {', '.join(names)} |" for section, names in sections.items()]
+    lines += ["", "| operational field (logged, never hashed) | why it does not change the run |", "|---|---|"]
+    lines += [f"| `{role.key}` | {role.why} |" for role in roles if not role.identity]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m oner_lab.spec.identity: the tables to paste into docs/spec.md
+    from oner_lab.spec import identity  # the package's copy: its markers are the ones config.py uses
+    from oner_lab.spec.config import RunConfig
+
+    print(identity.roles_markdown(RunConfig), end="")
