@@ -3,6 +3,7 @@ paper's numbers exactly as `oner_lab.analysis.paper` prints them, and the analys
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -59,3 +60,25 @@ def test_docs_paper_tables_hold_the_numbers_the_lab_prints() -> None:
     }
     assert transfer == paper.TRANSFER_ROWS
 
+
+
+def test_analysis_never_imports_the_model_the_objectives_or_training() -> None:
+    """oner_lab/analysis reads what runs logged to MLflow; rebuilding a model there re-derives the
+    trainer's choices and drifts from them."""
+    walled = ("oner_lab.model", "oner_lab.objectives", "oner_lab.train", "oner_lab.evaluate", "oner_lab.finetune")
+    offenders = []
+    for path in sorted((ROOT / "oner_lab" / "analysis").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                package = ".".join(["oner_lab", "analysis"][: 2 - node.level + 1]) if node.level else ""
+                module = ".".join(part for part in (package, node.module) if part)
+                names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            offenders += [
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+                for name in names
+                if any(name == wall or name.startswith(wall + ".") for wall in walled)
+            ]
+    assert not offenders, offenders

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from oner_lab import train
 from oner_lab.checkpoint import load
+from oner_lab.embedding_sample import EmbeddingSample
 from oner_lab.hooks import ConfigError, Interrupted
 from oner_lab.spec.config import RunConfig
 
@@ -71,8 +73,11 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path: Path, stop_after: i
     resumed = train.run(config, tmp_path / "resumed", logger)
     assert logger.metrics[0][0] == stop_after + 1  # continued, not restarted
     assert logger.flushed_at == [6]  # flushed right after the final checkpoint (steps 3 and 6 checkpoint)
-    early = load(tmp_path / "straight" / "checkpoints" / "early.pt")
-    assert early is not None and early["step"] == 1  # a tenth of 6 steps, at least one
+    early = EmbeddingSample.load(tmp_path / "straight" / "embeddings" / "early.npz")
+    assert early.step == 1 and early.eval_set == "shapes"  # a tenth of 6 steps, at least one
+    assert (tmp_path / "resumed" / "embeddings" / "final.npz", "embeddings") in logger.artifacts
+    finals = [EmbeddingSample.load(tmp_path / name / "embeddings" / "final.npz") for name in ("straight", "resumed")]
+    assert finals[0].step == finals[1].step == 6 and np.array_equal(finals[0].joint, finals[1].joint)
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for key in a:
