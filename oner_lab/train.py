@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from oner_lab import checkpoint, embedding_sample, finetune
@@ -42,6 +43,8 @@ from oner_lab.objectives import (
     resolve_terms,
 )
 from oner_lab.spec.config import RunConfig
+from oner_lab.spec.identity import canonical
+from oner_lab.spec.legacy import upgrade
 
 JOINT_HEAD_TERMS = frozenset({"cmc"})  # their left side is a joint view: no per-modality head for it
 
@@ -54,6 +57,15 @@ def resolve_tower(config: RunConfig, vocab_size: int = 30522) -> TowerConfig:
     """The preset with the config's overrides applied."""
     overrides = config.model.model_dump(exclude={"preset"})
     return tower_config(config.model.preset, vocab_size=vocab_size, **overrides)
+
+
+def same_identity(logged: dict, config: RunConfig) -> bool:
+    """Whether a checkpoint's config is the same run as `config`: operational fields (device, workers,
+    cadences) may differ, so a stopped run resumes on other hardware (`oner_lab.spec.identity`)."""
+    try:
+        return canonical(RunConfig.model_validate(upgrade(logged))) == canonical(config)
+    except ValidationError:
+        return False
 
 
 def validate(config: RunConfig, files: bool = True) -> None:
@@ -221,7 +233,7 @@ class Trainer:
         state = checkpoint.load(self.checkpoint_path)
         if state is None:
             return False
-        if state["config"] != self.config.model_dump(mode="json"):
+        if not same_identity(state["config"], self.config):
             raise RuntimeError(
                 f"{self.checkpoint_path} was written by a different config; use another run directory"
             )

@@ -85,6 +85,22 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path: Path, stop_after: i
     assert resumed["eval/shapes/tr_r1"] == straight["eval/shapes/tr_r1"]
 
 
+def test_a_stopped_run_resumes_under_other_operational_settings(tmp_path: Path) -> None:
+    """Device and logging/checkpoint cadence are not the run's identity (same hash), so its checkpoint
+    must take them: the resumed run ends bit for bit where the uninterrupted one does. (`train.threads`
+    is operational too, but changes float reduction order, so it is not compared bitwise here; and
+    torch's thread count is process-wide, so setting it would leak into later tests.)"""
+    config = micro_config(tmp_path / "cache", steps=4)
+    straight = train.run(config, tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        train.run(config, tmp_path / "moved", control=StopAt(2, []))
+    moved = micro_config(tmp_path / "cache", steps=4, device="cpu", log_every=3, checkpoint_every=1)
+    resumed = train.run(moved, tmp_path / "moved")
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "moved")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert resumed["eval/shapes/tr_r1"] == straight["eval/shapes/tr_r1"]
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     config = micro_config(tmp_path / "cache", steps=3)
     train.run(config, tmp_path / "run")

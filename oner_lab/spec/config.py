@@ -170,7 +170,9 @@ class TrainConfig(Section):
         default="auto", description="auto, cpu, cuda, cuda:N")
     checkpoint_every: Annotated[PositiveInt, Operational("a resumed run continues exactly (RNG and data position restored)")] = 200
     log_every: Annotated[PositiveInt, Operational("cadence of training-loss logging, not of evaluation")] = 10
-    threads: Annotated[int | None, Operational("CPU intra-op threads")] = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
+    threads: Annotated[
+        int | None, Operational("CPU intra-op threads: float reduction order changes, as on another GPU; the recipe does not")
+    ] = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
     init_from: str | None = Field(
         default=None,
         description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
