@@ -132,8 +132,11 @@ def test_micro_run_loss_falls_and_reports_every_metric(tmp_path: Path) -> None:
                 "train/loss_itc", "train/loss_mlm", "train/loss_mim", "train/samples_per_s", "data/skipped_samples"):
         assert key in final
     assert logger.artifacts and logger.artifacts[0][1] == "tokenizer" and logger.artifacts[0][0].is_dir()
-    table = json.loads(logger.artifacts[-1][0].read_text())
-    assert logger.artifacts[-1][1] == "eval" and table["step"] == 30
+    tables = [path for path, where in logger.artifacts if where == "eval"]
+    assert len(tables) == 1 and json.loads(tables[0].read_text())["step"] == 30
+    table = json.loads(tables[0].read_text())
+    assert [path.name for path, where in logger.artifacts if where == "embeddings"] == ["early.npz", "final.npz"]
+    assert [EmbeddingSample.load(path).step for path, where in logger.artifacts if where == "embeddings"] == [3, 30]
     assert table["sets"]["shapes"]["tr_r1"] == final["eval/shapes/tr_r1"]
     assert table["sets"]["shapes_cls"]["top1"] == final["eval/shapes_cls/top1"]
 
