@@ -255,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{spec.source_file}: {error}")
     steps = decide(planned, existing, args.force, live_slurm_jobs(existing))
     console.print(plan_table(steps))
+    if tracking.store_exists(uri) and (old := tracking.old_scheme_runs(tracking.connect(uri), experiment)):
+        console.print(
+            f"[yellow]{old} runs of experiment {experiment!r} were hashed by an earlier version of the lab[/] and are "
+            f"not recognised above; `python -m oner_lab.migrate {spec.source_file}` re-tags them (docs/spec.md)."
+        )
     if problems := unstartable(steps, existing):
         return fail(f"{spec.source_file}: {'; '.join(problems)}")
     if args.dry_run:

@@ -33,6 +33,8 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
+from oner_lab.spec.identity import SCHEME
+
 if TYPE_CHECKING:
     from oner_lab.spec import PlannedRun, RunConfig, Spec
 
@@ -41,6 +43,11 @@ T = TypeVar("T")
 TAG_VARIANT = "oner.variant"
 TAG_SEED = "oner.seed"
 TAG_HASH = "oner.config_hash"
+TAG_HASH_SCHEME = "oner.config_hash_scheme"
+"""The hashing scheme of TAG_HASH (`oner_lab.spec.identity.SCHEME`); runs of scheme 1 lack it until
+`python -m oner_lab.migrate` re-tags them."""
+TAG_HASH_V1 = "oner.config_hash_v1"
+"""A migrated run's scheme-1 hash, kept so its run directory (named by it) is still explained."""
 TAG_SPEC = "oner.spec"
 TAG_PROFILE = "oner.profile"
 TAG_RUN_DIR = "oner.run_dir"
@@ -216,6 +223,16 @@ def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]
     return latest
 
 
+def old_scheme_runs(client: MlflowClient, experiment: str) -> int:
+    """How many runs of `experiment` carry a config hash of an earlier scheme (no scheme tag): a rerun
+    does not find them until `python -m oner_lab.migrate` re-tags them."""
+    experiment_key = experiment_id(client, experiment, create=False)
+    if experiment_key is None:
+        return 0
+    filter_string = f"tags.`{TAG_HASH}` LIKE '%' and tags.`{TAG_HASH_SCHEME}` IS NULL"
+    return len(retry_locked(lambda: client.search_runs([experiment_key], filter_string=filter_string, max_results=1000)))
+
+
 def fetch_runs(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, Run]:
     """Run id -> MLflow run (params, tags, each metric's latest value), in one query."""
     experiment_key = experiment_id(client, experiment, create=False)
@@ -280,6 +297,7 @@ def create_run(client: MlflowClient, experiment: str, planned: PlannedRun, spec:
         TAG_VARIANT: planned.variant,
         TAG_SEED: str(planned.seed),
         TAG_HASH: planned.config_hash,
+        TAG_HASH_SCHEME: str(SCHEME),
         TAG_SPEC: str(spec.source_file),
         TAG_PROFILE: profile,
         TAG_RUN_DIR: str(run_dir),
