@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from .augment import resized_crops
+from oner_lab.seeds import DataStream
+
 from .batch import Batch, cpu_batch_buffer, normalise
 from .shards import (
     CorruptSample,
@@ -39,8 +41,6 @@ from .shards import (
 from .stream import rows_of_rank, view_draws
 from .tokenizer import TextTokenizer
 
-_ORDER_STREAM = 2
-_MIX_STREAM = 3
 _CACHED_ORDERS = 2  # per source: the current epoch and the next (a batch may straddle them)
 MAX_CONSECUTIVE_CORRUPT = 64
 
@@ -67,7 +67,7 @@ def batch_quotas(weights: Sequence[float], batch_size: int) -> list[int]:
 
 def epoch_order(group_starts: np.ndarray, count: int, window: int, seed: int, source: int, epoch: int) -> np.ndarray:
     """Sample indices of one epoch: shards in a seeded permutation, then shuffled within windows of `window`."""
-    rng = np.random.default_rng([seed % 2**64, _ORDER_STREAM, source, epoch])
+    rng = np.random.default_rng([seed % 2**64, int(DataStream.SHARD_ORDER), source, epoch])
     lengths = np.diff(np.append(group_starts, count))
     shard_order = rng.permutation(len(group_starts))
     new_starts = np.cumsum(lengths[shard_order]) - lengths[shard_order]
@@ -189,7 +189,7 @@ class IndexedStream:
             [np.stack([np.full(q, i), step * q + np.arange(q)], axis=1) for i, q in enumerate(quotas)]
         )
         if len(self.sources) > 1:
-            plan = plan[np.random.default_rng([seed % 2**64, _MIX_STREAM, step]).permutation(batch_size)]
+            plan = plan[np.random.default_rng([seed % 2**64, int(DataStream.SOURCE_MIX), step]).permutation(batch_size)]
         return plan
 
     def _load(self, seed: int, source_number: int, position: int) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from oner_lab.hooks import ConfigError
+from oner_lab.seeds import DataStream
 from oner_lab.spec.config import DataConfig, UnpairedSourceConfig
 
 from .shards import IMAGE_EXTENSIONS, CorruptSample, OnCorrupt, RawSample, decode_image, decode_text
@@ -30,8 +31,6 @@ from .stream import augmented_views
 from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
 
-_TEXT_ONLY_STREAM = 4  # seed streams of their own (stream.py and streaming.py use 0-3)
-_IMAGE_ONLY_STREAM = 5
 
 
 # ---- sources -------------------------------------------------------------------------------
@@ -168,7 +167,7 @@ def check_unpaired(cfg: DataConfig, files: bool = True) -> None:
 
 
 def _stream_seed(seed: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed % 2**64, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return int(np.random.SeedSequence([seed % 2**64, int(stream)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class TextOnlyStream(IndexedStream):
@@ -183,7 +182,7 @@ class TextOnlyStream(IndexedStream):
         )
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().batch(step, batch_size, _stream_seed(seed, _TEXT_ONLY_STREAM), rank, world_size)
+        return super().batch(step, batch_size, _stream_seed(seed, DataStream.TEXT_ONLY), rank, world_size)
 
     def _decode(self, sample: RawSample) -> str:
         return decode_text(sample)
@@ -212,7 +211,7 @@ class ImageOnlyStream(IndexedStream):
         )
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-        return super().batch(step, batch_size, _stream_seed(seed, _IMAGE_ONLY_STREAM), rank, world_size)
+        return super().batch(step, batch_size, _stream_seed(seed, DataStream.IMAGE_ONLY), rank, world_size)
 
     def _decode(self, sample: RawSample) -> np.ndarray:
         return decode_image(sample, self.image_size)

@@ -7,7 +7,7 @@ project's code (term names, preset dimensions, tokenizer directories) live in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -64,6 +64,9 @@ class ObjectiveConfig(Section):
     momentum_end: float = Field(default=1.0, ge=0, le=1)
     mlm_prob: float = Field(default=0.15, gt=0, lt=1)
     mim_ratio: float = Field(default=0.6, gt=0, lt=1)
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="term name -> that term's own options (each term declares their keys; docs/objectives.md)"
+    )
 
 
 class EvalSourceConfig(Section):
