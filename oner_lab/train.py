@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from oner_lab import checkpoint, finetune
+from oner_lab import checkpoint, finetune, plugins
 from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
 from oner_lab.evaluate import evaluate
@@ -64,6 +64,7 @@ def validate(config: RunConfig, files: bool = True) -> None:
     """Every check that needs the project's code; raises `ConfigError` before any work starts.
 
     `files=False` leaves out every check that reads the data, tokenizer or checkpoint files."""
+    plugins.load(config.plugins)
     tower = resolve_tower(config)
     if tower.image_size % tower.patch_size:
         raise ConfigError("model.image_size", tower.image_size, f"must be divisible by model.patch_size ({tower.patch_size})")
@@ -375,6 +376,7 @@ def run(
 
     `init_checkpoint`: the parent checkpoint of a fine-tuning run (`train.init_from`), as the CLI
     resolves a variant name; by default `train.init_from` is taken as a path."""
+    plugins.load(config.plugins)
     validate(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

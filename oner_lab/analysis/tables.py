@@ -14,13 +14,14 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from oner_lab import metric_names
 from oner_lab.analysis import paper
 from oner_lab.analysis.result import ResultTable
 from oner_lab.analysis.runs import PARAM_PREFIX, metric_columns_like
 from oner_lab.analysis.selection import select_runs
 
-CLASSIFICATION_METRICS = {"top1": "top-1"}
-RETRIEVAL_METRICS = {"tr_r1": "TR@1", "tr_r5": "TR@5", "ir_r1": "IR@1", "ir_r5": "IR@5"}
+CLASSIFICATION_METRICS = metric_names.labels(metric_names.CLASSIFICATION)  # {"top1": "top-1"}
+RETRIEVAL_METRICS = metric_names.labels(metric_names.RETRIEVAL)  # TR@1, TR@5, IR@1, IR@5
 RECALLS = ("r1", "r5", "r10")
 INDEX_NAME = "variant"
 PAPER_COLUMN = "paper row"

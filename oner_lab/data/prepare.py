@@ -28,11 +28,7 @@ from .eval_sources import (
     EmptySplitError,
     EvalSourceError,
     MissingImageError,
-    class_entries,
     pair_entries,
-    read_classification,
-    read_retrieval,
-    retrieval_entries,
 )
 from .shards import (
     CorruptSample,
@@ -54,7 +50,6 @@ from .unpaired import TextLinesSource, UnpairedData, check_unpaired, text_only_s
 
 log = logging.getLogger(__name__)
 
-EVAL_SET_NAMES = ("shapes", "shapes_cls")
 TRAIN_URL_EXAMPLES = {
     "webdataset": "/data/cc3m/{00000..00331}.tar",
     "csv": "/data/cc3m/train.tsv",
@@ -87,16 +82,17 @@ def check_config(cfg: DataConfig, eval_sets: Sequence[str], files: bool = True) 
     the data: `run --dry-run` reports missing files separately)."""
     if cfg.source != "shapes":
         _check_train_sources(cfg, files)
+    builtin = EvalSourceConfig.builtin_sets()
     for name in cfg.eval_sources:
-        if name in EVAL_SET_NAMES:
-            raise ConfigError(f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(EVAL_SET_NAMES)}) are taken")
+        if name in builtin:
+            raise ConfigError(f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(builtin)}) are taken")
     for name in eval_sets:
         if name in cfg.eval_sources:
             if files:
                 _check_eval_source(name, cfg.eval_sources[name])
-        elif name not in EVAL_SET_NAMES:
+        elif name not in builtin:
             defined = f"; data.eval_sources defines {', '.join(cfg.eval_sources)}" if cfg.eval_sources else ""
-            raise ConfigError("eval.sets", name, f"allowed: {', '.join(EVAL_SET_NAMES)} or a key of data.eval_sources{defined}")
+            raise ConfigError("eval.sets", name, f"allowed: {', '.join(builtin)} or a key of data.eval_sources{defined}")
     if cfg.max_objects > shapes.MAX_OBJECTS:
         allowed = f"allowed: 1..{shapes.MAX_OBJECTS} (one object per cell of a 3x3 grid)"
         raise ConfigError("data.max_objects", cfg.max_objects, allowed)
@@ -151,12 +147,15 @@ def _check_pair_json(cfg: DataConfig, pattern: str, paths: list[Path]) -> None:
         raise ConfigError("data.urls", pattern, f"a readable {cfg.source} JSON ({error})") from None
 
 
+def eval_source(cfg: DataConfig, name: str) -> EvalSourceConfig:
+    """The eval set `name` of `eval.sets`: its `data.eval_sources` entry, or the built-in format of that name."""
+    source = cfg.eval_sources.get(name)
+    return source if source is not None else EvalSourceConfig.model_validate({EvalSourceConfig.tag: name})
+
+
 def _check_eval_source(name: str, source: EvalSourceConfig) -> None:
     try:
-        if source.format == "class_folders":
-            class_entries(source)
-        else:
-            retrieval_entries(source)
+        source.check()
     except EvalSourceError as error:
         raise ConfigError(f"data.eval_sources.{name}", source.path, f"readable {source.format} data ({error})") from None
 
@@ -177,16 +176,12 @@ def prepare(
         tokenizer, train = _streaming_train(cfg, root, image_size, max_text_len, tokenizer, text_sources)
         skipped = 0
     unpaired = unpaired_data(cfg, text_sources, tokenizer, image_size, max_text_len)
+    from oner_lab.evaluators.registry import ReadContext  # the formats import this module's readers
+
+    context = ReadContext(tokenizer, image_size, max_text_len, cfg.on_corrupt, cfg.workers, cfg, root)
     loaded: dict[str, RetrievalSet | ClassificationSet] = {}
     for name in eval_sets:
-        if name in cfg.eval_sources:
-            source = cfg.eval_sources[name]
-            read = read_classification if source.format == "class_folders" else read_retrieval
-            loaded[name], skipped_here = read(name, source, tokenizer, image_size, max_text_len, cfg.on_corrupt, cfg.workers)
-        else:
-            directory = _split_directory(root, name, cfg, image_size)
-            reader = _read_retrieval if name == "shapes" else _read_classification
-            loaded[name], skipped_here = reader(name, directory, tokenizer, image_size, max_text_len, cfg.on_corrupt)
+        loaded[name], skipped_here = eval_source(cfg, name).read(name, context)
         skipped += skipped_here
     bundle = DataBundle(tokenizer, train, loaded, skipped, unpaired)
     if bundle.skipped_samples:
@@ -198,7 +193,7 @@ def _shapes_train(
     cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None,
     text_only: Sequence[TextLinesSource],
 ) -> tuple[TextTokenizer, TrainStream, int]:
-    train_dir = _split_directory(root, "train", cfg, image_size)
+    train_dir = split_directory(root, "train", cfg, image_size)
     train, skipped = read_shards(
         _shards(train_dir), lambda sample: (decode_image(sample, image_size), decode_text(sample)), cfg.on_corrupt
     )
@@ -282,7 +277,7 @@ def _split_size(split: str, cfg: DataConfig) -> int:
     return cfg.train_size if split == "train" else cfg.eval_images
 
 
-def _split_directory(root: Path, split: str, cfg: DataConfig, image_size: int) -> Path:
+def split_directory(root: Path, split: str, cfg: DataConfig, image_size: int) -> Path:
     params = {
         "dataset": "shapes",
         "version": _GENERATOR_VERSION,
@@ -332,7 +327,7 @@ def _shards(directory: Path) -> list[Path]:
     return shards
 
 
-def _read_retrieval(
+def read_retrieval_shards(
     name: str, directory: Path, tokenizer: TextTokenizer, image_size: int, max_text_len: int, on_corrupt: OnCorrupt
 ) -> tuple[RetrievalSet, int]:
     samples, skipped = read_shards(
@@ -344,7 +339,7 @@ def _read_retrieval(
     return retrieval_set(name, images, captions, tokenizer, max_text_len), skipped
 
 
-def _read_classification(
+def read_classification_shards(
     name: str, directory: Path, tokenizer: TextTokenizer, image_size: int, max_text_len: int, on_corrupt: OnCorrupt
 ) -> tuple[ClassificationSet, int]:
     classes = json.loads((directory / CLASSES_FILE).read_text())

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .augment import resized_crops
 from oner_lab.seeds import DataStream
 
+from .augment import resized_crops
 from .batch import Batch, cpu_batch_buffer, normalise
 from .shards import (
     CorruptSample,

@@ -31,8 +31,6 @@ from .stream import augmented_views
 from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
 
-
-
 # ---- sources -------------------------------------------------------------------------------
 
 

@@ -7,22 +7,18 @@ project's code (term names, preset dimensions, tokenizer directories) live in
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
 )
 
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from oner_lab.spec.section import Section
+from oner_lab.spec.units import Unit
 
 
 class ModelConfig(Section):
@@ -69,24 +65,36 @@ class ObjectiveConfig(Section):
     )
 
 
-class EvalSourceConfig(Section):
-    """A zero-shot eval set read from files, named by its key in `data.eval_sources` (docs/data.md)."""
+class EvalSourceConfig(Unit):
+    """A zero-shot eval set, named by its key in `data.eval_sources`: `format` names the unit that reads it
+    (retrieval_json, karpathy, class_folders, or one a plugin registers; oner_lab/evaluators, docs/analysis.md).
 
-    format: Literal["retrieval_json", "karpathy", "class_folders"] = Field(
-        description="retrieval_json: ALBEF/ViLT [{image, caption: [..]}]; karpathy: dataset_coco.json / "
-        "dataset_flickr30k.json; class_folders: one folder of images per class"
-    )
-    path: str = Field(description="the JSON file, or the root holding one folder per class")
-    image_root: str | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
-    split: str = Field(default="test", description="karpathy: the split read (test, val, train, restval)")
-    class_names: str | None = Field(
-        default=None,
-        description="class_folders: a .txt (one name per line, sorted folder order) or .json (list, or folder -> name) "
-        "file, or `imagenet1k` (WordNet folders named by timm's ImageNet-1k info); default: the folder names",
-    )
-    templates: str | None = Field(
-        default=None, description="class_folders: a file with one prompt template per line, each holding {}; default: SLIP's seven"
-    )
+    A unit subclasses this with its own typed settings, sets `task` (the scoring task, which declares
+    the metrics it logs) and implements `check` and `read`. A format with no required setting (the
+    built-in `shapes` and `shapes_cls`) may also be named directly in `eval.sets`.
+    """
+
+    tag: ClassVar[str] = "format"
+    builtins: ClassVar[str] = "oner_lab.evaluators"
+    units: ClassVar[dict[str, type[Unit]]] = {}
+    task: ClassVar[str] = ""
+
+    format: str = Field(description="the eval set format: retrieval_json, karpathy, class_folders, or a plugin's")
+
+    def check(self) -> None:
+        """Raise `EvalSourceError` if the files cannot be read as this format (structure, image files)."""
+
+    def read(self, name: str, context: Any) -> tuple[Any, int]:
+        """(the loaded set, corrupt samples skipped); `context` is an `evaluators.registry.ReadContext`."""
+        raise NotImplementedError(f"eval set format {self.format!r} does not implement read")
+
+    @classmethod
+    def builtin_sets(cls) -> list[str]:
+        """Formats usable by name alone in `eval.sets`: those whose every setting has a default."""
+        return [
+            kind for kind, unit in cls.registered().items()
+            if all(not field.is_required() for key, field in unit.model_fields.items() if key != cls.tag)
+        ]
 
 
 class UnpairedSourceConfig(Section):
@@ -132,7 +140,7 @@ class DataConfig(Section):
     image_only: UnpairedSourceConfig | None = Field(
         default=None, description="image shards or folders trained with MIM only, beside the paired data (needs the mim term)"
     )
-    eval_sources: dict[str, EvalSourceConfig] = Field(
+    eval_sources: dict[str, SerializeAsAny[EvalSourceConfig]] = Field(
         default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
     )
     cache_dir: str = Field(default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
@@ -184,6 +192,12 @@ class EvalConfig(Section):
 
 class RunConfig(Section):
     """Everything one training run needs; hashed to name its run directory and dedupe it."""
+
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported before validation and training: each registers objective terms, data sources "
+        "or eval set formats defined outside oner_lab (docs/objectives.md, docs/data.md, docs/analysis.md)",
+    )
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
