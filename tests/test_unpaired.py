@@ -249,9 +249,9 @@ def unpaired_files(tmp_path: Path) -> dict:
 def paired_data(tmp_path: Path, kind: str) -> dict:
     if kind == "webdataset":
         write_webdataset(tmp_path / "wds", 12, 5)
-        return {"source": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}
+        return {"source": {"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}}
     if kind == "csv":
-        return {"source": "csv", "urls": str(write_csv(tmp_path / "csv", 12))}
+        return {"source": {"kind": "csv", "urls": str(write_csv(tmp_path / "csv", 12))}}
     return {"train_size": 24}
 
 

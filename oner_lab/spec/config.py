@@ -12,7 +12,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import (
     Field,
     NonNegativeFloat,
-    PositiveFloat,
     PositiveInt,
     SerializeAsAny,
 )
@@ -107,30 +106,37 @@ class UnpairedSourceConfig(Section):
     batch_size: PositiveInt = Field(description="unpaired samples per global step, split over ranks like train.batch_size")
 
 
+class TrainSourceConfig(Unit):
+    """The paired training data, `data.source: {kind: ..., <the kind's own keys>}`: `shapes` (built-in
+    generated data), `webdataset`, `csv`, `karpathy`, `retrieval_json`, or a kind a plugin registers
+    (units in oner_lab/data/train_sources; docs/data.md).
+
+    A unit subclasses this with its own typed keys and implements `check` (ConfigError naming
+    `data.source.<key>`) and `train` (the tokenizer and the training stream)."""
+
+    tag: ClassVar[str] = "kind"
+    builtins: ClassVar[str] = "oner_lab.data.train_sources"
+    units: ClassVar[dict[str, type[Unit]]] = {}
+
+    kind: str = Field(description="shapes, webdataset, csv, karpathy, retrieval_json, or a plugin's")
+
+    def check(self, data: Any, files: bool) -> None:
+        """Raise ConfigError for settings that cannot run; `files=False` reads no file (a dry run)."""
+
+    def train(self, context: Any) -> tuple[Any, Any, int]:
+        """(tokenizer, training stream, corrupt samples skipped while reading); `context` is a
+        `data.train_sources.base.TrainContext`."""
+        raise NotImplementedError(f"data source {self.kind!r} does not implement train")
+
+
 class DataConfig(Section):
-    """Training and evaluation data. `source: shapes` is the built-in generated dataset; the
+    """Training and evaluation data. `source: {kind: shapes}` is the built-in generated dataset; the
     readers of real formats (webdataset shards, CSV, retrieval JSON, class folders) are in docs/data.md."""
 
-    source: Literal["shapes", "webdataset", "csv", "karpathy", "retrieval_json"] = Field(
-        default="shapes",
-        description="shapes: built-in generated data; webdataset: tar shards at `urls`; csv: open_clip CSV/TSV files at `urls`; "
-        "karpathy / retrieval_json: every (image, caption) pair of a dataset_coco.json or ALBEF [{image, caption: [..]}] file at `urls`",
-    )
-    urls: str | list[str] | None = Field(
-        default=None,
-        description="webdataset shard pattern(s), e.g. /data/cc3m/{00000..00331}.tar, CSV file(s) or retrieval JSON file(s); a list mixes sources",
-    )
-    weights: list[PositiveFloat] | None = Field(
-        default=None, description="sampling weight of each `urls` entry; default: proportional to source sizes"
-    )
-    csv_separator: str = Field(default="\t", description="open_clip's --csv-separator")
-    csv_img_key: str = Field(default="filepath", description="CSV column of image paths (relative to the CSV file unless absolute)")
-    csv_caption_key: str = Field(default="title", description="CSV column of captions")
-    image_root: str | None = Field(
-        default=None, description="karpathy / retrieval_json: what the JSON's image paths are relative to; default: the JSON's directory"
-    )
-    splits: list[str] = Field(
-        default_factory=lambda: ["train", "restval"], min_length=1, description="karpathy: the splits trained on"
+    source: SerializeAsAny[TrainSourceConfig] = Field(
+        default_factory=lambda: {"kind": "shapes"},  # type: ignore[arg-type,return-value]  (validated into ShapesSource)
+        validate_default=True,
+        description="the paired training data: a mapping with `kind` and that kind's keys (docs/data.md)",
     )
     shuffle_buffer: PositiveInt = Field(default=10000, description="samples in one shuffle window of a real source")
     workers: PositiveInt = Field(default=4, description="decoding threads of a real source")
