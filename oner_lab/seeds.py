@@ -13,10 +13,10 @@ from enum import IntEnum
 class DataStream(IntEnum):
     """Streams mixed with `train.seed`: what the data side draws, a pure function of (seed, step)."""
 
-    PERMUTATION = 0  # data/stream.py: the epoch permutation of an in-memory split
-    AUGMENTATION = 1  # data/stream.py: crop boxes and flips of a global batch
-    SHARD_ORDER = 2  # data/streaming.py: shard order and window shuffle of a source's epoch
-    SOURCE_MIX = 3  # data/streaming.py: which source fills which row of a mixed batch
+    PERMUTATION = 0  # data/memory_stream.py: the epoch permutation of an in-memory split
+    AUGMENTATION = 1  # data/memory_stream.py: crop boxes and flips of a global batch
+    SHARD_ORDER = 2  # data/indexed_stream.py: shard order and window shuffle of a source's epoch
+    SOURCE_MIX = 3  # data/indexed_stream.py: which source fills which row of a mixed batch
     TEXT_ONLY = 4  # data/unpaired.py: the caption-only stream (data.text_only)
     IMAGE_ONLY = 5  # data/unpaired.py: the image-only stream (data.image_only)
 

@@ -21,10 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from oner_lab import checkpoint, finetune, plugins
+from oner_lab.contract import ConfigError, Interrupted, RunControl, RunLogger
 from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
 from oner_lab.evaluate import evaluate
-from oner_lab.hooks import ConfigError, Interrupted, RunControl, RunLogger
 from oner_lab.model import (
     OneTower,
     TowerConfig,

@@ -23,8 +23,10 @@ from PIL import Image
 
 from oner_lab import train
 from oner_lab.checkpoint import load
+from oner_lab.contract import ConfigError
 from oner_lab.data import CorruptSampleError, ShardReadError, TextTokenizer, prepare
 from oner_lab.data.eval_sources import SLIP_TEMPLATES
+from oner_lab.data.indexed_stream import batch_quotas, epoch_order
 from oner_lab.data.shards import (
     CorruptSample,
     decode_image_bytes,
@@ -32,8 +34,6 @@ from oner_lab.data.shards import (
     write_shards,
 )
 from oner_lab.data.sources import expand_urls
-from oner_lab.data.streaming import batch_quotas, epoch_order
-from oner_lab.hooks import ConfigError
 from oner_lab.model import OneTower, TowerConfig
 from oner_lab.spec.config import DataConfig, RunConfig
 

@@ -21,9 +21,9 @@ from PIL import Image
 
 from oner_lab import analysis, train
 from oner_lab.checkpoint import load
+from oner_lab.contract import ConfigError
 from oner_lab.data import CorruptSampleError, TextTokenizer, prepare
 from oner_lab.distributed import DistInfo
-from oner_lab.hooks import ConfigError
 from oner_lab.run import main
 from oner_lab.spec import SpecError, expand, load_spec
 from oner_lab.spec.config import DataConfig, RunConfig

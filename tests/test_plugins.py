@@ -18,7 +18,7 @@ from PIL import Image
 
 from oner_lab import evaluate
 from oner_lab.data import prepare
-from oner_lab.data.samples import write_samples
+from oner_lab.data.sample_corpora import write_samples
 from oner_lab.model import OneTower, momentum_copy, tower_config
 from oner_lab.objectives import TERMS, StepInputs, Views, ViewSettings, masked_views
 from oner_lab.spec.config import DataConfig, EvalSourceConfig, TrainSourceConfig

@@ -11,7 +11,7 @@ import pytest
 
 from oner_lab.data import shapes
 from oner_lab.data.eval_sources import class_entries
-from oner_lab.data.samples import MANIFEST, PAIRED_CORPORA, SampleSizes, main, write_samples
+from oner_lab.data.sample_corpora import MANIFEST, PAIRED_CORPORA, SampleSizes, main, write_samples
 from oner_lab.data.shards import decode_image_bytes
 from oner_lab.data.sources import expand_urls
 from oner_lab.spec.config import EvalSourceConfig

@@ -10,7 +10,7 @@ import torch
 
 from oner_lab import train
 from oner_lab.checkpoint import load
-from oner_lab.hooks import ConfigError, Interrupted
+from oner_lab.contract import ConfigError, Interrupted
 from oner_lab.spec.config import RunConfig
 
 

@@ -19,10 +19,10 @@ from test_data_formats import SIZE, StopAfter, encoded, micro_run_config, write_
 
 from oner_lab import train
 from oner_lab.checkpoint import load
+from oner_lab.contract import ConfigError
 from oner_lab.data import CorruptSampleError, prepare
 from oner_lab.data.shards import write_shards
 from oner_lab.distributed import DistInfo
-from oner_lab.hooks import ConfigError
 from oner_lab.model import OneTower, momentum_copy, tower_config
 from oner_lab.objectives import Objective, StepInputs, Views, ViewSettings, masked_views
 from oner_lab.objectives.masking import IGNORE

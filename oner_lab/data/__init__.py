@@ -2,11 +2,11 @@
 tokenizer, augmentation. See docs/data.md."""
 
 from .batch import Batch, ClassificationSet, RetrievalSet
+from .bundle import DataBundle, check_config, eval_source, prepare
 from .eval_sources import SLIP_TEMPLATES, EvalSourceError
-from .prepare import DataBundle, check_config, eval_source, prepare
+from .indexed_stream import IndexedStream
+from .memory_stream import TrainStream
 from .shards import CorruptSampleError, ShardReadError
-from .stream import TrainStream
-from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
 
 __all__ = [

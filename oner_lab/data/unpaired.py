@@ -2,7 +2,7 @@
 
 `data.text_only` names plain-text files of one caption per line; `data.image_only` names webdataset
 shards (a caption, if any, is ignored) or directories of image files. Each step draws
-`batch_size` unpaired samples beside the paired batch by the paired stream's rule (streaming.py):
+`batch_size` unpaired samples beside the paired batch by the paired stream's rule (indexed_stream.py):
 a pure function of (seed, step), so resuming is exact; each rank takes its contiguous rows; every
 source is visited in a fresh order each epoch; a corrupt sample is skipped, counted and replaced by
 the next one. Their order and crops come from a seed derived from the run's, so they are
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oner_lab.hooks import ConfigError
+from oner_lab.contract import ConfigError
 from oner_lab.seeds import DataStream
 from oner_lab.spec.config import DataConfig, UnpairedSourceConfig
 
+from .indexed_stream import IndexedStream
+from .memory_stream import augmented_views
 from .shards import IMAGE_EXTENSIONS, CorruptSample, OnCorrupt, RawSample, decode_image, decode_text
 from .sources import TarSource, expand_urls, files_fingerprint, url_patterns
-from .stream import augmented_views
-from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
 
 # ---- sources -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from oner_lab.data.prepare import read_classification_shards, read_retrieval_shards, split_directory
+from oner_lab.data.bundle import read_classification_shards, read_retrieval_shards, split_directory
 from oner_lab.evaluators.registry import ReadContext
 from oner_lab.spec.config import EvalSourceConfig
 from oner_lab.spec.units import register

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from oner_lab import evaluate
 from oner_lab.data.batch import RetrievalSet
-from oner_lab.data.prepare import read_retrieval_shards, split_directory
+from oner_lab.data.bundle import read_retrieval_shards, split_directory
 from oner_lab.evaluators import Task, register_task
 from oner_lab.evaluators.registry import ReadContext
 from oner_lab.metric_names import Metric

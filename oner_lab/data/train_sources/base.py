@@ -19,8 +19,8 @@ from pydantic import Field, PositiveFloat
 from oner_lab.spec.config import DataConfig, TrainSourceConfig
 from oner_lab.spec.errors import ConfigError
 
+from ..indexed_stream import IndexedStream, SampleSource
 from ..sources import expand_urls, url_patterns
-from ..streaming import IndexedStream, SampleSource
 from ..tokenizer import TextTokenizer
 
 
@@ -38,7 +38,7 @@ class TrainContext:
 
     def tokenizer(self, name: str, captions: Iterable[str]) -> TextTokenizer:
         """The run's tokenizer; `name` keys a trained one's cache entry (a fingerprint of what it learned from)."""
-        from ..prepare import trained_tokenizer, user_tokenizer  # prepare imports the sources' registry lazily
+        from ..bundle import trained_tokenizer, user_tokenizer  # prepare imports the sources' registry lazily
 
         return self.given_tokenizer or user_tokenizer(self.data) or trained_tokenizer(
             self.root, name, captions, self.data.vocab_size, self.text_only
@@ -78,7 +78,7 @@ class FileSource(TrainSourceConfig):
 
     def train(self, context: TrainContext) -> tuple[TextTokenizer, IndexedStream, int]:
         """Index each `urls` entry as one source (cached), then serve batches decoded on demand."""
-        from ..prepare import readable_captions
+        from ..bundle import readable_captions
 
         cfg = context.data
         sources = [self.open(pattern, context) for pattern in url_patterns(self.urls)]

@@ -11,8 +11,8 @@ import torch
 from oner_lab.spec.config import TrainSourceConfig
 from oner_lab.spec.units import register
 
+from ..memory_stream import TrainStream
 from ..shards import decode_image, decode_text, read_shards
-from ..stream import TrainStream
 from .base import TrainContext
 
 
@@ -24,7 +24,7 @@ class ShapesSource(TrainSourceConfig):
     kind: Literal["shapes"] = "shapes"
 
     def train(self, context: TrainContext) -> tuple[object, TrainStream, int]:
-        from ..prepare import shards_of, split_directory
+        from ..bundle import shards_of, split_directory
 
         cfg, image_size = context.data, context.image_size
         train_dir = split_directory(context.root, "train", cfg, image_size)

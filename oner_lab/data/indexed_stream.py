@@ -30,6 +30,7 @@ from oner_lab.seeds import DataStream
 
 from .augment import resized_crops
 from .batch import Batch, cpu_batch_buffer, normalise
+from .memory_stream import rows_of_rank, view_draws
 from .shards import (
     CorruptSample,
     CorruptSampleError,
@@ -38,7 +39,6 @@ from .shards import (
     decode_image_rgb,
     decode_text,
 )
-from .stream import rows_of_rank, view_draws
 from .tokenizer import TextTokenizer
 
 _CACHED_ORDERS = 2  # per source: the current epoch and the next (a batch may straddle them)

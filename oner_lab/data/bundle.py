@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oner_lab.hooks import ConfigError
+from oner_lab.contract import ConfigError
 from oner_lab.spec.config import DataConfig, EvalSourceConfig
 
 from . import shapes
 from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
 from .cache import build_once
 from .eval_sources import EvalSourceError
+from .indexed_stream import IndexedStream
+from .memory_stream import TrainStream
 from .shards import (
     CorruptSample,
     OnCorrupt,
@@ -36,8 +38,6 @@ from .shards import (
     read_shards,
     write_shards,
 )
-from .stream import TrainStream
-from .streaming import IndexedStream
 from .tokenizer import TRAINER_VERSION, TextTokenizer
 from .train_sources.base import TrainContext
 from .unpaired import TextLinesSource, UnpairedData, check_unpaired, text_only_sources, unpaired_data
