@@ -2,7 +2,7 @@
 
 from oner_lab.model.masks import VIEWS, attention_mask
 from oner_lab.model.momentum import ema_update, momentum_at, momentum_copy
-from oner_lab.model.presets import PRESETS, TowerConfig, tower_config
+from oner_lab.presets import PRESETS, TowerConfig, tower_config
 from oner_lab.model.tower import OneTower, TowerOutput
 
 __all__ = [

@@ -16,6 +16,7 @@ from pydantic import (
     SerializeAsAny,
 )
 
+from oner_lab.presets import PRESETS
 from oner_lab.spec.section import Section
 from oner_lab.spec.units import Unit
 
@@ -23,7 +24,7 @@ from oner_lab.spec.units import Unit
 class ModelConfig(Section):
     """The tower. `preset` gives every dimension; any field set here overrides it."""
 
-    preset: Literal["tiny", "vit_s16", "vit_b16"] = "tiny"
+    preset: Literal[tuple(PRESETS)] = "tiny"  # type: ignore[valid-type]  (the names of oner_lab/presets.py)
     width: PositiveInt | None = None
     depth: PositiveInt | None = None
     num_heads: PositiveInt | None = None
