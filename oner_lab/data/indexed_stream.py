@@ -19,7 +19,7 @@ samples and crops the uninterrupted run read at step s.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -46,14 +46,20 @@ MAX_CONSECUTIVE_CORRUPT = 64
 
 
 class SampleSource(Protocol):
+    """What a training source unit opens for one `urls` entry (oner_lab/data/train_sources): random
+    access for the stream, its captions for the tokenizer, and a fingerprint that keys the caches."""
+
     group_starts: np.ndarray  # first sample index of each shard (a CSV: every row)
     skipped: int  # samples dropped while indexing (no image member, no caption)
+    fingerprint: str  # changes when the files (or the settings that read them) change: names cache entries
 
     def __len__(self) -> int: ...
 
     def load(self, index: int) -> RawSample: ...
 
     def where(self, index: int) -> tuple[str, str]: ...  # (file, sample key) for error messages
+
+    def captions(self) -> Iterator[bytes]: ...  # every caption, raw, for training the tokenizer
 
 
 def batch_quotas(weights: Sequence[float], batch_size: int) -> list[int]:
