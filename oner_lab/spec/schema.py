@@ -128,5 +128,6 @@ def literal_choices(tp: Any) -> list[Any]:
 
 
 def is_leaf(tp: Any) -> bool:
-    """A value that is set whole (a number, a string, a list, a free mapping), not a section."""
-    return not is_model(unwrap(tp))
+    """A value that is set whole (a number, a string, a list, a free mapping, a unit such as
+    `data.source`, which a grid axis may switch between kinds), not a section."""
+    return not is_model(unwrap(tp)) or family_units(unwrap(tp)) is not None
