@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError, model_validator
-from pydantic_core import InitErrorDetails
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from oner_lab.spec.section import Section
 
@@ -50,13 +50,30 @@ class Unit(Section):
         units = cls.registered()
         kind = data.get(cls.tag)
         if kind in units:
-            return units[kind].model_validate(data)
+            try:
+                return units[kind].model_validate(data)
+            except ValidationError as error:  # an unknown key is named against this kind's keys, not the family's
+                raise ValidationError.from_exception_data(cls.__name__, [
+                    _unit_key(problem, cls.tag, kind, units[kind]) for problem in error.errors(include_url=False)
+                ]) from None
         problem: InitErrorDetails
         if kind is None:
             problem = {"type": "missing", "loc": (cls.tag,), "input": data}
         else:
             problem = {"type": "literal_error", "loc": (cls.tag,), "input": kind, "ctx": {"expected": ", ".join(units)}}
         raise ValidationError.from_exception_data(cls.__name__, [problem])
+
+
+UNIT_KEY = "unit_extra_forbidden"
+"""The error type of a key the unit does not have; its ctx names the unit (`tag`, `kind`) and its `keys`."""
+
+
+def _unit_key(problem: Any, tag: str, kind: str, unit: type[BaseModel]) -> InitErrorDetails:
+    if problem["type"] != "extra_forbidden":
+        return {key: problem[key] for key in ("type", "loc", "input", "ctx") if key in problem}  # type: ignore[return-value]
+    keys = ", ".join(name for name, field in unit.model_fields.items() if not field.exclude)
+    custom = PydanticCustomError(UNIT_KEY, "not a key of {tag}: {kind}", {"tag": tag, "kind": kind, "keys": keys})
+    return {"type": custom, "loc": problem["loc"], "input": problem["input"]}
 
 
 def register(unit: type[Unit]) -> type[Unit]:
