@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from oner_lab.data.indexed_stream import IndexedStream
 from oner_lab.data.shards import write_shards
 from oner_lab.data.sources import TarSource
-from oner_lab.data.streaming import IndexedStream
 from oner_lab.data.tokenizer import TextTokenizer
 
 

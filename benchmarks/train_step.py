@@ -22,6 +22,7 @@ from oner_lab.objectives import (
     Objective,
     StepInputs,
     ViewSettings,
+    masked_views,
     resolve_terms,
 )
 
@@ -52,7 +53,7 @@ def build(preset: str, variant: str, batch: int, device: torch.device):
     model = OneTower(cfg).to(device)
     target = momentum_copy(model)
     weights = resolve_terms(variant, {}, True)
-    settings = ViewSettings(frozenset(weights), False, "momentum", 0.15, 0.6, 103, cfg.vocab_size, torch.arange(5))
+    settings = ViewSettings(masked_views(weights), False, "momentum", 0.15, 0.6, 103, cfg.vocab_size, torch.arange(5))
     objective = Objective(weights, settings).to(device)
     params = [p for m in (model, objective) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")

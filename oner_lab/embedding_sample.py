@@ -74,7 +74,7 @@ def sample_items(n_images: int, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED
 
 def retrieval_set(eval_sets: dict[str, Any]) -> tuple[str, Any] | None:
     """The first eval set with captions (images and texts to embed), or None."""
-    return next(((name, data) for name, data in eval_sets.items() if hasattr(data, "caption_image")), None)
+    return next(((name, data) for name, data in eval_sets.items() if getattr(data, "task", None) == "retrieval"), None)
 
 
 @torch.no_grad()

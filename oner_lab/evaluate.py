@@ -11,14 +11,10 @@ scores equal) gets chance-or-worse recall instead of a perfect one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from oner_lab.data import ClassificationSet, RetrievalSet
 
 # Elements of a score chunk held at once (float32 scores plus a bool mask): bounds memory
 # to tens of MB whatever the size (COCO: 5k x 25k) instead of masks of the full matrix.
@@ -117,8 +113,8 @@ def alignment(image_emb: Tensor, text_emb: Tensor, caption_image: Tensor) -> flo
     return (image * F.normalize(text_emb.float(), dim=-1)).sum(-1).mean().item()
 
 
-def _encode(encoder: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int,
-            device: torch.device) -> Tensor:
+def encode(encoder: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int,
+           device: torch.device) -> Tensor:
     """Run `encoder` over `inputs` in batches on `device`; float32, L2-normalised."""
     out = [encoder(*(x[i:i + batch_size].to(device) for x in inputs)).float()
            for i in range(0, inputs[0].shape[0], batch_size)]
@@ -127,30 +123,25 @@ def _encode(encoder: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_si
 
 @torch.no_grad()
 def evaluate(encode_image: Callable[[Tensor], Tensor], encode_text: Callable[[Tensor, Tensor], Tensor],
-             eval_sets: Mapping[str, RetrievalSet | ClassificationSet], batch_size: int = 256,
+             eval_sets: Mapping[str, object], batch_size: int = 256,
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Zero-shot metrics keyed "eval/<name>/<metric>", <name> being the key in `eval_sets`.
 
-    Retrieval sets (have `caption_image`): tr_r1..ir_r10, rsum, modality_gap, alignment.
-    Classification sets (have `prompt_class`): top1, top5. The caller sets eval mode/autocast.
+    Each set is scored by the task it names (`data.task`: retrieval gives tr_r1..ir_r10, rsum,
+    modality_gap, alignment; classification top1, top5; see oner_lab/evaluators). The caller sets
+    eval mode/autocast.
     """
+    from oner_lab.evaluators import task_of  # the tasks import this module's math
+
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected a positive int")
     device = torch.device(device)
     results: dict[str, float] = {}
     for name, data in eval_sets.items():
-        if not hasattr(data, "caption_image") and not hasattr(data, "prompt_class"):
-            raise TypeError(f"eval set {name!r} ({type(data).__name__}): expected a retrieval set "
-                            "(with caption_image) or a classification set (with prompt_class)")
-        images = _encode(encode_image, (data.images,), batch_size, device)
-        if hasattr(data, "caption_image"):
-            texts = _encode(encode_text, (data.text_ids, data.text_mask), batch_size, device)
-            metrics = retrieval_recall(images @ texts.T, data.caption_image)
-            metrics["modality_gap"] = modality_gap(images, texts)
-            metrics["alignment"] = alignment(images, texts, data.caption_image)
-        else:
-            prompts = _encode(encode_text, (data.prompt_ids, data.prompt_mask), batch_size, device)
-            classes = class_embeddings(prompts, data.prompt_class, len(data.class_names))
-            metrics = classification_accuracy(images @ classes.T, data.labels)
+        try:
+            task = task_of(data)
+        except TypeError as error:
+            raise TypeError(f"eval set {name!r}: {error}") from None
+        metrics = task.score(encode_image, encode_text, data, batch_size, device)
         results |= {f"eval/{name}/{metric}": value for metric, value in metrics.items()}
     return results

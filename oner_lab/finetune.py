@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from oner_lab.contract import ConfigError
 from oner_lab.data import TextTokenizer
-from oner_lab.hooks import ConfigError
 from oner_lab.model import TowerConfig
 from oner_lab.spec.config import RunConfig
 from oner_lab.spec.plan import names_variant

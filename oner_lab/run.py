@@ -30,7 +30,6 @@ from rich.table import Table
 
 from oner_lab import finetune, launch, table, tracking, train
 from oner_lab import study as studies
-from oner_lab.hooks import ConfigError
 from oner_lab.launch import scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
 from oner_lab.spec.cli import add_spec_arguments
@@ -190,7 +189,7 @@ def report_data(spec: Spec, planned: Sequence[PlannedRun], console: Console) -> 
     for run in planned:
         try:
             train.validate(run.config)
-        except ConfigError as error:
+        except SpecError as error:
             problems.append(f"  {run.run_name}: {error}")
     if problems:
         console.print(
@@ -224,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train.validate(run.config, files=not args.dry_run)
             if run.parent is not None:  # found now, not after the parent has trained
                 finetune.check_tower(train.resolve_tower(run.parent.config), train.resolve_tower(run.config), run.parent.run_name)
-        except ConfigError as error:
+        except SpecError as error:
             return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
 
     if args.dry_run:

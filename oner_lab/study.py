@@ -20,16 +20,13 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from oner_lab import tracking
+from oner_lab.data import eval_source
+from oner_lab.evaluators import TASKS
 from oner_lab.spec import RunConfig, Spec, SpecError
 from oner_lab.spec.errors import did_you_mean, one_of
 from oner_lab.spec.merge import set_at
 from oner_lab.spec.models import CategoricalParam, FloatParam, PrunerConfig, SamplerConfig, SweepConfig
 
-RETRIEVAL_METRICS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10", "rsum", "modality_gap", "alignment")
-CLASSIFICATION_METRICS = ("top1", "top5")
-"""What `evaluate.evaluate` logs per eval set, as eval/<set>/<metric>."""
-CLASSIFICATION_SETS = frozenset({"shapes_cls"})
-"""Built-in eval sets that are classification sets; every other built-in one is a retrieval set."""
 DEFAULT_STORAGE_FILE = "optuna.db"
 SQLITE_TIMEOUT_S = 60
 """How long a SQLite writer waits for the lock: trials of one study write their storage at once."""
@@ -54,12 +51,11 @@ def study_name(spec: Spec) -> str:
 
 
 def eval_metrics(config: RunConfig) -> list[str]:
-    """Every eval/<set>/<metric> a run of `config` logs."""
+    """Every eval/<set>/<metric> a run of `config` logs: each set's metrics as its scoring task declares them."""
     metrics = []
     for name in config.eval.sets:
-        source = config.data.eval_sources.get(name)
-        classification = source.format == "class_folders" if source is not None else name in CLASSIFICATION_SETS
-        metrics += [f"eval/{name}/{metric}" for metric in (CLASSIFICATION_METRICS if classification else RETRIEVAL_METRICS)]
+        task = TASKS[eval_source(config.data, name).task]
+        metrics += [f"eval/{name}/{metric}" for metric in task.metric_names]
     return metrics
 
 

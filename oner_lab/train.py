@@ -21,11 +21,11 @@ import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from oner_lab import checkpoint, embedding_sample, finetune
+from oner_lab import checkpoint, embedding_sample, finetune, plugins
+from oner_lab.contract import ConfigError, Interrupted, RunControl, RunLogger
 from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
 from oner_lab.evaluate import evaluate
-from oner_lab.hooks import ConfigError, Interrupted, RunControl, RunLogger
 from oner_lab.model import (
     OneTower,
     TowerConfig,
@@ -39,14 +39,18 @@ from oner_lab.objectives import (
     VARIANTS,
     Objective,
     StepInputs,
+    TermOptions,
     ViewSettings,
+    masked_views,
     resolve_terms,
+    terms_training,
 )
-from oner_lab.spec.config import RunConfig
+from oner_lab.seeds import step_seed
+from oner_lab.spec.config import ObjectiveConfig, RunConfig
+from oner_lab.spec.errors import SpecError
 from oner_lab.spec.identity import canonical
 from oner_lab.spec.legacy import upgrade
-
-JOINT_HEAD_TERMS = frozenset({"cmc"})  # their left side is a joint view: no per-modality head for it
+from oner_lab.spec.validation import validate as validate_section
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,6 +76,7 @@ def validate(config: RunConfig, files: bool = True) -> None:
     """Every check that needs the project's code; raises `ConfigError` before any work starts.
 
     `files=False` leaves out every check that reads the data, tokenizer or checkpoint files."""
+    plugins.load(config.plugins)
     tower = resolve_tower(config)
     if tower.image_size % tower.patch_size:
         raise ConfigError("model.image_size", tower.image_size, f"must be divisible by model.patch_size ({tower.patch_size})")
@@ -88,18 +93,33 @@ def validate(config: RunConfig, files: bool = True) -> None:
         raise ConfigError("objective.terms", obj.terms, "at least one term with a positive weight (or a variant)")
     if obj.variant and VARIANTS[obj.variant].head != tower.head:
         raise ConfigError("model.head", tower.head, f"variant {obj.variant!r} is defined with model.head: {VARIANTS[obj.variant].head}")
-    if tower.head == "per_modality" and JOINT_HEAD_TERMS & set(weights):
-        raise ConfigError("model.head", tower.head, f"terms {sorted(JOINT_HEAD_TERMS & set(weights))} need model.head: shared")
+    joint = sorted(name for name in weights if TERMS[name].joint_head)
+    if tower.head == "per_modality" and joint:
+        raise ConfigError("model.head", tower.head, f"terms {joint} need model.head: shared")
+    term_options(obj, weights)
     if obj.temperature_min > obj.temperature_init:
         raise ConfigError("objective.temperature_min", obj.temperature_min, f"at most objective.temperature_init ({obj.temperature_init})")
     if config.train.min_lr > config.train.lr:
         raise ConfigError("train.min_lr", config.train.min_lr, f"at most train.lr ({config.train.lr})")
-    for key, section, term in (("data.text_only", config.data.text_only, "mlm"), ("data.image_only", config.data.image_only, "mim")):
-        if section is not None and term not in weights:
-            raise ConfigError(key, section.urls, f"unpaired data is trained by the {term} term only, which this run lacks ({sorted(weights)})")
+    for key, section, view in (("data.text_only", config.data.text_only, "T"), ("data.image_only", config.data.image_only, "I")):
+        trainers = terms_training(view)
+        if section is not None and not set(trainers) & set(weights):
+            names = " or ".join(trainers) or "(none registered)"
+            raise ConfigError(key, section.urls, f"unpaired data is trained by the {names} term only, which this run lacks ({sorted(weights)})")
     check_config(config.data, config.eval.sets, files)
     if files:
         finetune.validate(config)
+
+
+def term_options(obj: ObjectiveConfig, weights: dict[str, float]) -> dict[str, TermOptions]:
+    """Each active term's typed options from `objective.options.<term>` (SpecError naming the key)."""
+    for name in obj.options:
+        if name not in TERMS:
+            raise SpecError(None, f"objective.options.{name}", "names no objective term", ", ".join(sorted(TERMS)), value=name)
+    return {
+        name: validate_section(TERMS[name].options, obj.options.get(name, {}), file=None, prefix=("objective", "options", name))
+        for name in weights
+    }
 
 
 def lr_at(step: int, config: RunConfig) -> float:
@@ -167,7 +187,7 @@ class Trainer:
         obj = config.objective
         self.weights = resolve_terms(obj.variant, obj.terms, obj.masked_terms)
         settings = ViewSettings(
-            active_terms=frozenset(self.weights),
+            masked_views=masked_views(self.weights),
             contrast_masked_views=obj.contrast_masked_views,
             targets=obj.targets,
             mlm_prob=obj.mlm_prob,
@@ -177,7 +197,8 @@ class Trainer:
             special_ids=tokenizer.special_ids,
         )
         self.objective = Objective(
-            self.weights, settings, obj.temperature_init, obj.temperature_min, obj.learn_temperature
+            self.weights, settings, obj.temperature_init, obj.temperature_min, obj.learn_temperature,
+            term_options(obj, self.weights),
         ).to(self.device)
         self.params = [p for m in (self.model, self.objective) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -255,7 +276,7 @@ class Trainer:
         inputs = StepInputs(
             batch.images, batch.images_target, batch.text_ids, batch.text_mask, extra.text_ids, extra.text_mask, extra.images
         )
-        generator = torch.Generator().manual_seed(hash((t.seed, self.step, self.dist.rank)) & 0x7FFF_FFFF)
+        generator = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.dist.rank))
         lr = lr_at(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -381,6 +402,7 @@ def run(
 
     `init_checkpoint`: the parent checkpoint of a fine-tuning run (`train.init_from`), as the CLI
     resolves a variant name; by default `train.init_from` is taken as a path."""
+    plugins.load(config.plugins)
     validate(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ launcher: {{backend: local}}
 base:
   model: {{preset: tiny, width: 32, depth: 1, num_heads: 2}}
   objective: {{variant: oner}}
-  data: {{source: shapes, train_size: 256, eval_images: 32, cls_images_per_class: 2, cache_dir: DATA_CACHE}}
+  data: {{source: {{kind: shapes}}, train_size: 256, eval_images: 32, cls_images_per_class: 2, cache_dir: DATA_CACHE}}
   train: {{batch_size: 16, steps: {STEPS}, min_lr: 0.0, warmup_steps: 1, checkpoint_every: {STEPS}, log_every: 5, threads: 1}}
   eval: {{sets: [shapes], every_steps: {EVAL_EVERY}, batch_size: 32}}
 grid:

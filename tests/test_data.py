@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.processors import TemplateProcessing
 
+from oner_lab.contract import ConfigError
 from oner_lab.data import (
     ClassificationSet,
     CorruptSampleError,
@@ -35,7 +36,6 @@ from oner_lab.data.shards import (
     read_shards,
     write_shards,
 )
-from oner_lab.hooks import ConfigError
 from oner_lab.spec.config import DataConfig
 
 IMAGE_SIZE = 32

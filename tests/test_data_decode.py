@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from oner_lab.data.augment import resized_crops
+from oner_lab.data.indexed_stream import IndexedStream
+from oner_lab.data.memory_stream import augmented_views
 from oner_lab.data.shards import CorruptSample, decode_image, decode_image_rgb, write_shards
 from oner_lab.data.sources import TarSource
-from oner_lab.data.stream import augmented_views
-from oner_lab.data.streaming import IndexedStream
 from oner_lab.data.tokenizer import TextTokenizer
 
 SIZE = 24

@@ -23,8 +23,10 @@ from PIL import Image
 
 from oner_lab import train
 from oner_lab.checkpoint import load
+from oner_lab.contract import ConfigError
 from oner_lab.data import CorruptSampleError, ShardReadError, TextTokenizer, prepare
 from oner_lab.data.eval_sources import SLIP_TEMPLATES
+from oner_lab.data.indexed_stream import batch_quotas, epoch_order
 from oner_lab.data.shards import (
     CorruptSample,
     decode_image_bytes,
@@ -32,8 +34,6 @@ from oner_lab.data.shards import (
     write_shards,
 )
 from oner_lab.data.sources import expand_urls
-from oner_lab.data.streaming import batch_quotas, epoch_order
-from oner_lab.hooks import ConfigError
 from oner_lab.model import OneTower, TowerConfig
 from oner_lab.spec.config import DataConfig, RunConfig
 
@@ -162,7 +162,7 @@ def test_urls_expand_braces_and_globs_and_name_what_is_missing(tmp_path: Path) -
 
 def test_every_epoch_visits_each_sample_once_across_ranks_and_batches_are_pure_functions_of_step(tmp_path: Path) -> None:
     write_webdataset(tmp_path / "wds", 24, 7)  # shards of 7, 7, 7, 3
-    config = DataConfig(source="webdataset", urls=str(tmp_path / "wds" / "*.tar"), cache_dir=str(tmp_path / "cache"), shuffle_buffer=5, workers=2)
+    config = DataConfig(source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}, cache_dir=str(tmp_path / "cache"), shuffle_buffer=5, workers=2)
     data = prepare(config, SIZE, 16, [])
     assert data.train.num_samples == 24
     seen = []
@@ -197,7 +197,7 @@ def test_sources_are_mixed_by_weight_in_every_batch(tmp_path: Path) -> None:
     write_webdataset(tmp_path / "cc", 30, 10, tag="cc")
     write_webdataset(tmp_path / "sbu", 6, 3, tag="sbu")
     urls = [str(tmp_path / "cc" / "shard-{000000..000002}.tar"), str(tmp_path / "sbu" / "*.tar")]
-    config = DataConfig(source="webdataset", urls=urls, weights=[3, 1], cache_dir=str(tmp_path / "cache"), workers=2)
+    config = DataConfig(source={"kind": "webdataset", "urls": urls, "weights": [3, 1]}, cache_dir=str(tmp_path / "cache"), workers=2)
     data = prepare(config, SIZE, 16, [])
     assert batch_quotas([3, 1], 8) == [6, 2] and batch_quotas([30, 6], 8) == [7, 1] and batch_quotas([1, 1, 1], 8) == [3, 3, 2]
     drawn = []
@@ -212,13 +212,13 @@ def test_sources_are_mixed_by_weight_in_every_batch(tmp_path: Path) -> None:
 
 def test_csv_source_reads_open_clip_columns_relative_to_the_file(tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "csv", 10, separator=",")
-    config = DataConfig(source="csv", urls=str(csv), csv_separator=",", cache_dir=str(tmp_path / "cache"), workers=2)
+    config = DataConfig(source={"kind": "csv", "urls": str(csv), "separator": ","}, cache_dir=str(tmp_path / "cache"), workers=2)
     data = prepare(config, SIZE, 16, [])
     assert data.train.num_samples == 10
     batch = data.train.batch(0, 10, seed=0)
     numbers = [n for _, n in sample_numbers(data.tokenizer, batch.text_ids)]
     assert sorted(numbers) == list(range(10))
-    config_whole = DataConfig(source="csv", urls=str(csv), csv_separator=",", cache_dir=str(tmp_path / "cache"), crop_scale=(1.0, 1.0))
+    config_whole = DataConfig(source={"kind": "csv", "urls": str(csv), "separator": ","}, cache_dir=str(tmp_path / "cache"), crop_scale=(1.0, 1.0))
     whole = prepare(config_whole, SIZE, 16, []).train.batch(0, 10, seed=0)
     row = numbers.index(4)
     stored = torch.from_numpy(np.array(Image.open(tmp_path / "csv" / "images" / "4.png").convert("RGB"))).permute(2, 0, 1)
@@ -294,7 +294,7 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_
     bad = [{"__key__": key, **fields} for key, fields in corrupt_samples().items()]
     (tmp_path / "wds").mkdir()
     write_shards(tmp_path / "wds", good[:5] + bad[:4] + odd + bad[4:] + good[5:], 8)
-    config = DataConfig(source="webdataset", urls=str(tmp_path / "wds" / "*.tar"), cache_dir=str(tmp_path / "cache"), workers=2)
+    config = DataConfig(source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}, cache_dir=str(tmp_path / "cache"), workers=2)
     data = prepare(config, SIZE, 16, [])
     assert data.train.num_samples == 14 + 5  # "nocap" and "noimage" are left out (and counted) while indexing
     assert data.skipped_samples == 2
@@ -309,7 +309,7 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_
         prepare(DataConfig(**{**strict, "cache_dir": str(tmp_path / "strict")}), SIZE, 16, [])
     (tmp_path / "one_bad").mkdir()
     write_shards(tmp_path / "one_bad", good[:3] + bad[1:2], 8)
-    strict_stream = DataConfig(**{**strict, "urls": str(tmp_path / "one_bad" / "*.tar"), "cache_dir": str(tmp_path / "strict")})
+    strict_stream = DataConfig(**{**strict, "source": {"kind": "webdataset", "urls": str(tmp_path / "one_bad" / "*.tar")}, "cache_dir": str(tmp_path / "strict")})
     stream = prepare(strict_stream, SIZE, 16, []).train
     with pytest.raises(CorruptSampleError, match=r"shard-000000\.tar: sample 'trunc': image \.jpg cannot be decoded"):
         stream.batch(0, 4, seed=0)
@@ -329,7 +329,7 @@ def test_corrupt_csv_rows_are_skipped_and_counted(tmp_path: Path) -> None:
         ("/" + str(tmp_path / "csv" / "images" / "cmyk.jpg").lstrip("/") + "\trow 6 absolute cmyk").encode(),
     ]
     csv.write_bytes(csv.read_bytes() + b"\n".join(extra) + b"\n")
-    config = DataConfig(source="csv", urls=str(csv), cache_dir=str(tmp_path / "cache"), workers=2)
+    config = DataConfig(source={"kind": "csv", "urls": str(csv)}, cache_dir=str(tmp_path / "cache"), workers=2)
     data = prepare(config, SIZE, 16, [])
     assert data.train.num_samples == 9 and data.skipped_samples == 3  # empty caption, non-UTF-8, empty path
     numbers = [n for _, n in sample_numbers(data.tokenizer, data.train.batch(0, 9, seed=0).text_ids)]
@@ -357,14 +357,14 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[dict, list[str], str, str
     (tmp_path / "classes" / "n00000009" / "notes.txt").write_text("no image here")
     write_class_folders(tmp_path / "classes_ok")
     (tmp_path / "vocabless").mkdir()
-    wds = {"source": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}
+    wds = {"source": {"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}}
     return {
-        "glob-matches-nothing": ({"source": "webdataset", "urls": str(tmp_path / "nowhere" / "*.tar")}, [], "data.urls", r"nowhere/\*\.tar: the glob matches no file"),
-        "brace-part-missing": ({"source": "webdataset", "urls": str(tmp_path / "wds" / "shard-{000000..000001}.tar")}, [], "data.urls", r"shard-000001\.tar: no such file"),
-        "empty-shard": ({"source": "webdataset", "urls": str(tmp_path / "empty.tar")}, [], "data.urls", r"empty\.tar.*an empty file; expected a webdataset tar shard"),
-        "no-urls": ({"source": "csv"}, [], "data.urls", "for data.source: csv"),
-        "weights-count": ({**wds, "weights": [1.0, 2.0]}, [], "data.weights", r"one weight per data\.urls entry \(1\)"),
-        "csv-column": ({"source": "csv", "urls": str(csv), "csv_caption_key": "caption"}, [], "data.urls", r"no column 'caption' \(header has \['filepath', 'title'\]"),
+        "glob-matches-nothing": ({"source": {"kind": "webdataset", "urls": str(tmp_path / "nowhere" / "*.tar")}}, [], "data.source.urls", r"nowhere/\*\.tar: the glob matches no file"),
+        "brace-part-missing": ({"source": {"kind": "webdataset", "urls": str(tmp_path / "wds" / "shard-{000000..000001}.tar")}}, [], "data.source.urls", r"shard-000001\.tar: no such file"),
+        "empty-shard": ({"source": {"kind": "webdataset", "urls": str(tmp_path / "empty.tar")}}, [], "data.source.urls", r"empty\.tar.*an empty file; expected a webdataset tar shard"),
+        "no-urls": ({"source": {"kind": "csv"}}, [], "data.source.urls", "for data.source.kind: csv"),
+        "weights-count": ({"source": {**wds["source"], "weights": [1.0, 2.0]}}, [], "data.source.weights", r"one weight per data\.source\.urls entry \(1\)"),
+        "csv-column": ({"source": {"kind": "csv", "urls": str(csv), "caption_key": "caption"}}, [], "data.source.urls", r"no column 'caption' \(header has \['filepath', 'title'\]"),
         "json-missing-key": ({"eval_sources": {"coco": {"format": "retrieval_json", "path": str(broken)}}}, ["coco"], "data.eval_sources.coco", r"broken\.json: entry 1 lacks key 'image'"),
         "json-missing-image": ({"eval_sources": {"coco": {"format": "retrieval_json", "path": str(albef), "image_root": str(tmp_path)}}}, ["coco"], "data.eval_sources.coco", r"val2014/COCO_val2014_000000000000\.png does not exist"),
         "karpathy-split": ({"eval_sources": {"coco": {"format": "karpathy", "path": str(karpathy), "split": "val"}}}, ["coco"], "data.eval_sources.coco", r"no image in split 'val' \(splits present: \['test', 'train'\]\)"),
@@ -399,7 +399,7 @@ def test_a_tar_without_samples_stops_prepare_naming_the_shard(tmp_path: Path) ->
     with tarfile.open(tmp_path / "wds" / "notes.tar", "w") as archive:
         info = tarfile.TarInfo("README")
         archive.addfile(info, io.BytesIO(b""))
-    config = DataConfig(source="webdataset", urls=str(tmp_path / "wds" / "notes.tar"), cache_dir=str(tmp_path / "cache"))
+    config = DataConfig(source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "notes.tar")}, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ShardReadError, match=r"notes\.tar: holds no usable sample \(expected webdataset members"):
         prepare(config, SIZE, 16, [])
 
@@ -440,8 +440,8 @@ def training_data(tmp_path: Path, kind: str) -> dict:
         write_webdataset(tmp_path / "cc", 20, 6, tag="cc")
         write_webdataset(tmp_path / "sbu", 8, 4, tag="sbu", fmt="png")
         urls = [str(tmp_path / "cc" / "shard-{000000..000003}.tar"), str(tmp_path / "sbu" / "*.tar")]
-        return {"source": "webdataset", "urls": urls, "weights": [3.0, 1.0]}
-    return {"source": "csv", "urls": str(write_csv(tmp_path / "csv", 20))}
+        return {"source": {"kind": "webdataset", "urls": urls, "weights": [3.0, 1.0]}}
+    return {"source": {"kind": "csv", "urls": str(write_csv(tmp_path / "csv", 20))}}
 
 
 @pytest.mark.parametrize("kind", ["webdataset", "csv"])

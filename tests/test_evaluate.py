@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from oner_lab import evaluate as ev
+from oner_lab.data.batch import ClassificationSet, RetrievalSet
 from oner_lab.evaluate import (
     alignment,
     class_embeddings,
@@ -146,28 +146,6 @@ def test_modality_gap_and_alignment_known_values():
     # pairs: (img0, txt0) cos 1, (img0, txt1) cos 1, (img1, txt1 -> caption of image 1) cos 0
     three_texts = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     assert alignment(images, three_texts, torch.tensor([0, 0, 1])) == pytest.approx(2 / 3)
-
-
-@dataclass
-class RetrievalSet:  # the shape oner_lab.data provides
-    name: str
-    images: torch.Tensor
-    text_ids: torch.Tensor
-    text_mask: torch.Tensor
-    caption_image: torch.Tensor
-    captions: list[str]
-
-
-@dataclass
-class ClassificationSet:
-    name: str
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str]
-    templates: list[str]
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    prompt_class: torch.Tensor
 
 
 DIM = 16

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from oner_lab import analysis, train
-from oner_lab.data.samples import SampleSizes, write_samples
+from oner_lab.data.sample_corpora import SampleSizes, write_samples
 from oner_lab.spec import expand, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_a_dry_run_of_a_paper_recipe_lists_the_data_missing_here_and_succeeds(tm
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh working directory holding `data/sample`, as a user's checkout after `python -m oner_lab.data.samples`."""
+    """A fresh working directory holding `data/sample`, as a user's checkout after `python -m oner_lab.data.sample_corpora`."""
     directory = tmp_path_factory.mktemp("experiments")
     write_samples(directory / "data" / "sample")
     return directory

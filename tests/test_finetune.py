@@ -21,9 +21,9 @@ from PIL import Image
 
 from oner_lab import analysis, train
 from oner_lab.checkpoint import load
+from oner_lab.contract import ConfigError
 from oner_lab.data import CorruptSampleError, TextTokenizer, prepare
 from oner_lab.distributed import DistInfo
-from oner_lab.hooks import ConfigError
 from oner_lab.run import main
 from oner_lab.spec import SpecError, expand, load_spec
 from oner_lab.spec.config import DataConfig, RunConfig
@@ -81,7 +81,7 @@ def data_config(tmp_path: Path, **settings: object) -> DataConfig:
 def test_karpathy_source_serves_every_caption_of_the_chosen_splits_once_per_epoch(tmp_path: Path) -> None:
     images = tmp_path / "images"
     path = write_karpathy(tmp_path / "coco", {"train": 4, "restval": 2, "val": 1, "test": 2}, image_dir=images)
-    config = data_config(tmp_path, source="karpathy", urls=str(path), image_root=str(images))
+    config = data_config(tmp_path, source={"kind": "karpathy", "urls": str(path), "image_root": str(images)})
     data = prepare(config, SIZE, 16, [])
     wanted = [(split, index, number) for split, first, count in (("train", 0, 4), ("restval", 4, 2))
               for index in range(first, first + count) for number in range(5)]
@@ -96,7 +96,7 @@ def test_karpathy_source_serves_every_caption_of_the_chosen_splits_once_per_epoc
     halves = [data.train.batch(2, 6, seed=3, rank=rank, world_size=2) for rank in (0, 1)]
     assert torch.equal(torch.cat([half.text_ids for half in halves]), again.text_ids)  # ranks slice the global batch
 
-    only_train = prepare(data_config(tmp_path, source="karpathy", urls=str(path), image_root=str(images), splits=["train"]), SIZE, 16, [])
+    only_train = prepare(data_config(tmp_path, source={"kind": "karpathy", "urls": str(path), "image_root": str(images), "splits": ["train"]}), SIZE, 16, [])
     assert only_train.train.num_samples == 20
 
 
@@ -111,13 +111,13 @@ def test_retrieval_json_source_reads_albef_lists_and_skips_empty_captions(tmp_pa
     ]
     path = tmp_path / "coco" / "coco_train.json"
     path.write_text(json.dumps(entries))
-    data = prepare(data_config(tmp_path, source="retrieval_json", urls=str(path)), SIZE, 16, [])
+    data = prepare(data_config(tmp_path, source={"kind": "retrieval_json", "urls": str(path)}), SIZE, 16, [])
     assert data.train.num_samples == 5 and data.train.skipped == 1  # the blank caption is skipped and counted
     pairs = decoded_pairs(data.tokenizer, data.train.batch(0, 5, seed=0).text_ids)
     assert sorted(pairs) == [("train", 0, 0), ("train", 0, 1), ("train", 1, 0), ("train", 1, 2), ("train", 2, 0)]
 
     with pytest.raises(CorruptSampleError, match=r"coco_train\.json: image .*1\.png: caption 1 is empty"):
-        prepare(data_config(tmp_path, source="retrieval_json", urls=str(path), on_corrupt="fail"), SIZE, 16, [])
+        prepare(data_config(tmp_path, source={"kind": "retrieval_json", "urls": str(path)}, on_corrupt="fail"), SIZE, 16, [])
 
 
 def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str, str]]:
@@ -131,14 +131,14 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str, str]]:
     albef = tmp_path / "albef.json"
     albef.write_text(json.dumps([{"image": "train2014/COCO_train2014_000000000000.png"}]))
     return {
-        "missing-json": ({"source": "karpathy", "urls": str(tmp_path / "nowhere.json")}, "data.urls", r"nowhere\.json: no such file"),
-        "json-missing-key": ({"source": "karpathy", "urls": str(broken)}, "data.urls", r"broken/dataset_coco\.json: images\[1\] lacks key 'sentences'"),
-        "albef-missing-key": ({"source": "retrieval_json", "urls": str(albef)}, "data.urls", r"albef\.json: entry 0 lacks key 'caption'"),
-        "split-without-images": ({"source": "karpathy", "urls": str(good)}, "data.splits", r"dataset_coco\.json: no image in split 'restval' \(splits present: \['test', 'train'\]\)"),
-        "images-missing": ({"source": "karpathy", "urls": str(good), "splits": ["train"], "image_root": str(tmp_path)},
-                           "data.image_root", r"dataset_coco\.json: image .*train2014/COCO_train2014_000000000000\.png does not exist"),
-        "two-files": ({"source": "karpathy", "urls": str(tmp_path / "*" / "dataset_coco.json")}, "data.urls", r"matches 2 files; a karpathy source is one JSON file"),
-        "no-urls": ({"source": "retrieval_json"}, "data.urls", r"such as /data/albef/coco_train\.json"),
+        "missing-json": ({"source": {"kind": "karpathy", "urls": str(tmp_path / "nowhere.json")}}, "data.source.urls", r"nowhere\.json: no such file"),
+        "json-missing-key": ({"source": {"kind": "karpathy", "urls": str(broken)}}, "data.source.urls", r"broken/dataset_coco\.json: images\[1\] lacks key 'sentences'"),
+        "albef-missing-key": ({"source": {"kind": "retrieval_json", "urls": str(albef)}}, "data.source.urls", r"albef\.json: entry 0 lacks key 'caption'"),
+        "split-without-images": ({"source": {"kind": "karpathy", "urls": str(good)}}, "data.source.splits", r"dataset_coco\.json: no image in split 'restval' \(splits present: \['test', 'train'\]\)"),
+        "images-missing": ({"source": {"kind": "karpathy", "urls": str(good), "splits": ["train"], "image_root": str(tmp_path)}},
+                           "data.source.image_root", r"dataset_coco\.json: image .*train2014/COCO_train2014_000000000000\.png does not exist"),
+        "two-files": ({"source": {"kind": "karpathy", "urls": str(tmp_path / "*" / "dataset_coco.json")}}, "data.source.urls", r"matches 2 files; a karpathy source is one JSON file"),
+        "no-urls": ({"source": {"kind": "retrieval_json"}}, "data.source.urls", r"such as /data/albef/coco_train\.json"),
     }
 
 
@@ -182,7 +182,7 @@ def test_a_run_started_from_a_checkpoint_has_its_weights_and_tokenizer_at_step_0
     coco = write_karpathy(tmp_path / "coco", {"train": 4})
     child_config = micro_config(
         tmp_path, objective={"variant": "itc"}, train={"init_from": str(parent_path), "seed": 5, "steps": 3, "checkpoint_every": 1},
-        data={"source": "karpathy", "urls": str(coco), "splits": ["train"], "shuffle_buffer": 8},
+        data={"source": {"kind": "karpathy", "urls": str(coco), "splits": ["train"]}, "shuffle_buffer": 8},
     )
     child = train.Trainer(child_config, tmp_path / "child", single_process())
     child.start()
@@ -258,7 +258,7 @@ def micro_spec(tmp_path: Path, coco: Path, **variants: dict) -> dict:
                 "pretrain": {},
                 "finetune": {  # COCO train with ITC; lr so small that its weights stay the parent's to the bit
                     "objective": {"variant": "itc"},
-                    "data": {"source": "karpathy", "urls": str(coco), "splits": ["train", "restval"]},
+                    "data": {"source": {"kind": "karpathy", "urls": str(coco), "splits": ["train", "restval"]}},
                     "train": {"init_from": "pretrain", "lr": 1.0e-30, "min_lr": 0.0, "weight_decay": 0.0, "steps": 2},
                 },
             },

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from oner_lab.data import shapes
-from oner_lab.data.eval_sources import class_entries, retrieval_entries
-from oner_lab.data.samples import MANIFEST, PAIRED_CORPORA, SampleSizes, main, write_samples
+from oner_lab.data.eval_sources import class_entries
+from oner_lab.data.sample_corpora import MANIFEST, PAIRED_CORPORA, SampleSizes, main, write_samples
 from oner_lab.data.shards import decode_image_bytes
 from oner_lab.data.sources import expand_urls
 from oner_lab.spec.config import EvalSourceConfig
@@ -46,23 +46,20 @@ def test_paired_corpora_are_webdataset_shards_of_jpeg_and_caption(samples: Path)
 def test_retrieval_sets_read_as_karpathy_and_albef_with_five_captions(samples: Path) -> None:
     sizes = SampleSizes().scaled(SCALE)
     coco = samples / "coco" / "dataset_coco.json"
-    test = retrieval_entries(EvalSourceConfig(format="karpathy", path=str(coco), split="test"))
-    train = retrieval_entries(EvalSourceConfig(format="karpathy", path=str(coco), split="train"))
-    restval = retrieval_entries(EvalSourceConfig(format="karpathy", path=str(coco), split="restval"))
+    test = EvalSourceConfig.model_validate({"format": "karpathy", "path": str(coco), "split": "test"}).entries()
+    train = EvalSourceConfig.model_validate({"format": "karpathy", "path": str(coco), "split": "train"}).entries()
+    restval = EvalSourceConfig.model_validate({"format": "karpathy", "path": str(coco), "split": "restval"}).entries()
     assert len(test) == sizes.coco_test_images
     assert len(train) + len(restval) == sizes.coco_train_images
     assert all(len(captions) == 5 and path.is_file() for path, captions in test + train)
     assert not {path for path, _ in test} & {path for path, _ in train + restval}
-    flickr = retrieval_entries(EvalSourceConfig(format="retrieval_json", path=str(samples / "flickr30k" / "flickr30k_test.json")))
+    flickr = EvalSourceConfig.model_validate({"format": "retrieval_json", "path": str(samples / "flickr30k" / "flickr30k_test.json")}).entries()
     assert len(flickr) == sizes.flickr_test_images and all(len(c) == 5 for _, c in flickr)
 
 
 def test_class_folders_carry_the_shapes_class_names_and_prompts(samples: Path) -> None:
     base = samples / "imagenet"
-    entries = class_entries(EvalSourceConfig(
-        format="class_folders", path=str(base / "val"),
-        class_names=str(base / "classnames.txt"), templates=str(base / "templates.txt"),
-    ))
+    entries = class_entries(str(base / "val"), str(base / "classnames.txt"), str(base / "templates.txt"))
     assert entries.class_names == list(shapes.CLASS_NAMES)
     assert entries.templates == list(shapes.CLASS_TEMPLATES)
     per_class = SampleSizes().scaled(SCALE).per_class

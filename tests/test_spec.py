@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from oner_lab.spec import RunConfig, Spec, SpecError, expand, load_spec, parse_only
-from oner_lab.spec.schema import is_model, keys_of, unwrap
+from oner_lab.spec.schema import family_units, is_model, keys_of, unwrap
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -60,7 +60,7 @@ def test_ablation_spec_has_the_six_paper_variants_on_the_built_in_recipe() -> No
     assert spec.launcher.backend == "local" and spec.profile is None and spec.source_file == ABLATION
     for run in runs:
         assert run.config.objective.variant == run.variant
-        assert run.config.model.preset == "tiny" and run.config.data.source == "shapes"
+        assert run.config.model.preset == "tiny" and run.config.data.source.kind == "shapes"
         assert run.config.model.head == ("per_modality" if run.variant == "itc_two_heads" else "shared")
         assert run.config.eval.sets == ["shapes", "shapes_cls"]
     assert len({run.config_hash for run in runs}) == 6
@@ -337,6 +337,10 @@ def test_docs_name_every_key_a_spec_may_contain() -> None:
     pending: list[tuple[str, type]] = [("", Spec)]
     while pending:
         prefix, model = pending.pop()
+        units = family_units(model)
+        if units is not None:  # a unit family (data.source): every registered unit's keys
+            pending.extend((prefix, unit) for unit in units)
+            continue
         for key in keys_of(model):
             if f"`{key}`" not in text and f".{key}`" not in text and f"## {prefix}{key}\n" not in text:
                 missing.append(prefix + key)

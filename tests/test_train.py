@@ -11,8 +11,8 @@ import torch
 
 from oner_lab import train
 from oner_lab.checkpoint import load
+from oner_lab.contract import ConfigError, Interrupted
 from oner_lab.embedding_sample import EmbeddingSample
-from oner_lab.hooks import ConfigError, Interrupted
 from oner_lab.spec.config import RunConfig
 
 

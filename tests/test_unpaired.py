@@ -19,12 +19,12 @@ from test_data_formats import SIZE, StopAfter, encoded, micro_run_config, write_
 
 from oner_lab import train
 from oner_lab.checkpoint import load
+from oner_lab.contract import ConfigError
 from oner_lab.data import CorruptSampleError, prepare
 from oner_lab.data.shards import write_shards
 from oner_lab.distributed import DistInfo
-from oner_lab.hooks import ConfigError
 from oner_lab.model import OneTower, momentum_copy, tower_config
-from oner_lab.objectives import Objective, StepInputs, Views, ViewSettings
+from oner_lab.objectives import Objective, StepInputs, Views, ViewSettings, masked_views
 from oner_lab.objectives.masking import IGNORE
 from oner_lab.spec.config import DataConfig
 
@@ -192,7 +192,7 @@ def test_unpaired_rows_change_mlm_and_mim_but_no_contrastive_term_nor_mmm(contra
     model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32))
     target = momentum_copy(model)
     terms = ("itc", "xmc", "cic", "cmc", "mlm", "mim", "mmm")
-    settings = ViewSettings(frozenset(terms), contrast_masked_views, "momentum", 0.15, 0.6, 4, VOCAB, SPECIAL)
+    settings = ViewSettings(masked_views(terms), contrast_masked_views, "momentum", 0.15, 0.6, 4, VOCAB, SPECIAL)
     objective = Objective(dict.fromkeys(terms, 1.0), settings)
 
     def values(inputs: StepInputs) -> dict[str, float]:
@@ -212,7 +212,7 @@ def test_unpaired_rows_change_mlm_and_mim_but_no_contrastive_term_nor_mmm(contra
 def test_mlm_and_mim_with_unpaired_rows_are_the_losses_over_paired_and_unpaired_rows_together() -> None:
     torch.manual_seed(0)
     model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32))
-    settings = ViewSettings(frozenset({"mlm", "mim"}), False, "momentum", 0.15, 0.6, 4, VOCAB, SPECIAL)
+    settings = ViewSettings(masked_views({"mlm", "mim"}), False, "momentum", 0.15, 0.6, 4, VOCAB, SPECIAL)
     inputs = step_inputs(6, 5, 4)
     paired_only = Views(model, model, step_inputs(6, 0, 0), settings, torch.tensor(0.0), torch.Generator().manual_seed(7))
     views = Views(model, model, inputs, settings, torch.tensor(0.0), torch.Generator().manual_seed(7))
@@ -249,9 +249,9 @@ def unpaired_files(tmp_path: Path) -> dict:
 def paired_data(tmp_path: Path, kind: str) -> dict:
     if kind == "webdataset":
         write_webdataset(tmp_path / "wds", 12, 5)
-        return {"source": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}
+        return {"source": {"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}}
     if kind == "csv":
-        return {"source": "csv", "urls": str(write_csv(tmp_path / "csv", 12))}
+        return {"source": {"kind": "csv", "urls": str(write_csv(tmp_path / "csv", 12))}}
     return {"train_size": 24}
 
 

@@ -14,13 +14,14 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from oner_lab import metric_names
 from oner_lab.analysis import paper
 from oner_lab.analysis.result import ResultTable
 from oner_lab.analysis.runs import PARAM_PREFIX, metric_columns_like
 from oner_lab.analysis.selection import select_runs
 
-CLASSIFICATION_METRICS = {"top1": "top-1"}
-RETRIEVAL_METRICS = {"tr_r1": "TR@1", "tr_r5": "TR@5", "ir_r1": "IR@1", "ir_r5": "IR@5"}
+CLASSIFICATION_METRICS = metric_names.labels(metric_names.CLASSIFICATION)  # {"top1": "top-1"}
+RETRIEVAL_METRICS = metric_names.labels(metric_names.RETRIEVAL)  # TR@1, TR@5, IR@1, IR@5
 RECALLS = ("r1", "r5", "r10")
 INDEX_NAME = "variant"
 PAPER_COLUMN = "paper row"
@@ -221,8 +222,14 @@ def _published_recalls(values: tuple[float, float, float | None] | None) -> str:
     return "-" if values is None else "/".join("-" if value is None else f"{value:.1f}" for value in values)
 
 
+def _source_kind(run: pd.Series) -> object:
+    """`data.source.kind`; runs logged before sources were units logged it as `data.source`."""
+    kind = run.get(PARAM_PREFIX + "data.source.kind")
+    return run.get(PARAM_PREFIX + "data.source") if kind is None or pd.isna(kind) else kind
+
+
 def _images(run: pd.Series) -> str:
-    if run.get(PARAM_PREFIX + "data.source") == "shapes":
+    if _source_kind(run) == "shapes":
         return f"{int(run[PARAM_PREFIX + 'data.train_size']):,} shapes"
     return "-"
 
@@ -319,8 +326,8 @@ def _data_labels(runs: pd.DataFrame) -> pd.Series:
     values = runs[keys].astype(object).where(runs[keys].notna(), _UNSET).astype(str)
     varying = [key for key in keys if values[key].nunique() > 1]
     if not varying:
-        source = runs.get(PARAM_PREFIX + "data.source", pd.Series("data", index=runs.index))
-        return source.astype(str)
+        kinds = [_source_kind(run) for _, run in runs.iterrows()]
+        return pd.Series(["data" if kind is None else str(kind) for kind in kinds], index=runs.index, dtype=object)
     return values[varying].apply(
         lambda row: "; ".join(f"{key[len(PARAM_PREFIX):]}={value}" for key, value in row.items() if value != _UNSET), axis=1
     )

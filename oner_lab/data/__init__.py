@@ -2,15 +2,14 @@
 tokenizer, augmentation. See docs/data.md."""
 
 from .batch import Batch, ClassificationSet, RetrievalSet
+from .bundle import DataBundle, check_config, eval_source, prepare
 from .eval_sources import SLIP_TEMPLATES, EvalSourceError
-from .prepare import EVAL_SET_NAMES, DataBundle, check_config, prepare
+from .indexed_stream import IndexedStream
+from .memory_stream import TrainStream
 from .shards import CorruptSampleError, ShardReadError
-from .stream import TrainStream
-from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
 
 __all__ = [
-    "EVAL_SET_NAMES",
     "SLIP_TEMPLATES",
     "Batch",
     "ClassificationSet",
@@ -23,5 +22,6 @@ __all__ = [
     "TextTokenizer",
     "TrainStream",
     "check_config",
+    "eval_source",
     "prepare",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ class Batch:
 class RetrievalSet:
     """COCO-style zero-shot retrieval: each image has several captions (images with the eval transform)."""
 
+    task: ClassVar[str] = "retrieval"  # scored by oner_lab/evaluators/retrieval.py
+
     name: str
     images: torch.Tensor  # [N, 3, H, W] float32, normalised
     text_ids: torch.Tensor  # [M, L] int64
@@ -47,6 +49,8 @@ class RetrievalSet:
 @dataclass
 class ClassificationSet:
     """ImageNet-style zero-shot classification with prompt ensembles."""
+
+    task: ClassVar[str] = "classification"  # scored by oner_lab/evaluators/classification.py
 
     name: str
     images: torch.Tensor  # [N, 3, H, W] float32, normalised

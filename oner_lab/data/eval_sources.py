@@ -1,8 +1,9 @@
 """Zero-shot eval sets read from files: retrieval JSON (ALBEF per-image list, Karpathy splits) and class folders.
 
-Parsing (`retrieval_entries`, `class_entries`) checks the structure and that every image file
-exists, raising `EvalSourceError` naming the file, the entry and what was expected; `check_config`
-turns that into a ConfigError before training. Reading decodes the images (Resize shorter side +
+Parsing (`pair_entries`, `class_entries`) checks the structure and that every image file
+exists, raising `EvalSourceError` naming the file, the entry and what was expected; the eval set
+formats (oner_lab/evaluators) call these, and `check_config` turns the error into a ConfigError
+before training. Reading decodes the images (Resize shorter side +
 CenterCrop, as the paper's protocol) with the corrupt-sample rule of the shard reader.
 """
 
@@ -17,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from oner_lab.spec.config import EvalSourceConfig
 
 from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
 from .shards import (
@@ -59,11 +58,6 @@ class ClassEntries:
     class_names: list[str]
     templates: list[str]
     images: list[tuple[Path, int]]
-
-
-def retrieval_entries(source: EvalSourceConfig) -> list[tuple[Path, list[str]]]:
-    """(image path, captions) per image, from an ALBEF per-image list or a Karpathy split."""
-    return pair_entries(Path(source.path), source.format, source.image_root, [source.split])
 
 
 def pair_entries(path: Path, fmt: str, image_root: str | None, splits: Sequence[str]) -> list[tuple[Path, list[str]]]:
@@ -127,9 +121,9 @@ def _karpathy_entries(path: Path, data: object, root: Path, wanted: Sequence[str
     return entries
 
 
-def class_entries(source: EvalSourceConfig) -> ClassEntries:
+def class_entries(path: str, class_names: str | None, templates: str | None) -> ClassEntries:
     """Class names, templates and (image, label) from a class-per-folder tree."""
-    root = Path(source.path)
+    root = Path(path)
     if not root.is_dir():
         raise EvalSourceError(f"{root}: not a directory (expected one folder of images per class)")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
@@ -141,8 +135,8 @@ def class_entries(source: EvalSourceConfig) -> ClassEntries:
         if not found:
             raise EvalSourceError(f"{folder}: class folder holds no image (.{', .'.join(IMAGE_EXTENSIONS)})")
         images.extend((image, label) for image in found)
-    names = _class_names(source.class_names, [f.name for f in folders])
-    return ClassEntries(names, _templates(source.templates), images)
+    names = _class_names(class_names, [f.name for f in folders])
+    return ClassEntries(names, _templates(templates), images)
 
 
 def _class_names(spec: str | None, folders: list[str]) -> list[str]:
@@ -192,29 +186,28 @@ def _templates(spec: str | None) -> list[str]:
 
 
 def read_retrieval(
-    name: str, source: EvalSourceConfig, tokenizer: TextTokenizer, image_size: int, max_text_len: int,
-    on_corrupt: OnCorrupt, workers: int,
+    name: str, path: str, entries: list[tuple[Path, list[str]]], tokenizer: TextTokenizer, image_size: int,
+    max_text_len: int, on_corrupt: OnCorrupt, workers: int,
 ) -> tuple[RetrievalSet, int]:
-    """The set with the paper's protocol: every non-empty caption of every decodable image."""
-    entries = retrieval_entries(source)
+    """The set of `entries` (from `pair_entries` of `path`) with the paper's protocol: every non-empty
+    caption of every decodable image."""
     decoded = _decode_all([image for image, _ in entries], image_size, on_corrupt, workers)
     kept = [(pixels, [c.strip() for c in captions if c.strip()]) for pixels, (_, captions) in zip(decoded, entries, strict=True)]
     kept = [(pixels, captions) for pixels, captions in kept if pixels is not None and captions]
     if not kept:
-        raise ValueError(f"{source.path}: no readable image with a caption")
+        raise ValueError(f"{path}: no readable image with a caption")
     images, captions = [pixels for pixels, _ in kept], [image_captions for _, image_captions in kept]
     return retrieval_set(name, images, captions, tokenizer, max_text_len), len(entries) - len(kept)
 
 
 def read_classification(
-    name: str, source: EvalSourceConfig, tokenizer: TextTokenizer, image_size: int, max_text_len: int,
+    name: str, path: str, entries: ClassEntries, tokenizer: TextTokenizer, image_size: int, max_text_len: int,
     on_corrupt: OnCorrupt, workers: int,
 ) -> tuple[ClassificationSet, int]:
-    entries = class_entries(source)
     decoded = _decode_all([image for image, _ in entries.images], image_size, on_corrupt, workers)
     kept = [(pixels, label) for pixels, (_, label) in zip(decoded, entries.images, strict=True) if pixels is not None]
     if not kept:
-        raise ValueError(f"{source.path}: no readable image")
+        raise ValueError(f"{path}: no readable image")
     images = normalise(torch.from_numpy(np.stack([pixels for pixels, _ in kept])))
     labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
     prompts = [template.format(c) for c in entries.class_names for template in entries.templates]

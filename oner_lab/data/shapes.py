@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from oner_lab.seeds import SplitStream
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
     "green": (40, 185, 55),
@@ -50,7 +52,7 @@ CLASS_TEMPLATES = (
     "an image of a {}.",
 )
 SPLITS = ("train", "shapes", "shapes_cls")
-_SPLIT_STREAM = {split: number for number, split in enumerate(SPLITS)}
+_SPLIT_STREAM = {split: int(SplitStream[split.upper()]) for split in SPLITS}
 _COUNT_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges
 

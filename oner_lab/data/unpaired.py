@@ -2,7 +2,7 @@
 
 `data.text_only` names plain-text files of one caption per line; `data.image_only` names webdataset
 shards (a caption, if any, is ignored) or directories of image files. Each step draws
-`batch_size` unpaired samples beside the paired batch by the paired stream's rule (streaming.py):
+`batch_size` unpaired samples beside the paired batch by the paired stream's rule (indexed_stream.py):
 a pure function of (seed, step), so resuming is exact; each rank takes its contiguous rows; every
 source is visited in a fresh order each epoch; a corrupt sample is skipped, counted and replaced by
 the next one. Their order and crops come from a seed derived from the run's, so they are
@@ -21,18 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oner_lab.hooks import ConfigError
+from oner_lab.contract import ConfigError
+from oner_lab.seeds import DataStream
 from oner_lab.spec.config import DataConfig, UnpairedSourceConfig
 
+from .indexed_stream import IndexedStream
+from .memory_stream import augmented_views
 from .shards import IMAGE_EXTENSIONS, CorruptSample, OnCorrupt, RawSample, decode_image, decode_text
 from .sources import TarSource, expand_urls, files_fingerprint, url_patterns
-from .stream import augmented_views
-from .streaming import IndexedStream
 from .tokenizer import TextTokenizer
-
-_TEXT_ONLY_STREAM = 4  # seed streams of their own (stream.py and streaming.py use 0-3)
-_IMAGE_ONLY_STREAM = 5
-
 
 # ---- sources -------------------------------------------------------------------------------
 
@@ -168,7 +165,7 @@ def check_unpaired(cfg: DataConfig, files: bool = True) -> None:
 
 
 def _stream_seed(seed: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed % 2**64, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return int(np.random.SeedSequence([seed % 2**64, int(stream)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class TextOnlyStream(IndexedStream):
@@ -183,7 +180,7 @@ class TextOnlyStream(IndexedStream):
         )
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().batch(step, batch_size, _stream_seed(seed, _TEXT_ONLY_STREAM), rank, world_size)
+        return super().batch(step, batch_size, _stream_seed(seed, DataStream.TEXT_ONLY), rank, world_size)
 
     def _decode(self, sample: RawSample) -> str:
         return decode_text(sample)
@@ -212,7 +209,7 @@ class ImageOnlyStream(IndexedStream):
         )
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-        return super().batch(step, batch_size, _stream_seed(seed, _IMAGE_ONLY_STREAM), rank, world_size)
+        return super().batch(step, batch_size, _stream_seed(seed, DataStream.IMAGE_ONLY), rank, world_size)
 
     def _decode(self, sample: RawSample) -> np.ndarray:
         return decode_image(sample, self.image_size)

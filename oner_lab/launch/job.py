@@ -21,7 +21,7 @@ import submitit
 from mlflow import MlflowClient
 
 from oner_lab import tracking
-from oner_lab.hooks import Interrupted, RunControl, RunLogger
+from oner_lab.contract import Interrupted, RunControl, RunLogger
 from oner_lab.launch import scheduler
 from oner_lab.launch.preemption import (
     TERM,

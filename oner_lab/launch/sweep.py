@@ -30,7 +30,6 @@ from rich.console import Console
 
 from oner_lab import study as studies
 from oner_lab import tracking, train
-from oner_lab.hooks import ConfigError
 from oner_lab.launch import scheduler
 from oner_lab.launch.executors import Dispatch, job_options, submit_jobs
 from oner_lab.launch.trial import TrialJob, TrialRef
@@ -187,7 +186,7 @@ class Driver:
         params = studies.suggest(trial, self.sweep)
         try:
             dispatch = self._dispatch(trial.number, params, {}, trial_id=trial._trial_id)
-        except (ValidationError, ConfigError) as error:
+        except (ValidationError, SpecError) as error:
             self.study.tell(trial, state=TrialState.FAIL)
             reason = str(error).strip().splitlines()[0] if not isinstance(error, ValidationError) else _pydantic_reason(error)
             self.console.print(f"[red]trial {trial.number} FAIL[/] ({_params_text(params)}): its config is refused: {reason}")

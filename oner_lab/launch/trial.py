@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from oner_lab import study as studies
 from oner_lab import tracking
-from oner_lab.hooks import Interrupted, RunControl, RunLogger
+from oner_lab.contract import Interrupted, RunControl, RunLogger
 from oner_lab.launch.job import JobOutcome, TrainingJob
 from oner_lab.spec.models import PrunerConfig
 

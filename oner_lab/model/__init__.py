@@ -2,8 +2,8 @@
 
 from oner_lab.model.masks import VIEWS, attention_mask
 from oner_lab.model.momentum import ema_update, momentum_at, momentum_copy
-from oner_lab.model.presets import PRESETS, TowerConfig, tower_config
 from oner_lab.model.tower import OneTower, TowerOutput
+from oner_lab.presets import PRESETS, TowerConfig, tower_config
 
 __all__ = [
     "PRESETS",

@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from oner_lab.model.masks import attention_mask
-from oner_lab.model.presets import TowerConfig
+from oner_lab.presets import TowerConfig
 
 Modality = str  # "image", "text" or "joint": which head projects a pooled token
 

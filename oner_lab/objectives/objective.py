@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from oner_lab.model import OneTower
-from oner_lab.objectives.registry import TERMS
+from oner_lab.objectives.registry import TERMS, TermOptions
 from oner_lab.objectives.views import StepInputs, Views, ViewSettings
+
+
+def masked_views(names: Mapping[str, float] | set[str] | frozenset[str]) -> frozenset[str]:
+    """The views whose masked pass the named terms train (what `ViewSettings.masked_views` holds)."""
+    return frozenset(TERMS[name].masked_view for name in names if TERMS[name].masked_view is not None)
 
 
 class Objective(nn.Module):
@@ -22,6 +28,7 @@ class Objective(nn.Module):
         temperature_init: float = 0.07,
         temperature_min: float = 0.01,
         learn_temperature: bool = True,
+        options: Mapping[str, TermOptions] | None = None,
     ) -> None:
         super().__init__()
         unknown = sorted(set(weights) - set(TERMS))
@@ -29,6 +36,8 @@ class Objective(nn.Module):
             raise KeyError(f"unknown objective terms {unknown}; allowed: {', '.join(sorted(TERMS))}")
         self.weights = dict(weights)
         self.settings = settings
+        given = dict(options or {})
+        self.options = {name: given.get(name) or TERMS[name].options() for name in self.weights}
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature_init)), requires_grad=learn_temperature)
         self.max_logit_scale = math.log(1 / temperature_min)
 
@@ -43,9 +52,16 @@ class Objective(nn.Module):
     def forward(
         self, online: OneTower, target: OneTower, inputs: StepInputs, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(weighted total, {term: unweighted value}) for one batch."""
+        """(weighted total, {named value: unweighted value}) for one batch; a term's value is the sum of its named values."""
         self.clamp_temperature()
         views = Views(online, target, inputs, self.settings, self.logit_scale, generator)
-        values = {name: TERMS[name](views) for name in self.weights}
-        total = sum(self.weights[name] * value for name, value in values.items())
-        return total, values
+        values: dict[str, torch.Tensor] = {}
+        parts = []
+        for name, weight in self.weights.items():
+            named = dict(TERMS[name].loss(views, self.options[name]))
+            clash = sorted(set(named) & set(values))
+            if not named or clash:
+                raise ValueError(f"objective term {name!r} returned {sorted(named)}: expected one or more names, none taken by another term ({clash})")
+            values.update(named)
+            parts.append(weight * sum(named.values()))
+        return sum(parts), values

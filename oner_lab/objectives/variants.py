@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MASKED_TERMS = frozenset({"mlm", "mim", "mmm"})
+from oner_lab.objectives.registry import TERMS
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,10 @@ VARIANTS: dict[str, Variant] = {
 
 
 def resolve_terms(variant: str | None, terms: dict[str, float], masked_terms: bool) -> dict[str, float]:
-    """Term -> weight: the variant's terms at 1.0, then explicit `terms` on top; masked terms
-    dropped when `masked_terms` is false; zero weights removed."""
+    """Term -> weight: the variant's terms at 1.0, then explicit `terms` on top; terms on a masked pass
+    (`Term.masked`) dropped when `masked_terms` is false; zero weights removed."""
     weights = {name: 1.0 for name in VARIANTS[variant].terms} if variant else {}
     weights.update(terms)
     if not masked_terms:
-        weights = {k: v for k, v in weights.items() if k not in MASKED_TERMS}
+        weights = {k: v for k, v in weights.items() if not (k in TERMS and TERMS[k].masked)}
     return {k: v for k, v in weights.items() if v > 0}

@@ -21,16 +21,16 @@ import torch.nn.functional as F
 from oner_lab.model import OneTower, TowerOutput
 from oner_lab.objectives.infonce import info_nce, mix
 from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text, patchify
+from oner_lab.seeds import StepStream
 
 HEAD_OF_VIEW = {"I": "image", "T": "text", "I|T": "image", "T|I": "text", "I,T": "joint"}
-MASKED_TERM_OF_VIEW = {"I": "mim", "T": "mlm", "I,T": "mmm"}
 
 
 @dataclass(frozen=True)
 class ViewSettings:
     """What the terms need to know beyond the batch; plain values, no spec objects."""
 
-    active_terms: frozenset[str]
+    masked_views: frozenset[str]  # views whose masked pass an active term trains (`Term.masked_view`)
     contrast_masked_views: bool
     targets: Literal["momentum", "online"]
     mlm_prob: float
@@ -97,8 +97,8 @@ class Views:
         return self._patch_mask
 
     def extra_generator(self, stream: int) -> torch.Generator:
-        """Randomness for unpaired rows (stream 1: captions, 2: images), seeded from the step's generator
-        without drawing from it, so no mask depends on which other rows the step holds."""
+        """Randomness for unpaired rows (`seeds.StepStream`), seeded
+        from the step's generator without drawing from it, so no mask depends on which other rows the step holds."""
         state = np.random.SeedSequence([self.generator.initial_seed(), stream]).generate_state(1, np.uint64)[0]
         return torch.Generator().manual_seed(int(state))
 
@@ -109,7 +109,7 @@ class Views:
             text_mask, extra_ids = self.inputs.text_mask, self.inputs.extra_text_ids
             if extra_ids is not None:  # joined once a step: the masked pass and the MLM loss slice the same rows
                 s = self.settings
-                extra = mask_text(extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator(1))
+                extra = mask_text(extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator(int(StepStream.UNPAIRED_TEXT_MASK)))
                 ids, labels = torch.cat([ids, extra[0]]), torch.cat([labels, extra[1]])
                 text_mask = torch.cat([text_mask, self.inputs.extra_text_mask])
             self._all_masked_text = (ids, text_mask, labels)
@@ -122,7 +122,7 @@ class Views:
             images, mask = self.inputs.images, self.patch_mask()
             extra = self.inputs.extra_images
             if extra is not None:  # joined once a step: the masked pass and the MIM loss slice the same rows
-                extra_mask = mask_patches(extra.shape[0], self.online.cfg.num_patches, self.settings.mim_ratio, self.extra_generator(2))
+                extra_mask = mask_patches(extra.shape[0], self.online.cfg.num_patches, self.settings.mim_ratio, self.extra_generator(int(StepStream.UNPAIRED_IMAGE_MASK)))
                 images, mask = torch.cat([images, extra]), torch.cat([mask, extra_mask.to(extra.device)])
             self._all_masked_images = (images, mask)
         images, mask = self._all_masked_images
@@ -167,9 +167,8 @@ class Views:
         """F(view) for a contrastive left side. The joint view takes the global token of the
         MMM pass when MMM runs (docs/paper.md [reading]); the single-modality views take the MIM/MLM
         passes' only if `contrast_masked_views` is set, and clean passes otherwise."""
-        masked_term = MASKED_TERM_OF_VIEW.get(view)
         wanted = view == "I,T" or self.settings.contrast_masked_views
-        return self.embed(view, masked=wanted and masked_term in self.settings.active_terms)
+        return self.embed(view, masked=wanted and view in self.settings.masked_views)
 
     def target(self, view: str) -> torch.Tensor:
         """F(view) on the second image view from the target encoder (momentum: no gradient)."""

@@ -7,30 +7,25 @@ project's code (term names, preset dimensions, tokenizer directories) live in
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
-    PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
 )
 
+from oner_lab.presets import PRESETS
 from oner_lab.spec.identity import Operational
-
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from oner_lab.spec.section import Section
+from oner_lab.spec.units import Unit
 
 
 class ModelConfig(Section):
     """The tower. `preset` gives every dimension; any field set here overrides it."""
 
-    preset: Literal["tiny", "vit_s16", "vit_b16"] = "tiny"
+    preset: Literal[tuple(PRESETS)] = "tiny"  # type: ignore[valid-type]  (the names of oner_lab/presets.py)
     width: PositiveInt | None = None
     depth: PositiveInt | None = None
     num_heads: PositiveInt | None = None
@@ -66,26 +61,41 @@ class ObjectiveConfig(Section):
     momentum_end: float = Field(default=1.0, ge=0, le=1)
     mlm_prob: float = Field(default=0.15, gt=0, lt=1)
     mim_ratio: float = Field(default=0.6, gt=0, lt=1)
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="term name -> that term's own options (each term declares their keys; docs/objectives.md)"
+    )
 
 
-class EvalSourceConfig(Section):
-    """A zero-shot eval set read from files, named by its key in `data.eval_sources` (docs/data.md)."""
+class EvalSourceConfig(Unit):
+    """A zero-shot eval set, named by its key in `data.eval_sources`: `format` names the unit that reads it
+    (retrieval_json, karpathy, class_folders, or one a plugin registers; oner_lab/evaluators, docs/analysis.md).
 
-    format: Literal["retrieval_json", "karpathy", "class_folders"] = Field(
-        description="retrieval_json: ALBEF/ViLT [{image, caption: [..]}]; karpathy: dataset_coco.json / "
-        "dataset_flickr30k.json; class_folders: one folder of images per class"
-    )
-    path: str = Field(description="the JSON file, or the root holding one folder per class")
-    image_root: str | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
-    split: str = Field(default="test", description="karpathy: the split read (test, val, train, restval)")
-    class_names: str | None = Field(
-        default=None,
-        description="class_folders: a .txt (one name per line, sorted folder order) or .json (list, or folder -> name) "
-        "file, or `imagenet1k` (WordNet folders named by timm's ImageNet-1k info); default: the folder names",
-    )
-    templates: str | None = Field(
-        default=None, description="class_folders: a file with one prompt template per line, each holding {}; default: SLIP's seven"
-    )
+    A unit subclasses this with its own typed settings, sets `task` (the scoring task, which declares
+    the metrics it logs) and implements `check` and `read`. A format with no required setting (the
+    built-in `shapes` and `shapes_cls`) may also be named directly in `eval.sets`.
+    """
+
+    tag: ClassVar[str] = "format"
+    builtins: ClassVar[str] = "oner_lab.evaluators"
+    units: ClassVar[dict[str, type[Unit]]] = {}
+    task: ClassVar[str] = ""
+
+    format: str = Field(description="the eval set format: retrieval_json, karpathy, class_folders, or a plugin's")
+
+    def check(self) -> None:
+        """Raise `EvalSourceError` if the files cannot be read as this format (structure, image files)."""
+
+    def read(self, name: str, context: Any) -> tuple[Any, int]:
+        """(the loaded set, corrupt samples skipped); `context` is an `evaluators.registry.ReadContext`."""
+        raise NotImplementedError(f"eval set format {self.format!r} does not implement read")
+
+    @classmethod
+    def builtin_sets(cls) -> list[str]:
+        """Formats usable by name alone in `eval.sets`: those whose every setting has a default."""
+        return [
+            kind for kind, unit in cls.registered().items()
+            if all(not field.is_required() for key, field in unit.model_fields.items() if key != cls.tag)
+        ]
 
 
 class UnpairedSourceConfig(Section):
@@ -98,30 +108,37 @@ class UnpairedSourceConfig(Section):
     batch_size: PositiveInt = Field(description="unpaired samples per global step, split over ranks like train.batch_size")
 
 
+class TrainSourceConfig(Unit):
+    """The paired training data, `data.source: {kind: ..., <the kind's own keys>}`: `shapes` (built-in
+    generated data), `webdataset`, `csv`, `karpathy`, `retrieval_json`, or a kind a plugin registers
+    (units in oner_lab/data/train_sources; docs/data.md).
+
+    A unit subclasses this with its own typed keys and implements `check` (ConfigError naming
+    `data.source.<key>`) and `train` (the tokenizer and the training stream)."""
+
+    tag: ClassVar[str] = "kind"
+    builtins: ClassVar[str] = "oner_lab.data.train_sources"
+    units: ClassVar[dict[str, type[Unit]]] = {}
+
+    kind: str = Field(description="shapes, webdataset, csv, karpathy, retrieval_json, or a plugin's")
+
+    def check(self, data: Any, files: bool) -> None:
+        """Raise ConfigError for settings that cannot run; `files=False` reads no file (a dry run)."""
+
+    def train(self, context: Any) -> tuple[Any, Any, int]:
+        """(tokenizer, training stream, corrupt samples skipped while reading); `context` is a
+        `data.train_sources.base.TrainContext`."""
+        raise NotImplementedError(f"data source {self.kind!r} does not implement train")
+
+
 class DataConfig(Section):
-    """Training and evaluation data. `source: shapes` is the built-in generated dataset; the
+    """Training and evaluation data. `source: {kind: shapes}` is the built-in generated dataset; the
     readers of real formats (webdataset shards, CSV, retrieval JSON, class folders) are in docs/data.md."""
 
-    source: Literal["shapes", "webdataset", "csv", "karpathy", "retrieval_json"] = Field(
-        default="shapes",
-        description="shapes: built-in generated data; webdataset: tar shards at `urls`; csv: open_clip CSV/TSV files at `urls`; "
-        "karpathy / retrieval_json: every (image, caption) pair of a dataset_coco.json or ALBEF [{image, caption: [..]}] file at `urls`",
-    )
-    urls: str | list[str] | None = Field(
-        default=None,
-        description="webdataset shard pattern(s), e.g. /data/cc3m/{00000..00331}.tar, CSV file(s) or retrieval JSON file(s); a list mixes sources",
-    )
-    weights: list[PositiveFloat] | None = Field(
-        default=None, description="sampling weight of each `urls` entry; default: proportional to source sizes"
-    )
-    csv_separator: str = Field(default="\t", description="open_clip's --csv-separator")
-    csv_img_key: str = Field(default="filepath", description="CSV column of image paths (relative to the CSV file unless absolute)")
-    csv_caption_key: str = Field(default="title", description="CSV column of captions")
-    image_root: str | None = Field(
-        default=None, description="karpathy / retrieval_json: what the JSON's image paths are relative to; default: the JSON's directory"
-    )
-    splits: list[str] = Field(
-        default_factory=lambda: ["train", "restval"], min_length=1, description="karpathy: the splits trained on"
+    source: SerializeAsAny[TrainSourceConfig] = Field(
+        default_factory=lambda: {"kind": "shapes"},  # type: ignore[arg-type,return-value]  (validated into ShapesSource)
+        validate_default=True,
+        description="the paired training data: a mapping with `kind` and that kind's keys (docs/data.md)",
     )
     shuffle_buffer: PositiveInt = Field(default=10000, description="samples in one shuffle window of a real source")
     workers: Annotated[PositiveInt, Operational("threads only; batches are a pure function of (seed, step)")] = Field(
@@ -132,7 +149,7 @@ class DataConfig(Section):
     image_only: UnpairedSourceConfig | None = Field(
         default=None, description="image shards or folders trained with MIM only, beside the paired data (needs the mim term)"
     )
-    eval_sources: dict[str, EvalSourceConfig] = Field(
+    eval_sources: dict[str, SerializeAsAny[EvalSourceConfig]] = Field(
         default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
     )
     cache_dir: Annotated[str, Operational("where derived files are kept; their content is keyed by what they hold")] = Field(
@@ -191,6 +208,12 @@ class EvalConfig(Section):
 class RunConfig(Section):
     """Everything one training run needs; its identity fields are hashed (`oner_lab.spec.identity`)
     to name its run directory and dedupe it."""
+
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported before validation and training: each registers objective terms, data sources "
+        "or eval set formats defined outside oner_lab (docs/objectives.md, docs/data.md, docs/analysis.md)",
+    )
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)

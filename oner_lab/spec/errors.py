@@ -67,3 +67,17 @@ class SpecError(Exception):
         if note:
             message += f" ({note})"
         super().__init__(message)
+
+
+class ConfigError(SpecError):
+    """A run config the project's code refuses (`train.validate`): a SpecError without a file, whose
+    message keeps the `key: value is not allowed; allowed: ...` form; the CLI says where it was set."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        Exception.__init__(self, f"{key}: {value!r} is not allowed; {allowed}")
+        self.file = None
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        self.suggestion = None
+        self.line = None

@@ -14,6 +14,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from oner_lab.spec.legacy_data import upgrade_data_keys
+
 SCHEME_V1 = 1
 
 
@@ -46,10 +48,38 @@ def from_params(params: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys with their values as they are (empty mappings kept as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *sections, leaf = key.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return tree
+
+
 def upgrade(logged: Mapping[str, Any]) -> dict[str, Any]:
     """A config in the layout an earlier version logged -> the current `RunConfig` layout.
 
-    Scheme 1's layout is today's, so this is the identity (a deep copy); a change of the config's
-    layout (a renamed key, a section split) adds its translation here, so old runs keep migrating.
+    A change of the config's layout (a renamed key, a section split) adds its translation here, so
+    old runs keep migrating. Translations so far: training sources and eval set formats became
+    units (`data.source: csv` + flat `data.csv_*` keys -> `data.source: {kind: csv, ...}`;
+    `spec.legacy_data`).
     """
-    return json.loads(json.dumps(logged))
+    tree = json.loads(json.dumps(logged))
+    data = tree.get("data")
+    if isinstance(data, dict):
+        tree["data"] = _nested(upgrade_data_keys(_dotted(data, "data.")))["data"]
+    return tree

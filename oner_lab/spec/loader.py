@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from oner_lab import plugins
 from oner_lab.spec import schema
 from oner_lab.spec.errors import SpecError, did_you_mean, one_of
 from oner_lab.spec.merge import deep_merge, leaf_paths, set_at
@@ -32,6 +33,7 @@ def load_spec(path: str | Path, profile: str | None = None, overrides: Sequence[
     """
     file = Path(path)
     raw = _read_mapping(file)
+    plugins.load(plugins.named_in(raw), file=file)  # their units are valid values of the spec
     sets = [_parse_set(text, file) for text in overrides]
     plain = _build(raw, file, None, _no_note)
     for name, override in plain.profiles.items():

@@ -60,9 +60,27 @@ def has_dotted_keys(tp: Any) -> bool:
     return False
 
 
+def family_units(tp: Any) -> list[type[BaseModel]] | None:
+    """The registered units of a unit family base (`spec.units.Unit`), None for any other type."""
+    from oner_lab.spec.units import Unit
+
+    if is_model(tp) and issubclass(tp, Unit) and "units" in vars(tp):
+        return list(tp.registered().values())
+    return None
+
+
 def child(tp: Any, key: str | int) -> Any | None:
-    """The type found under `key` inside a value of type `tp`, or None if there is no such key."""
+    """The type found under `key` inside a value of type `tp`, or None if there is no such key.
+
+    Under a unit family (`data.source`, an eval source) a key is found in any registered unit,
+    and the tag (`kind`, `format`) allows the registered names."""
     tp = unwrap(tp)
+    units = family_units(tp)
+    if units is not None:
+        if key == tp.tag:
+            return Literal[tuple(tp.registered())]
+        owner = next((unit for unit in units if str(key) in unit.model_fields), None)
+        return None if owner is None else child(owner, key)
     if is_model(tp):
         field = tp.model_fields.get(str(key))
         if field is None:
@@ -96,6 +114,10 @@ def keys_of(tp: Any) -> list[str]:
     Fields marked `exclude=True` are set by code (the loader's `source_file`), not by users.
     """
     tp = unwrap(tp)
+    units = family_units(tp)
+    if units is not None:
+        keys = [tp.tag, *(name for unit in units for name in keys_of(unit) if name != tp.tag)]
+        return list(dict.fromkeys(keys))
     return [name for name, field in tp.model_fields.items() if not field.exclude] if is_model(tp) else []
 
 
@@ -106,5 +128,6 @@ def literal_choices(tp: Any) -> list[Any]:
 
 
 def is_leaf(tp: Any) -> bool:
-    """A value that is set whole (a number, a string, a list, a free mapping), not a section."""
-    return not is_model(unwrap(tp))
+    """A value that is set whole (a number, a string, a list, a free mapping, a unit such as
+    `data.source`, which a grid axis may switch between kinds), not a section."""
+    return not is_model(unwrap(tp)) or family_units(unwrap(tp)) is not None

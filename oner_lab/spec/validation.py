@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from oner_lab.spec import schema
 from oner_lab.spec.errors import SpecError, did_you_mean, one_of, show
+from oner_lab.spec.units import UNIT_KEY
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,7 +50,7 @@ def to_spec_error(
     note_for: NoteFor = lambda key: "",
 ) -> SpecError:
     # an unknown key first: `nam:` also makes `name` missing, and the typo is the real problem
-    problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] != "extra_forbidden")
+    problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] not in ("extra_forbidden", UNIT_KEY))
     first = problems[0]
     loc = [part for part in first["loc"] if not _is_tag(part)]
     key = dotted([*prefix, *loc]) or "(top level)"
@@ -80,6 +81,18 @@ def describe(
             key,
             f"unknown key {loc[-1]!r} (its value: {show(value)})",
             f"the keys of {where}: {', '.join(allowed)}",
+            value=value,
+            suggestion=did_you_mean(loc[-1], allowed),
+            note=note,
+        )
+    if kind == UNIT_KEY:  # a key the unit's kind does not have (data.source, an eval source)
+        ctx = problem["ctx"]
+        allowed = [name for name in ctx["keys"].split(", ") if name]
+        return SpecError(
+            file,
+            key,
+            f"unknown key {loc[-1]!r} for {ctx['tag']}: {ctx['kind']} (its value: {show(value)})",
+            f"the keys of {ctx['tag']} {ctx['kind']}: {', '.join(allowed)}",
             value=value,
             suggestion=did_you_mean(loc[-1], allowed),
             note=note,

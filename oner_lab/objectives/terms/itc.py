@@ -1,11 +1,11 @@
 """ITC: F(I) against F(T), both from the online encoder."""
 
-import torch
-
-from oner_lab.objectives.registry import register
+from oner_lab.objectives.registry import Term, TermOptions, register
 from oner_lab.objectives.views import Views
 
 
-@register("itc")
-def itc(views: Views) -> torch.Tensor:
-    return views.info_nce(views.contrast("I"), views.contrast("T"))
+def loss(views: Views, options: TermOptions) -> dict:
+    return {"itc": views.info_nce(views.contrast("I"), views.contrast("T"))}
+
+
+TERM = register(Term("itc", loss, views=("I", "T")))

@@ -1,11 +1,11 @@
 """MIM: SimMIM masked patch regression on the image-only input."""
 
-import torch
-
-from oner_lab.objectives.registry import register
+from oner_lab.objectives.registry import Term, TermOptions, register
 from oner_lab.objectives.views import Views
 
 
-@register("mim")
-def mim(views: Views) -> torch.Tensor:
-    return views.mim_loss(views.output("I", masked=True))
+def loss(views: Views, options: TermOptions) -> dict:
+    return {"mim": views.mim_loss(views.output("I", masked=True))}
+
+
+TERM = register(Term("mim", loss, views=("I",), masked_view="I"))

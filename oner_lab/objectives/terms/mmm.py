@@ -1,12 +1,12 @@
 """MMM: both maskings on the joint {image, text} input; the sum of its MLM and MIM parts."""
 
-import torch
-
-from oner_lab.objectives.registry import register
+from oner_lab.objectives.registry import Term, TermOptions, register
 from oner_lab.objectives.views import Views
 
 
-@register("mmm")
-def mmm(views: Views) -> torch.Tensor:
+def loss(views: Views, options: TermOptions) -> dict:
     out = views.output("I,T", masked=True)
-    return views.mlm_loss(out) + views.mim_loss(out)
+    return {"mmm": views.mlm_loss(out) + views.mim_loss(out)}
+
+
+TERM = register(Term("mmm", loss, views=("I,T",), masked_view="I,T"))

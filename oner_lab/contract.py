@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from oner_lab.spec.errors import ConfigError
+
+__all__ = ["ConfigError", "Interrupted", "RunControl", "RunLogger"]
+
 
 class RunLogger(Protocol):
     """Receives a run's metrics and artifacts (the tracking layer implements it with MLflow).
@@ -36,12 +40,3 @@ class Interrupted(Exception):
         super().__init__(f"stopped at step {step} after writing a checkpoint")
         self.step = step
 
-
-class ConfigError(ValueError):
-    """A config that cannot run: names the dotted key, the bad value and what is allowed."""
-
-    def __init__(self, key: str, value: object, allowed: str) -> None:
-        super().__init__(f"{key}: {value!r} is not allowed; {allowed}")
-        self.key = key
-        self.value = value
-        self.allowed = allowed

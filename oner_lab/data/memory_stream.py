@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from oner_lab.seeds import DataStream
+
 from .augment import crop_boxes, crop_views
 from .batch import Batch
 
-_PERMUTATION_STREAM = 0
-_AUGMENTATION_STREAM = 1
 _CACHED_PERMUTATIONS = 4
 
 
@@ -45,7 +45,7 @@ def view_draws(
     The randomness is drawn for the whole global batch from (seed, step) and then sliced, so a row
     gets the same crops whatever the world size.
     """
-    generator = seeded_generator(seed, _AUGMENTATION_STREAM, step)
+    generator = seeded_generator(seed, DataStream.AUGMENTATION, step)
     boxes = crop_boxes(generator, 2 * batch_size, height, width, crop_scale).view(2, batch_size, 4)
     flips = torch.rand(2, batch_size, generator=generator) < 0.5  # drawn even when unused: same stream
     return boxes[:, rows], flips[:, rows] if hflip else None
@@ -53,7 +53,7 @@ def view_draws(
 
 def seeded_generator(seed: int, stream: int, value: int) -> torch.Generator:
     """A torch generator for one (seed, stream, value), well mixed by numpy's SeedSequence."""
-    state = np.random.SeedSequence([seed % 2**64, stream, value]).generate_state(1, np.uint64)[0]
+    state = np.random.SeedSequence([seed % 2**64, int(stream), value]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
@@ -118,6 +118,6 @@ class TrainStream:
         if key not in self._permutations:
             if len(self._permutations) >= _CACHED_PERMUTATIONS:
                 self._permutations.pop(next(iter(self._permutations)))
-            generator = seeded_generator(seed, _PERMUTATION_STREAM, epoch)
+            generator = seeded_generator(seed, DataStream.PERMUTATION, epoch)
             self._permutations[key] = torch.randperm(self.num_samples, generator=generator)
         return self._permutations[key]

@@ -1,6 +1,6 @@
 """Small corpora in the paper's real file formats, drawn by the shapes generator.
 
-    python -m oner_lab.data.samples data/sample [--scale 1.0] [--image-size 64]
+    python -m oner_lab.data.sample_corpora data/sample [--scale 1.0] [--image-size 64]
 
 The `local` profiles of `experiments/retrieval_4m.yaml` and `experiments/transfer.yaml` read
 these files through exactly the loaders the paper-scale runs use (webdataset shards, open_clip
@@ -170,7 +170,7 @@ def write_samples(root: str | Path, scale: float = 1.0, image_size: int = 64) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oner_lab.data.samples", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m oner_lab.data.sample_corpora", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="where to write, e.g. data/sample (what the local profiles read)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every corpus size (default 1.0)")
     parser.add_argument("--image-size", type=int, default=64, help="side of the written images in pixels (default 64)")

@@ -1,4 +1,6 @@
-"""Tower sizes by name. `tiny` is sized for the built-in ablation on a 2-core CPU."""
+"""Tower sizes by name, the one list of presets: `model.preset` allows exactly these names. Imports
+nothing heavy, so the spec validates a preset without loading the model. `tiny` is sized for the
+built-in ablation on a 2-core CPU."""
 
 from __future__ import annotations
 

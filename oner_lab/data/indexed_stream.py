@@ -19,15 +19,18 @@ samples and crops the uninterrupted run read at step s.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from oner_lab.seeds import DataStream
+
 from .augment import resized_crops
 from .batch import Batch, cpu_batch_buffer, normalise
+from .memory_stream import rows_of_rank, view_draws
 from .shards import (
     CorruptSample,
     CorruptSampleError,
@@ -36,24 +39,27 @@ from .shards import (
     decode_image_rgb,
     decode_text,
 )
-from .stream import rows_of_rank, view_draws
 from .tokenizer import TextTokenizer
 
-_ORDER_STREAM = 2
-_MIX_STREAM = 3
 _CACHED_ORDERS = 2  # per source: the current epoch and the next (a batch may straddle them)
 MAX_CONSECUTIVE_CORRUPT = 64
 
 
 class SampleSource(Protocol):
+    """What a training source unit opens for one `urls` entry (oner_lab/data/train_sources): random
+    access for the stream, its captions for the tokenizer, and a fingerprint that keys the caches."""
+
     group_starts: np.ndarray  # first sample index of each shard (a CSV: every row)
     skipped: int  # samples dropped while indexing (no image member, no caption)
+    fingerprint: str  # changes when the files (or the settings that read them) change: names cache entries
 
     def __len__(self) -> int: ...
 
     def load(self, index: int) -> RawSample: ...
 
     def where(self, index: int) -> tuple[str, str]: ...  # (file, sample key) for error messages
+
+    def captions(self) -> Iterator[bytes]: ...  # every caption, raw, for training the tokenizer
 
 
 def batch_quotas(weights: Sequence[float], batch_size: int) -> list[int]:
@@ -67,7 +73,7 @@ def batch_quotas(weights: Sequence[float], batch_size: int) -> list[int]:
 
 def epoch_order(group_starts: np.ndarray, count: int, window: int, seed: int, source: int, epoch: int) -> np.ndarray:
     """Sample indices of one epoch: shards in a seeded permutation, then shuffled within windows of `window`."""
-    rng = np.random.default_rng([seed % 2**64, _ORDER_STREAM, source, epoch])
+    rng = np.random.default_rng([seed % 2**64, int(DataStream.SHARD_ORDER), source, epoch])
     lengths = np.diff(np.append(group_starts, count))
     shard_order = rng.permutation(len(group_starts))
     new_starts = np.cumsum(lengths[shard_order]) - lengths[shard_order]
@@ -189,7 +195,7 @@ class IndexedStream:
             [np.stack([np.full(q, i), step * q + np.arange(q)], axis=1) for i, q in enumerate(quotas)]
         )
         if len(self.sources) > 1:
-            plan = plan[np.random.default_rng([seed % 2**64, _MIX_STREAM, step]).permutation(batch_size)]
+            plan = plan[np.random.default_rng([seed % 2**64, int(DataStream.SOURCE_MIX), step]).permutation(batch_size)]
         return plan
 
     def _load(self, seed: int, source_number: int, position: int) -> Any:

@@ -18,22 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oner_lab.hooks import ConfigError
+from oner_lab.contract import ConfigError
 from oner_lab.spec.config import DataConfig, EvalSourceConfig
 
 from . import shapes
 from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
 from .cache import build_once
-from .eval_sources import (
-    EmptySplitError,
-    EvalSourceError,
-    MissingImageError,
-    class_entries,
-    pair_entries,
-    read_classification,
-    read_retrieval,
-    retrieval_entries,
-)
+from .eval_sources import EvalSourceError
+from .indexed_stream import IndexedStream
+from .memory_stream import TrainStream
 from .shards import (
     CorruptSample,
     OnCorrupt,
@@ -41,26 +34,16 @@ from .shards import (
     decode_captions,
     decode_image,
     decode_label,
-    decode_text,
     encode_png,
     read_shards,
     write_shards,
 )
-from .sources import CsvSource, RetrievalJsonSource, TarSource, expand_urls, read_csv_columns, url_patterns
-from .stream import TrainStream
-from .streaming import IndexedStream
 from .tokenizer import TRAINER_VERSION, TextTokenizer
+from .train_sources.base import TrainContext
 from .unpaired import TextLinesSource, UnpairedData, check_unpaired, text_only_sources, unpaired_data
 
 log = logging.getLogger(__name__)
 
-EVAL_SET_NAMES = ("shapes", "shapes_cls")
-TRAIN_URL_EXAMPLES = {
-    "webdataset": "/data/cc3m/{00000..00331}.tar",
-    "csv": "/data/cc3m/train.tsv",
-    "karpathy": "/data/coco/dataset_coco.json",
-    "retrieval_json": "/data/albef/coco_train.json",
-}
 SAMPLES_PER_SHARD = 4096
 CLASSES_FILE = "classes.json"
 _GENERATOR_VERSION = 2  # bump when shapes.py changes what a seed generates
@@ -85,18 +68,18 @@ def check_config(cfg: DataConfig, eval_sets: Sequence[str], files: bool = True) 
 
     `files=False` checks the config alone and reads no data file (a dry run on a machine without
     the data: `run --dry-run` reports missing files separately)."""
-    if cfg.source != "shapes":
-        _check_train_sources(cfg, files)
+    cfg.source.check(cfg, files)
+    builtin = EvalSourceConfig.builtin_sets()
     for name in cfg.eval_sources:
-        if name in EVAL_SET_NAMES:
-            raise ConfigError(f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(EVAL_SET_NAMES)}) are taken")
+        if name in builtin:
+            raise ConfigError(f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(builtin)}) are taken")
     for name in eval_sets:
         if name in cfg.eval_sources:
             if files:
                 _check_eval_source(name, cfg.eval_sources[name])
-        elif name not in EVAL_SET_NAMES:
+        elif name not in builtin:
             defined = f"; data.eval_sources defines {', '.join(cfg.eval_sources)}" if cfg.eval_sources else ""
-            raise ConfigError("eval.sets", name, f"allowed: {', '.join(EVAL_SET_NAMES)} or a key of data.eval_sources{defined}")
+            raise ConfigError("eval.sets", name, f"allowed: {', '.join(builtin)} or a key of data.eval_sources{defined}")
     if cfg.max_objects > shapes.MAX_OBJECTS:
         allowed = f"allowed: 1..{shapes.MAX_OBJECTS} (one object per cell of a 3x3 grid)"
         raise ConfigError("data.max_objects", cfg.max_objects, allowed)
@@ -105,58 +88,18 @@ def check_config(cfg: DataConfig, eval_sets: Sequence[str], files: bool = True) 
         raise ConfigError("data.crop_scale", cfg.crop_scale, "allowed: [low, high] with 0 < low <= high <= 1")
     check_unpaired(cfg, files)
     if files:
-        _user_tokenizer(cfg)
+        user_tokenizer(cfg)
 
 
-def _check_train_sources(cfg: DataConfig, files: bool) -> None:
-    """Every url pattern matches files; shards are non-empty; CSVs have the configured columns."""
-    patterns = url_patterns(cfg.urls)
-    if not patterns:
-        example = TRAIN_URL_EXAMPLES[cfg.source]
-        raise ConfigError("data.urls", cfg.urls, f"one or more paths such as {example} for data.source: {cfg.source}")
-    if cfg.weights is not None and len(cfg.weights) != len(patterns):
-        raise ConfigError("data.weights", cfg.weights, f"one weight per data.urls entry ({len(patterns)})")
-    for pattern in patterns if files else ():
-        try:
-            paths = expand_urls(pattern)
-        except FileNotFoundError as error:
-            raise ConfigError("data.urls", pattern, f"every path must exist ({error})") from None
-        if cfg.source in ("karpathy", "retrieval_json"):
-            _check_pair_json(cfg, pattern, paths)
-            continue
-        if cfg.source == "webdataset":
-            empty = next((p for p in paths if p.stat().st_size == 0), None)
-            if empty is not None:
-                raise ConfigError("data.urls", str(empty), "an empty file; expected a webdataset tar shard")
-            continue
-        if len(paths) != 1:
-            raise ConfigError("data.urls", pattern, f"matches {len(paths)} files; a csv source is one file (list several urls to mix them)")
-        try:
-            read_csv_columns(paths[0], cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key).head(0)
-        except ValueError as error:
-            raise ConfigError("data.urls", pattern, f"a CSV with columns data.csv_img_key and data.csv_caption_key ({error})") from None
-
-
-def _check_pair_json(cfg: DataConfig, pattern: str, paths: list[Path]) -> None:
-    """A retrieval JSON training source: one readable file with the expected keys, splits and image files."""
-    if len(paths) != 1:
-        raise ConfigError("data.urls", pattern, f"matches {len(paths)} files; a {cfg.source} source is one JSON file (list several urls to mix them)")
-    try:
-        pair_entries(paths[0], cfg.source, cfg.image_root, cfg.splits)
-    except EmptySplitError as error:
-        raise ConfigError("data.splits", cfg.splits, f"splits that hold images ({error})") from None
-    except MissingImageError as error:
-        raise ConfigError("data.image_root", cfg.image_root, f"the directory the JSON's image paths are relative to ({error})") from None
-    except EvalSourceError as error:
-        raise ConfigError("data.urls", pattern, f"a readable {cfg.source} JSON ({error})") from None
+def eval_source(cfg: DataConfig, name: str) -> EvalSourceConfig:
+    """The eval set `name` of `eval.sets`: its `data.eval_sources` entry, or the built-in format of that name."""
+    source = cfg.eval_sources.get(name)
+    return source if source is not None else EvalSourceConfig.model_validate({EvalSourceConfig.tag: name})
 
 
 def _check_eval_source(name: str, source: EvalSourceConfig) -> None:
     try:
-        if source.format == "class_folders":
-            class_entries(source)
-        else:
-            retrieval_entries(source)
+        source.check()
     except EvalSourceError as error:
         raise ConfigError(f"data.eval_sources.{name}", source.path, f"readable {source.format} data ({error})") from None
 
@@ -171,22 +114,15 @@ def prepare(
     check_config(cfg, eval_sets)
     root = Path(cfg.cache_dir)
     text_sources = text_only_sources(cfg.text_only)  # read first: a trained tokenizer learns their words too
-    if cfg.source == "shapes":
-        tokenizer, train, skipped = _shapes_train(cfg, root, image_size, max_text_len, tokenizer, text_sources)
-    else:
-        tokenizer, train = _streaming_train(cfg, root, image_size, max_text_len, tokenizer, text_sources)
-        skipped = 0
+    context = TrainContext(cfg, root, image_size, max_text_len, tokenizer, text_sources)
+    tokenizer, train, skipped = cfg.source.train(context)
     unpaired = unpaired_data(cfg, text_sources, tokenizer, image_size, max_text_len)
+    from oner_lab.evaluators.registry import ReadContext  # the formats import this module's readers
+
+    reading = ReadContext(tokenizer, image_size, max_text_len, cfg.on_corrupt, cfg.workers, cfg, root)
     loaded: dict[str, RetrievalSet | ClassificationSet] = {}
     for name in eval_sets:
-        if name in cfg.eval_sources:
-            source = cfg.eval_sources[name]
-            read = read_classification if source.format == "class_folders" else read_retrieval
-            loaded[name], skipped_here = read(name, source, tokenizer, image_size, max_text_len, cfg.on_corrupt, cfg.workers)
-        else:
-            directory = _split_directory(root, name, cfg, image_size)
-            reader = _read_retrieval if name == "shapes" else _read_classification
-            loaded[name], skipped_here = reader(name, directory, tokenizer, image_size, max_text_len, cfg.on_corrupt)
+        loaded[name], skipped_here = eval_source(cfg, name).read(name, reading)
         skipped += skipped_here
     bundle = DataBundle(tokenizer, train, loaded, skipped, unpaired)
     if bundle.skipped_samples:
@@ -194,50 +130,7 @@ def prepare(
     return bundle
 
 
-def _shapes_train(
-    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None,
-    text_only: Sequence[TextLinesSource],
-) -> tuple[TextTokenizer, TrainStream, int]:
-    train_dir = _split_directory(root, "train", cfg, image_size)
-    train, skipped = read_shards(
-        _shards(train_dir), lambda sample: (decode_image(sample, image_size), decode_text(sample)), cfg.on_corrupt
-    )
-    if not train:
-        raise ValueError(f"{train_dir}: no readable training sample ({skipped} corrupt)")
-    captions = [caption for _, caption in train]
-    tokenizer = tokenizer or _user_tokenizer(cfg) or _trained_tokenizer(root, train_dir.name, captions, cfg.vocab_size, text_only)
-    text_ids, text_mask = tokenizer.encode(captions, max_text_len)
-    images = torch.from_numpy(np.stack([image for image, _ in train]))
-    return tokenizer, TrainStream(images, text_ids, text_mask, cfg.crop_scale, cfg.hflip), skipped
-
-
-def _streaming_train(
-    cfg: DataConfig, root: Path, image_size: int, max_text_len: int, tokenizer: TextTokenizer | None,
-    text_only: Sequence[TextLinesSource],
-) -> tuple[TextTokenizer, IndexedStream]:
-    """Index each `urls` entry as one source (cached), then serve batches decoded on demand."""
-    sources = [_train_source(cfg, pattern, root) for pattern in url_patterns(cfg.urls)]
-    tokenizer = tokenizer or _user_tokenizer(cfg)
-    if tokenizer is None:
-        name = hashlib.sha256("/".join(s.fingerprint for s in sources).encode()).hexdigest()[:12]
-        captions = (caption for source in sources for caption in _readable_captions(source.captions()))
-        tokenizer = _trained_tokenizer(root, f"{cfg.source}-{name}", captions, cfg.vocab_size, text_only)
-    stream = IndexedStream(
-        sources, cfg.weights, tokenizer, image_size, max_text_len, cfg.crop_scale, cfg.hflip,
-        cfg.shuffle_buffer, cfg.workers, cfg.on_corrupt,
-    )
-    return tokenizer, stream
-
-
-def _train_source(cfg: DataConfig, pattern: str, root: Path) -> TarSource | CsvSource | RetrievalJsonSource:
-    if cfg.source == "webdataset":
-        return TarSource(pattern, root, cfg.on_corrupt)
-    if cfg.source == "csv":
-        return CsvSource(pattern, cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key, cfg.on_corrupt)
-    return RetrievalJsonSource(pattern, cfg.source, cfg.image_root, cfg.splits, cfg.on_corrupt)
-
-
-def _readable_captions(raw: Iterator[bytes]) -> Iterator[str]:
+def readable_captions(raw: Iterator[bytes]) -> Iterator[str]:
     """Captions for tokenizer training; unreadable ones are left out (the stream counts them when it meets them)."""
     for data in raw:
         try:
@@ -246,7 +139,7 @@ def _readable_captions(raw: Iterator[bytes]) -> Iterator[str]:
             continue
 
 
-def _user_tokenizer(cfg: DataConfig) -> TextTokenizer | None:
+def user_tokenizer(cfg: DataConfig) -> TextTokenizer | None:
     if cfg.tokenizer is None:
         return None
     try:
@@ -260,14 +153,14 @@ def _user_tokenizer(cfg: DataConfig) -> TextTokenizer | None:
         ) from error
 
 
-def _trained_tokenizer(
+def trained_tokenizer(
     root: Path, train_name: str, captions: Iterable[str], vocab_size: int, text_only: Sequence[TextLinesSource]
 ) -> TextTokenizer:
     """A WordPiece of the paired captions and any text-only ones (whose files then name the cache entry too)."""
     if text_only:
         key = hashlib.sha256("/".join(source.fingerprint for source in text_only).encode()).hexdigest()[:12]
         train_name = f"{train_name}-text{key}"
-        captions = itertools.chain(captions, (c for source in text_only for c in _readable_captions(source.captions())))
+        captions = itertools.chain(captions, (c for source in text_only for c in readable_captions(source.captions())))
     name = f"tokenizer-wordpiece{vocab_size}-v{TRAINER_VERSION}-{train_name}"
     directory, _ = build_once(root, name, lambda d: TextTokenizer.train(captions, vocab_size).save(d))
     return TextTokenizer.load(directory)
@@ -282,7 +175,7 @@ def _split_size(split: str, cfg: DataConfig) -> int:
     return cfg.train_size if split == "train" else cfg.eval_images
 
 
-def _split_directory(root: Path, split: str, cfg: DataConfig, image_size: int) -> Path:
+def split_directory(root: Path, split: str, cfg: DataConfig, image_size: int) -> Path:
     params = {
         "dataset": "shapes",
         "version": _GENERATOR_VERSION,
@@ -325,18 +218,18 @@ def _generated_samples(split: str, cfg: DataConfig, image_size: int) -> Iterator
 # ---- reading eval sets back ----
 
 
-def _shards(directory: Path) -> list[Path]:
+def shards_of(directory: Path) -> list[Path]:
     shards = sorted(directory.glob("*.tar"))
     if not shards:
         raise FileNotFoundError(f"{directory}: no .tar shards")
     return shards
 
 
-def _read_retrieval(
+def read_retrieval_shards(
     name: str, directory: Path, tokenizer: TextTokenizer, image_size: int, max_text_len: int, on_corrupt: OnCorrupt
 ) -> tuple[RetrievalSet, int]:
     samples, skipped = read_shards(
-        _shards(directory), lambda sample: (decode_image(sample, image_size), decode_captions(sample)), on_corrupt
+        shards_of(directory), lambda sample: (decode_image(sample, image_size), decode_captions(sample)), on_corrupt
     )
     if not samples:
         raise ValueError(f"{directory}: no readable sample ({skipped} corrupt)")
@@ -344,13 +237,13 @@ def _read_retrieval(
     return retrieval_set(name, images, captions, tokenizer, max_text_len), skipped
 
 
-def _read_classification(
+def read_classification_shards(
     name: str, directory: Path, tokenizer: TextTokenizer, image_size: int, max_text_len: int, on_corrupt: OnCorrupt
 ) -> tuple[ClassificationSet, int]:
     classes = json.loads((directory / CLASSES_FILE).read_text())
     class_names, templates = list(classes["class_names"]), list(classes["templates"])
     samples, skipped = read_shards(
-        _shards(directory),
+        shards_of(directory),
         lambda sample: (decode_image(sample, image_size), decode_label(sample, len(class_names))),
         on_corrupt,
     )
