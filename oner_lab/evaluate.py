@@ -138,6 +138,9 @@ def evaluate(encode_image: Callable[[Tensor], Tensor], encode_text: Callable[[Te
         raise ValueError(f"batch_size={batch_size}: expected a positive int")
     device = torch.device(device)
     results: dict[str, float] = {}
+    # Encoders run under the caller's autocast; every similarity is scored in fp32 with autocast off,
+    # because bf16 scores tie often enough to bias recall down (ties count against the model).
+    fp32 = lambda: torch.autocast(device.type, enabled=False)  # noqa: E731
     for name, data in eval_sets.items():
         if not hasattr(data, "caption_image") and not hasattr(data, "prompt_class"):
             raise TypeError(f"eval set {name!r} ({type(data).__name__}): expected a retrieval set "
@@ -145,12 +148,14 @@ def evaluate(encode_image: Callable[[Tensor], Tensor], encode_text: Callable[[Te
         images = _encode(encode_image, (data.images,), batch_size, device)
         if hasattr(data, "caption_image"):
             texts = _encode(encode_text, (data.text_ids, data.text_mask), batch_size, device)
-            metrics = retrieval_recall(images @ texts.T, data.caption_image)
-            metrics["modality_gap"] = modality_gap(images, texts)
-            metrics["alignment"] = alignment(images, texts, data.caption_image)
+            with fp32():
+                metrics = retrieval_recall(images @ texts.T, data.caption_image)
+                metrics["modality_gap"] = modality_gap(images, texts)
+                metrics["alignment"] = alignment(images, texts, data.caption_image)
         else:
             prompts = _encode(encode_text, (data.prompt_ids, data.prompt_mask), batch_size, device)
-            classes = class_embeddings(prompts, data.prompt_class, len(data.class_names))
-            metrics = classification_accuracy(images @ classes.T, data.labels)
+            with fp32():
+                classes = class_embeddings(prompts, data.prompt_class, len(data.class_names))
+                metrics = classification_accuracy(images @ classes.T, data.labels)
         results |= {f"eval/{name}/{metric}": value for metric, value in metrics.items()}
     return results

@@ -164,6 +164,10 @@ class TrainConfig(Section):
     checkpoint_every: PositiveInt = 200
     log_every: PositiveInt = 10
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="recompute the tower's block activations in backward (less memory, ~1/3 more compute, same losses)",
+    )
     init_from: str | None = Field(
         default=None,
         description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
