@@ -45,6 +45,14 @@ saved = table.save(output_dir, "ablation")
 table
 
 # %% [markdown]
+# ## The paper's findings
+# Each finding as our paired difference over seeds (dots), its mean and 95% interval, beside the
+# paper's difference (red); the verdict says whether ours agrees, disagrees, or is within noise.
+
+# %%
+saved.append(analysis.save_figure(analysis.findings_figure(table), output_dir, "ablation_findings"))
+
+# %% [markdown]
 # ## Each metric per variant (bars: mean ± sd over seeds; dots: seeds)
 
 # %%

@@ -101,6 +101,12 @@ def class_embeddings(prompt_emb: Tensor, prompt_class: Tensor, num_classes: int)
     return F.normalize(summed / counts[:, None], dim=-1)
 
 
+def scores_in_fp32(device: torch.device | str) -> torch.autocast:
+    """Encoders run under the caller's autocast; similarities are scored in fp32 with autocast off,
+    because bf16 scores tie often enough to bias recall down (ties count against the model)."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
 def modality_gap(image_emb: Tensor, text_emb: Tensor) -> float:
     """||mean normalised image emb - mean normalised text emb||_2 (Liang et al. 2022)."""
     gap = F.normalize(image_emb.float(), dim=-1).mean(0) - F.normalize(text_emb.float(), dim=-1).mean(0)

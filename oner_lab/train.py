@@ -24,7 +24,15 @@ from tqdm.auto import tqdm
 from oner_lab import checkpoint, embedding_sample, finetune, plugins
 from oner_lab.contract import ConfigError, Interrupted, RunControl, RunLogger
 from oner_lab.data import DataBundle, check_config, prepare
-from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
+from oner_lab.distributed import (
+    DistInfo,
+    average_gradients,
+    barrier,
+    env_ranks,
+    gpus_requested,
+    init_from_env,
+    select_device,
+)
 from oner_lab.evaluate import evaluate
 from oner_lab.model import (
     OneTower,
@@ -132,9 +140,11 @@ def lr_at(step: int, config: RunConfig) -> float:
 
 
 def pick_device(name: str, dist_info: DistInfo) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", dist_info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    """This rank's device for `train.device` (see `distributed.select_device` for the task layouts)."""
+    return select_device(
+        name, local_rank=dist_info.local_rank, world_size=dist_info.world_size,
+        visible=torch.cuda.device_count(), gpus_requested=gpus_requested(),
+    )
 
 
 def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[dict]:
@@ -183,6 +193,7 @@ class Trainer:
             self.parent.check(config, tokenizer, self.tower_cfg)
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every resume
         self.model = OneTower(self.tower_cfg).to(self.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
         self.target = momentum_copy(self.model)
         obj = config.objective
         self.weights = resolve_terms(obj.variant, obj.terms, obj.masked_terms)
@@ -282,12 +293,7 @@ class Trainer:
             group["lr"] = lr
         with self.autocast:
             total, values = self.objective(self.model, self.target, inputs, generator)
-        if not torch.isfinite(total):
-            bad = [name for name, v in values.items() if not torch.isfinite(v)] or ["total"]
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.step} in term(s) {', '.join(bad)}; "
-                f"the last good checkpoint is kept at {self.checkpoint_path}"
-            )
+        self.check_finite(total, values)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         average_gradients(self.params)
@@ -305,6 +311,31 @@ class Trainer:
         scalars = {"train/loss": total_loss, "train/lr": lr, "train/temperature": self.objective.temperature()}
         scalars.update({f"train/loss_{name}": value for name, value in zip(values, term_losses)})
         return scalars
+
+    def check_finite(self, total: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Raise `NonFiniteLossError` on every rank when any rank's loss is not finite.
+
+        Masked terms differ per rank, so one rank alone can see a NaN; the flags are all-reduced so
+        that every rank raises the same error at the same step instead of the others waiting in the
+        next collective until the process-group timeout."""
+        local = torch.stack([~torch.isfinite(v.detach()) for v in (*values.values(), total)])
+        if self.dist.world_size > 1:
+            per_rank = torch.zeros(self.dist.world_size, dtype=torch.bool, device=local.device)
+            per_rank[self.dist.rank] = bool(local.any())
+            flags = torch.cat([local, per_rank]).float()
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            local, per_rank = flags[: local.numel()].bool(), flags[local.numel() :].bool()
+            ranks = f" on rank(s) {', '.join(str(r) for r in per_rank.nonzero().flatten().tolist())}"
+        else:
+            ranks = ""
+        if not local.any():
+            return
+        names = [*values, "total"]
+        bad = [name for name, flag in zip(names, local.tolist()) if flag and name != "total"] or ["total"]
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.step}{ranks} in term(s) {', '.join(bad)}; "
+            f"the last good checkpoint is kept at {self.checkpoint_path}"
+        )
 
     # --- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
@@ -406,10 +437,8 @@ def run(
     validate(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device_type = "cuda" if config.train.device.startswith("cuda") or (
-        config.train.device == "auto" and torch.cuda.is_available()
-    ) else "cpu"
-    dist_info = init_from_env(device_type)
+    ranks = env_ranks()
+    dist_info = init_from_env(pick_device(config.train.device, ranks))  # the GPU is bound before any CUDA work
     trainer = Trainer(config, run_dir, dist_info, Path(init_checkpoint) if init_checkpoint else None)
     trainer.start()
     return trainer.fit(logger, control)

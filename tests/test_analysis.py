@@ -392,7 +392,8 @@ def test_ablation_notebook(store_copy: str, kernel: str, tmp_path: Path) -> None
     out = tmp_path / "out"
     executed = execute("ablation", store_copy, EXPERIMENT, out, kernel, tmp_path)
     finite_table(out / "ablation.csv", VARIANTS, ["n", *ABLATION_LABELS])
-    assert {path.name for path in out.glob("*.png")} == {"ablation_metrics.png", "ablation_losses.png"}
+    assert {path.name for path in out.glob("*.png")} == {"ablation_metrics.png", "ablation_losses.png", "ablation_findings.png"}
+    assert "**Findings:" in (out / "ablation.md").read_text()
     assert f"Experiment '{EXPERIMENT}'" in text_of(executed) and "+ CMC (OneR)" in text_of(executed)
     client = MlflowClient(tracking_uri=store_copy)
     analysis_run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`oner.analysis` = 'ablation'")

@@ -28,6 +28,11 @@ def test_the_a100_profile_asks_one_rank_per_gpu() -> None:
     assert parameters["gpus_per_node"] == parameters["tasks_per_node"] == 8
     assert parameters["slurm_signal_delay_s"] == 300 and parameters["timeout_min"] == 1440
     assert parameters["slurm_additional_parameters"] == {"requeue": True}
+    # srun of SLURM 22.05-23.02 does not inherit --cpus-per-task; a GPU job must not fall back to the CPU
+    assert "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK" in parameters["slurm_setup"]
+    assert "export ONER_EXPECT_GPUS=1" in parameters["slurm_setup"]
+    cpu_only = resolve_slurm(SlurmConfig(cluster="local")).executor_parameters("smoke")
+    assert "export ONER_EXPECT_GPUS=1" not in cpu_only["slurm_setup"]
 
 
 @pytest.mark.parametrize(

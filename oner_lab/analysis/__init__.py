@@ -33,6 +33,7 @@ from oner_lab.analysis.tables import (
 )
 
 _FIGURES = {
+    "findings_figure": "figures",
     "loss_curves": "figures",
     "message_figure": "figures",
     "metric_bars": "figures",
@@ -76,6 +77,7 @@ __all__ = [
     "ResultTable",
     "Selection",
     "ablation_table",
+    "findings_figure",
     "gap_table",
     "load_runs",
     "log_outputs",

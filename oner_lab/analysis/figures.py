@@ -15,6 +15,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from oner_lab.analysis import paper
+from oner_lab.analysis.result import ResultTable
 from oner_lab.analysis.runs import metric_columns_like, metric_history
 from oner_lab.analysis.selection import select_runs
 from oner_lab.analysis.tables import eval_sets_of, logged_metrics, metric_columns
@@ -74,7 +75,39 @@ def metric_bars(runs: pd.DataFrame, columns: dict[str, str] | None = None) -> Fi
         axis.tick_params(axis="x", labelbottom=True)
         plt.setp(axis.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     grid.figure.suptitle(f"{runs.attrs.get('experiment')}: mean ± sd over seeds (dots: seeds)", y=1.02)
+    grid.tight_layout()  # room for the rotated names under each panel, clear of the titles below
     return grid.figure
+
+
+def findings_figure(table: ResultTable) -> Figure:
+    """Each finding of `table`: our per-seed paired differences (dots), their mean and 95% interval
+    (bar), and the paper's difference (red diamond); the vertical line is no difference."""
+    frame = table.findings_frame
+    if frame is None or frame.empty:
+        return message_figure("This table has no findings.")
+    points = pd.DataFrame(
+        [(name, seed, value) for name, per_seed in frame["per_seed"].items() for seed, value in per_seed.items()],
+        columns=["finding", "seed", "difference"],
+    )
+    names = list(frame.index)
+    figure, axis = plt.subplots(figsize=(10, 0.55 * len(names) + 1.6))
+    axis.axvline(0, color="grey", linewidth=1)
+    if not points.empty:
+        sns.stripplot(data=points, x="difference", y="finding", order=names, color="black", size=4, jitter=0.15, ax=axis)
+    for position, (name, row) in enumerate(frame.iterrows()):
+        if not pd.isna(row["low"]):
+            axis.plot([row["low"], row["high"]], [position, position], color="tab:blue", linewidth=3, alpha=0.6)
+        if not pd.isna(row["ours"]):
+            axis.plot(row["ours"], position, "o", color="tab:blue", markersize=8)
+        if not pd.isna(row["paper"]):
+            axis.plot(row["paper"], position, "D", color="tab:red", markersize=7)
+        axis.annotate(row["verdict"], (1.01, position), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    axis.set_yticks(range(len(names)), names)
+    axis.set_xlabel("difference of the mean metric (points); blue: ours, mean and 95% CI; red: paper")
+    axis.set_ylabel("")
+    axis.set_title(f"{table.title.split(',')[0]}: findings, paired by seed", loc="left", fontsize=10)
+    figure.tight_layout()
+    return figure
 
 
 def _curves(history: pd.DataFrame, rows: list[str], title: str, marker: str | None = None) -> Figure:

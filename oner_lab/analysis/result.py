@@ -24,11 +24,19 @@ class ResultTable:
     footnotes: list[str] = field(default_factory=list)
     paper_title: str | None = None
     paper: pd.DataFrame | None = None
+    findings_title: str | None = None
+    findings: pd.DataFrame | None = None  # the paper's findings with our paired differences and verdicts
+    findings_frame: pd.DataFrame | None = None  # their numbers (per-seed differences included)
 
     def blocks(self) -> list[tuple[str, pd.DataFrame, list[str]]]:
-        """(title, cells, footnotes) of our block, then of the paper's block when there is one."""
-        ours = [(self.title, self.display, self.footnotes)]
-        return ours if self.paper is None else [*ours, (self.paper_title or "Paper", self.paper, [])]
+        """(title, cells, footnotes) of our block, the paper's block when there is one, then the findings
+        (the table ends with what can be quoted)."""
+        blocks = [(self.title, self.display, self.footnotes)]
+        if self.paper is not None:
+            blocks.append((self.paper_title or "Paper", self.paper, []))
+        if self.findings is not None:
+            blocks.append((self.findings_title or "Findings", self.findings, []))
+        return blocks
 
     def to_markdown(self) -> str:
         return "\n\n".join(_markdown_block(*block) for block in self.blocks()) + "\n"
@@ -48,6 +56,8 @@ class ResultTable:
         directory.mkdir(parents=True, exist_ok=True)
         paths = [directory / f"{name}.{suffix}" for suffix in ("csv", "md", "tex", "html")]
         self.frame.to_csv(paths[0])
+        if self.findings_frame is not None:
+            self.findings_frame.to_csv(directory / f"{name}_findings.csv")
         for path, text in zip(paths[1:], (self.to_markdown(), self.to_latex(), self.to_html())):
             path.write_text(text)
         return paths

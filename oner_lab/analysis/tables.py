@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from oner_lab import metric_names
-from oner_lab.analysis import paper
+from oner_lab.analysis import findings, paper
 from oner_lab.analysis.result import ResultTable
 from oner_lab.analysis.runs import PARAM_PREFIX, metric_columns_like
 from oner_lab.analysis.selection import select_runs
@@ -196,7 +196,11 @@ def ablation_table(
     title = _title(runs, "ablation") + (f"; {note}" if (note := sets_note(columns)) else "")
     paper_cells = published.reset_index().astype({name: str for name in paper.ABLATION_COLUMNS})
     paper_title = f"Paper ({paper.ABLATION_SETTING}): published numbers, not ours"
-    return ResultTable(title, frame, display, _dedupe(footnotes), paper_title, paper_cells)
+    found = findings.findings_frame(chosen, columns)
+    return ResultTable(
+        title, frame, display, _dedupe(footnotes), paper_title, paper_cells,
+        findings.findings_title(labels), findings.findings_display(found), found,
+    )
 
 
 # --- the main retrieval table ---------------------------------------------------------------

@@ -9,8 +9,9 @@ from oner_lab.evaluators.registry import Encoder, Task, register_task
 def score(encode_image: Encoder, encode_text: Encoder, data, batch_size: int, device) -> dict[str, float]:
     images = evaluate.encode(encode_image, (data.images,), batch_size, device)
     prompts = evaluate.encode(encode_text, (data.prompt_ids, data.prompt_mask), batch_size, device)
-    classes = evaluate.class_embeddings(prompts, data.prompt_class, len(data.class_names))
-    return evaluate.classification_accuracy(images @ classes.T, data.labels)
+    with evaluate.scores_in_fp32(device):
+        classes = evaluate.class_embeddings(prompts, data.prompt_class, len(data.class_names))
+        return evaluate.classification_accuracy(images @ classes.T, data.labels)
 
 
 TASK = register_task(Task("classification", metric_names.CLASSIFICATION, score))

@@ -105,7 +105,15 @@ class SlurmResources:
         optional = {"slurm_account": profile.account, "slurm_qos": profile.qos, "slurm_constraint": profile.constraint}
         parameters.update({key: value for key, value in optional.items() if value is not None})
         # torch would start one thread per core of the node in every rank; give each rank its own cores
-        parameters["slurm_setup"] = ["export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}", *profile.setup]
+        # SLURM 22.05-23.02's srun does not inherit sbatch's --cpus-per-task: without this every rank
+        # is bound to one core. A GPU job also tells its ranks that CPU training would be a failure.
+        setup = [
+            "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}",
+            "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK",
+        ]
+        if self.gpus_per_node:
+            setup.append("export ONER_EXPECT_GPUS=1")
+        parameters["slurm_setup"] = [*setup, *profile.setup]
         return parameters
 
 

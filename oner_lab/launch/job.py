@@ -176,7 +176,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
     ) -> JobOutcome:
         """After the checkpoint a signal asked for: requeue (exit without an outcome), or end the run."""
         assert self.max_requeues is not None
-        requeued = stop.agreed == TERM and scheduler.restarts(task.raw_job_id) > task.restarts
+        requeued = stop.agreed == TERM and task.is_main and scheduler.restarts(task.raw_job_id) > task.restarts
+        from oner_lab.distributed import main_rank_says  # torch is loaded by now: training ran
+
+        requeued = main_rank_says(requeued)  # every rank takes rank 0's branch (one scheduler query)
         next_step = decide(stop.agreed, task.restarts, self.max_requeues, requeued)
         event = f"{stop.signal_name} at step {interrupted.step} (checkpoint written)"
         if next_step is Next.OVER_BUDGET:

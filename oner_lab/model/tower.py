@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from oner_lab.model.masks import attention_mask
 from oner_lab.presets import TowerConfig
@@ -62,6 +63,9 @@ class OneTower(nn.Module):
             Block(width, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, drop_path=rate) for rate in rates
         )
         self.norm = nn.LayerNorm(width)
+        # Recompute each block's activations in backward instead of keeping them: the paper's batch
+        # on 8 GPUs holds several passes per step, which do not fit in 80 GB otherwise. Same maths.
+        self.activation_checkpointing = False
         head_names = ("shared",) if cfg.head == "shared" else ("image", "text")
         self.heads = nn.ModuleDict({name: nn.Linear(width, cfg.proj_dim) for name in head_names})
         self.mlm_head = MLMHead(width, self.token_embed)
@@ -100,8 +104,10 @@ class OneTower(nn.Module):
             parts.append(self.embed_text(text_ids))
         x = torch.cat(parts, dim=1)
         mask = attention_mask(view, num_image, text_mask if text_ids is not None else None)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, attn_mask=mask)
+            # preserve_rng_state (the default) replays drop-path's randomness in the recomputation
+            x = checkpoint(block, x, attn_mask=mask, use_reentrant=False) if recompute else block(x, attn_mask=mask)
         x = self.norm(x)
         return TowerOutput(
             cls=x[:, 0],

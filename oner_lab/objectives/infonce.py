@@ -24,10 +24,12 @@ def info_nce(left: torch.Tensor, right: torch.Tensor, logit_scale: torch.Tensor)
     all_left, offset = gather_with_grad(left)
     all_right, _ = gather_with_grad(right)
     labels = torch.arange(left.shape[0], device=left.device) + offset
-    scale = logit_scale.exp()
-    logits_lr = scale * left.float() @ all_right.float().T
-    logits_rl = scale * right.float() @ all_left.float().T
-    return (F.cross_entropy(logits_lr, labels) + F.cross_entropy(logits_rl, labels)) / 2
+    # fp32 logits even under bf16 autocast: `.float()` alone is undone by autocast's matmul cast.
+    with torch.autocast(left.device.type, enabled=False):
+        scale = logit_scale.float().exp()
+        logits_lr = scale * left.float() @ all_right.float().T
+        logits_rl = scale * right.float() @ all_left.float().T
+        return (F.cross_entropy(logits_lr, labels) + F.cross_entropy(logits_rl, labels)) / 2
 
 
 def mix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

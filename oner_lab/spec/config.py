@@ -190,6 +190,10 @@ class TrainConfig(Section):
     threads: Annotated[
         int | None, Operational("CPU intra-op threads: float reduction order changes, as on another GPU; the recipe does not")
     ] = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
+    activation_checkpointing: Annotated[bool, Operational("recomputes the same activations in backward: same losses and gradients")] = Field(
+        default=False,
+        description="recompute the tower's block activations in backward (less memory, ~1/3 more compute, same losses)",
+    )
     init_from: str | None = Field(
         default=None,
         description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
