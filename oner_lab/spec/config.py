@@ -162,6 +162,17 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
     checkpoint_every: PositiveInt = 200
+    keep_checkpoints: PositiveInt = Field(
+        default=2,
+        description="operational: how many of the newest checkpoints stay (last.pt, last.pt.1, ...); a resume tries them "
+        "newest first and skips, with a warning, one that does not load (docs/reliability.md)",
+    )
+    loss_spike_factor: float | None = Field(
+        default=None,
+        gt=1,
+        description="stop the run (naming step and term) when the loss exceeds this factor times the median of the last "
+        "100 steps' losses; null: off. The last checkpoint before the spike is kept",
+    )
     log_every: PositiveInt = 10
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
     init_from: str | None = Field(
