@@ -25,6 +25,7 @@ from oner_lab import checkpoint, train
 from oner_lab.hooks import ConfigError, Interrupted
 from oner_lab.launch.cluster import LaunchError
 from oner_lab.launch.permissions import check_runs_dir
+from oner_lab.spec.config import RunConfig
 
 
 class PlantsAFile:
@@ -355,3 +356,50 @@ def test_sigkill_around_checkpoints_leaves_every_step_in_mlflow_exactly_once(
     for key in ("train/loss", "train/lr", "train/loss_itc"):
         steps = [metric.step for metric in client.get_metric_history(run_id, key)]
         assert sorted(steps) == list(range(1, 13)), (key, sorted(steps), kills)
+
+
+# --- 10. paths: environment variables and ~ ----------------------------------------------------
+
+
+def test_environment_variables_and_home_are_expanded_in_every_path_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oner_lab.spec import expand, load_spec
+
+    monkeypatch.setenv("ONER_SCRATCH", "/scratch/alice")
+    monkeypatch.setenv("HOME", "/home/alice")
+    smoke = Path(__file__).resolve().parent.parent / "experiments" / "smoke.yaml"
+    spec = load_spec(smoke, overrides=[
+        "launcher.runs_dir=$ONER_SCRATCH/oner-runs",
+        "tracking.uri=sqlite:///~/mlflow.db",
+        "base.data.cache_dir=${ONER_SCRATCH}/cache",
+        "base.data.tokenizer=~/tok",
+        "base.train.init_from=$ONER_SCRATCH/parent.pt",
+        "base.data.eval_sources={coco: {format: karpathy, path: $ONER_SCRATCH/coco.json, image_root: ~/coco}}",
+    ])
+    assert spec.launcher.runs_dir == "/scratch/alice/oner-runs"
+    assert spec.tracking.uri == "sqlite:////home/alice/mlflow.db"
+    config = expand(spec)[0].config
+    assert config.data.cache_dir == "/scratch/alice/cache" and config.data.tokenizer == "/home/alice/tok"
+    assert config.train.init_from == "/scratch/alice/parent.pt"
+    assert config.data.eval_sources["coco"].path == "/scratch/alice/coco.json"
+    assert config.data.eval_sources["coco"].image_root == "/home/alice/coco"
+    urls = RunConfig.model_validate({"data": {"source": "webdataset", "urls": ["$ONER_SCRATCH/a-{0..3}.tar", "~/b.tar"]}}).data.urls
+    assert urls == ["/scratch/alice/a-{0..3}.tar", "/home/alice/b.tar"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [("launcher.runs_dir=/scratch/$ONER_UNSET_VAR/runs", "launcher.runs_dir"),
+     ("base.data.cache_dir=${ONER_UNSET_VAR}/cache", "data.cache_dir")],
+)
+def test_an_unset_variable_is_refused_naming_key_and_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], setting: str, key: str
+) -> None:
+    from oner_lab.run import main
+
+    monkeypatch.delenv("ONER_UNSET_VAR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    smoke = Path(__file__).resolve().parent.parent / "experiments" / "smoke.yaml"
+    assert main([str(smoke), "--set", setting]) == 2
+    error = capsys.readouterr().err
+    assert key in error and "$ONER_UNSET_VAR is not set" in error
+    assert list(tmp_path.iterdir()) == []  # no literal "$ONER_UNSET_VAR" folder, no store

@@ -18,6 +18,8 @@ from pydantic import (
     PositiveInt,
 )
 
+from oner_lab.spec.paths import PathStr
+
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, not silently ignored."""
@@ -73,15 +75,15 @@ class EvalSourceConfig(Section):
         description="retrieval_json: ALBEF/ViLT [{image, caption: [..]}]; karpathy: dataset_coco.json / "
         "dataset_flickr30k.json; class_folders: one folder of images per class"
     )
-    path: str = Field(description="the JSON file, or the root holding one folder per class")
-    image_root: str | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
+    path: PathStr = Field(description="the JSON file, or the root holding one folder per class")
+    image_root: PathStr | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
     split: str = Field(default="test", description="karpathy: the split read (test, val, train, restval)")
-    class_names: str | None = Field(
+    class_names: PathStr | None = Field(
         default=None,
         description="class_folders: a .txt (one name per line, sorted folder order) or .json (list, or folder -> name) "
         "file, or `imagenet1k` (WordNet folders named by timm's ImageNet-1k info); default: the folder names",
     )
-    templates: str | None = Field(
+    templates: PathStr | None = Field(
         default=None, description="class_folders: a file with one prompt template per line, each holding {}; default: SLIP's seven"
     )
 
@@ -89,7 +91,7 @@ class EvalSourceConfig(Section):
 class UnpairedSourceConfig(Section):
     """Unpaired training data mixed into every step: captions for MLM only, or images for MIM only (docs/data.md)."""
 
-    urls: str | list[str] = Field(
+    urls: PathStr | list[PathStr] = Field(
         description="text_only: plain-text files, one caption per line; image_only: webdataset tar shards or "
         "directories of image files (searched recursively); patterns expand like data.urls"
     )
@@ -105,7 +107,7 @@ class DataConfig(Section):
         description="shapes: built-in generated data; webdataset: tar shards at `urls`; csv: open_clip CSV/TSV files at `urls`; "
         "karpathy / retrieval_json: every (image, caption) pair of a dataset_coco.json or ALBEF [{image, caption: [..]}] file at `urls`",
     )
-    urls: str | list[str] | None = Field(
+    urls: PathStr | list[PathStr] | None = Field(
         default=None,
         description="webdataset shard pattern(s), e.g. /data/cc3m/{00000..00331}.tar, CSV file(s) or retrieval JSON file(s); a list mixes sources",
     )
@@ -115,7 +117,7 @@ class DataConfig(Section):
     csv_separator: str = Field(default="\t", description="open_clip's --csv-separator")
     csv_img_key: str = Field(default="filepath", description="CSV column of image paths (relative to the CSV file unless absolute)")
     csv_caption_key: str = Field(default="title", description="CSV column of captions")
-    image_root: str | None = Field(
+    image_root: PathStr | None = Field(
         default=None, description="karpathy / retrieval_json: what the JSON's image paths are relative to; default: the JSON's directory"
     )
     splits: list[str] = Field(
@@ -132,13 +134,13 @@ class DataConfig(Section):
     eval_sources: dict[str, EvalSourceConfig] = Field(
         default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
     )
-    cache_dir: str = Field(default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
+    cache_dir: PathStr = Field(default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
     train_size: PositiveInt = 20000
     eval_images: PositiveInt = 1000
     cls_images_per_class: PositiveInt = 10
     max_objects: PositiveInt = 2
     generator_seed: int = 0
-    tokenizer: str | None = Field(default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece")
+    tokenizer: PathStr | None = Field(default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece")
     vocab_size: PositiveInt = 512
     crop_scale: tuple[float, float] = Field(
         default=(0.9, 1.0), description="RandomResizedCrop scale; mild for shapes, whose captions name positions"
@@ -175,7 +177,7 @@ class TrainConfig(Section):
     )
     log_every: PositiveInt = 10
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
-    init_from: str | None = Field(
+    init_from: PathStr | None = Field(
         default=None,
         description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
         "to a .pt checkpoint; its model and momentum weights and its tokenizer are the start (step 0, fresh optimizer)",
