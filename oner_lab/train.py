@@ -155,7 +155,9 @@ class Trainer:
         kept_tokenizer, self.parent = finetune.start(
             config, run_dir, init_checkpoint, resuming=bool(checkpoint.history(self.checkpoint_path)), is_main=dist_info.is_main
         ) if t.init_from else (None, None)
-        self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, config.eval.sets, kept_tokenizer)
+        # eval sets on rank 0 only, which alone evaluates: the other ranks hold none of them
+        eval_sets = config.eval.sets if dist_info.is_main else []
+        self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, eval_sets, kept_tokenizer)
         if self.device.type == "cuda":
             self.data.train = self.data.train.to(self.device)  # in-memory data: crops on the GPU; streamed data: decode threads crop in uint8, the GPU normalises
             self.data.unpaired.to(self.device)
@@ -344,15 +346,18 @@ class Trainer:
     # --- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Zero-shot metrics, computed on rank 0 (the only rank holding the eval sets; no collective
+        runs inside the encoders); the other ranks wait at a barrier and return the data counts only."""
         self.model.eval()
         try:
             with self.autocast:
                 metrics = evaluate(
                     self.model.encode_image, self.model.encode_text, self.data.eval_sets,
                     batch_size=self.config.eval.batch_size, device=self.device,
-                )
+                ) if self.dist.is_main else {}
         finally:
             self.model.train()
+        barrier()
         metrics["data/skipped_samples"] = float(self.data.skipped_samples)
         metrics.update({f"data/{kind}_samples": float(n) for kind, n in self.data.unpaired.sample_counts().items()})
         return metrics

@@ -403,3 +403,72 @@ def test_an_unset_variable_is_refused_naming_key_and_variable(
     error = capsys.readouterr().err
     assert key in error and "$ONER_UNSET_VAR is not set" in error
     assert list(tmp_path.iterdir()) == []  # no literal "$ONER_UNSET_VAR" folder, no store
+
+
+# --- 11. memory at scale: uint8 eval sets, class folders decoded per batch, rank 0 only -----------
+
+
+def _toy_encoders(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    image_proj, token_table = torch.randn(3, 8, generator=g), torch.randn(512, 8, generator=g)
+
+    def encode_image(images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
+        return torch.cat([images.mean((2, 3)), images.std((2, 3))], 1)[:, :3] @ image_proj
+
+    def encode_text(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (token_table[ids % 512] * mask[..., None]).sum(1)
+
+    return encode_image, encode_text
+
+
+def test_uint8_eval_sets_give_the_metrics_of_float32_ones(stopped_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import dataclasses
+
+    from oner_lab.data.batch import normalise
+    from oner_lab.distributed import DistInfo
+    from oner_lab.evaluate import evaluate
+
+    cache, _ = stopped_run
+    trainer = train.Trainer(micro_config(cache), tmp_path / "run", DistInfo(0, 1, 0))
+    sets = trainer.data.eval_sets
+    assert {name: data.images.dtype for name, data in sets.items()} == {"shapes": torch.uint8, "shapes_cls": torch.uint8}
+    as_float = {name: dataclasses.replace(data, images=normalise(data.images)) for name, data in sets.items()}
+    for encoders in (_toy_encoders(), (trainer.model.encode_image, trainer.model.encode_text)):
+        # the same pixels; only the last float32 digit of gap/alignment may differ (BLAS blocking of other buffers)
+        assert evaluate(*encoders, sets, batch_size=5) == pytest.approx(evaluate(*encoders, as_float, batch_size=5), rel=1e-5, abs=1e-6)
+
+
+def test_class_folder_set_is_decoded_per_batch_with_the_same_metrics(tmp_path: Path) -> None:
+    import dataclasses
+
+    from PIL import Image
+
+    from oner_lab.data.eval_sources import FileImages, read_classification
+    from oner_lab.data.tokenizer import TextTokenizer
+    from oner_lab.evaluate import evaluate
+    from oner_lab.spec.config import EvalSourceConfig
+
+    rng = torch.Generator().manual_seed(0)
+    for index in range(12):
+        folder = tmp_path / "val" / f"class{index % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = torch.randint(0, 256, (20, 24, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    tokenizer = TextTokenizer.train(["a photo of a class0", "class1 class2 thing"], 64)
+    source = EvalSourceConfig(format="class_folders", path=str(tmp_path / "val"))
+    lazy, skipped = read_classification("val", source, tokenizer, 16, 12, "skip", 2)
+    assert skipped == 0 and isinstance(lazy.images, FileImages) and lazy.images.shape == (12, 3, 16, 16)
+    held = dataclasses.replace(lazy, images=lazy.images[0:12])
+    assert held.images.dtype == torch.uint8 and torch.equal(lazy.images[3:5], held.images[3:5])
+    encoders = _toy_encoders(1)
+    assert evaluate(*encoders, {"val": lazy}, batch_size=5) == evaluate(*encoders, {"val": held}, batch_size=5)
+
+
+def test_only_rank_0_prepares_and_evaluates_the_eval_sets(stopped_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from oner_lab.distributed import DistInfo
+
+    cache, _ = stopped_run
+    other = train.Trainer(micro_config(cache), tmp_path / "run", DistInfo(1, 2, 1))  # no process group: barriers pass
+    assert other.data.eval_sets == {}
+    assert not [key for key in other.evaluate() if key.startswith("eval/")]

@@ -33,6 +33,7 @@ from oner_lab import checkpoint, tracking
 from oner_lab.analysis.figures import message_figure
 from oner_lab.analysis.selection import select_runs
 from oner_lab.data import prepare
+from oner_lab.evaluate import pixels
 from oner_lab.model import OneTower, TowerConfig
 from oner_lab.spec.config import RunConfig
 
@@ -118,7 +119,7 @@ def embed(model: OneTower, eval_set, max_points: int = MAX_POINTS) -> tuple[np.n
     """(image, text, image+text) embeddings of the first `max_points` images and their first captions."""
     count = min(max_points, len(eval_set.images))
     first_caption = torch.searchsorted(eval_set.caption_image, torch.arange(count))
-    images = eval_set.images[:count]
+    images = pixels(eval_set.images[:count])
     text_ids, text_mask = eval_set.text_ids[first_caption], eval_set.text_mask[first_caption]
     joint_head = "joint" if "shared" in model.heads else "image"
     parts: list[list[torch.Tensor]] = [[], [], []]

@@ -356,7 +356,7 @@ def _read_classification(
     )
     if not samples:
         raise ValueError(f"{directory}: no readable sample ({skipped} corrupt)")
-    images = normalise(torch.from_numpy(np.stack([image for image, _ in samples])))
+    images = torch.from_numpy(np.stack([image for image, _ in samples]))  # uint8: evaluate normalises per batch
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     prompts = [template.format(class_name) for class_name in class_names for template in templates]
     prompt_ids, prompt_mask = tokenizer.encode(prompts, max_text_len)
