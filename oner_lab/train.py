@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from oner_lab import checkpoint, finetune
@@ -100,6 +101,15 @@ def validate(config: RunConfig, files: bool = True) -> None:
     check_config(config.data, config.eval.sets, files)
     if files:
         finetune.validate(config)
+
+
+def same_config(stored: dict, config: RunConfig) -> bool:
+    """Whether a checkpoint's config is `config`, once validated: a field added to the schema since the
+    checkpoint was written takes its default, so an upgrade does not strand running jobs."""
+    try:
+        return RunConfig.model_validate(stored).model_dump(mode="json") == config.model_dump(mode="json")
+    except ValidationError:
+        return False
 
 
 def lr_at(step: int, config: RunConfig) -> float:
@@ -268,7 +278,7 @@ class Trainer:
         if found is None:
             return False
         state, path = found
-        if state["config"] != self.config.model_dump(mode="json"):
+        if not same_config(state["config"], self.config):
             raise RuntimeError(
                 f"{path} was written by a different config; use another run directory"
             )

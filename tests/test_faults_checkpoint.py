@@ -344,7 +344,8 @@ def test_sigkill_around_checkpoints_leaves_every_step_in_mlflow_exactly_once(
     script = tmp_path / "trainer.py"
     script.write_text(KILLED_TRAINER.format(tests=str(Path(__file__).resolve().parent)))
     rng = random.Random()
-    kills = [(rng.randint(1, 5), "before"), (rng.randint(1, 5), "after"), (0, "never")]
+    first = rng.randint(1, 5)  # the checkpoint at step 2 * first is never written: 7 - first are left to flush for
+    kills = [(first, "before"), (rng.randint(1, 7 - first), "after"), (0, "never")]
     run_dir = tmp_path / "run"
     for kill_at, when in kills:
         done = subprocess.run(
@@ -472,3 +473,16 @@ def test_only_rank_0_prepares_and_evaluates_the_eval_sets(stopped_run: tuple[Pat
     other = train.Trainer(micro_config(cache), tmp_path / "run", DistInfo(1, 2, 1))  # no process group: barriers pass
     assert other.data.eval_sets == {}
     assert not [key for key in other.evaluate() if key.startswith("eval/")]
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(stopped_run: tuple[Path, Path], tmp_path: Path) -> None:
+    # jobs running when the lab is upgraded: their checkpoints lack the fields added since (with defaults)
+    cache, _ = stopped_run
+    run_dir = _copy(stopped_run, tmp_path)
+    for path in checkpoint.history(run_dir / "checkpoints" / "last.pt"):
+        state = checkpoint.load(path)
+        del state["config"]["train"]["keep_checkpoints"], state["config"]["train"]["loss_spike_factor"]
+        torch.save(state, path)
+    logger = ListLogger()
+    train.run(micro_config(cache, checkpoint_every=2), run_dir, logger)
+    assert logger.metrics[0][0] == 5  # resumed after step 4

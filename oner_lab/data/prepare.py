@@ -22,7 +22,7 @@ from oner_lab.hooks import ConfigError
 from oner_lab.spec.config import DataConfig, EvalSourceConfig
 
 from . import shapes
-from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
+from .batch import ClassificationSet, RetrievalSet, retrieval_set
 from .cache import build_once
 from .eval_sources import (
     EmptySplitError,
