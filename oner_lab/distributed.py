@@ -115,8 +115,9 @@ def env_ranks() -> DistInfo:
     )
 
 
-def init_from_env(device: torch.device) -> DistInfo:
+def init_from_env(device: torch.device | str) -> DistInfo:
     """Bind this rank's GPU first, then join the process group when WORLD_SIZE > 1 (NCCL on GPU, gloo on CPU)."""
+    device = torch.device(device)
     info = env_ranks()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before any CUDA work: contexts and NCCL communicators on this rank's GPU

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from oner_lab.evaluate import pixels  # eval sets hold uint8; the tower takes normalised floats
+
 ARTIFACT_DIR = "embeddings"
 EARLY, FINAL = "early", "final"
 MODALITIES = ("image", "text", "image+text")
@@ -89,7 +91,7 @@ def embed(model: Any, name: str, eval_set: Any, step: int, device: torch.device)
     parts: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, len(items), BATCH):
         chunk = slice(start, start + BATCH)
-        image, ids, mask = images[chunk].to(device), text_ids[chunk].to(device), text_mask[chunk].to(device)
+        image, ids, mask = pixels(images[chunk].to(device)), text_ids[chunk].to(device), text_mask[chunk].to(device)
         parts[0].append(model.encode_image(image))
         parts[1].append(model.encode_text(ids, mask))
         parts[2].append(model.project(model(view="I,T", images=image, text_ids=ids, text_mask=mask).cls, joint_head))

@@ -119,11 +119,18 @@ def alignment(image_emb: Tensor, text_emb: Tensor, caption_image: Tensor) -> flo
     return (image * F.normalize(text_emb.float(), dim=-1)).sum(-1).mean().item()
 
 
+def pixels(images: Tensor) -> Tensor:
+    """Eval images as the encoder takes them: sets hold uint8 (a quarter of float32's memory),
+    normalised here per batch exactly as training normalises (x * 2/255 - 1); float input passes."""
+    return images.float().mul_(2 / 255).sub_(1) if images.dtype == torch.uint8 else images
+
+
 def encode(encoder: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int,
            device: torch.device) -> Tensor:
-    """Run `encoder` over `inputs` in batches on `device`; float32, L2-normalised."""
-    out = [encoder(*(x[i:i + batch_size].to(device) for x in inputs)).float()
-           for i in range(0, inputs[0].shape[0], batch_size)]
+    """Run `encoder` over `inputs` in batches on `device`; float32, L2-normalised. uint8 inputs
+    (images) are normalised per batch on `device`; `inputs` may decode each slice on read (FileImages)."""
+    out = [encoder(*(pixels(x[i:i + batch_size].to(device)) for x in inputs)).float()
+           for i in range(0, len(inputs[0]), batch_size)]
     return F.normalize(torch.cat(out), dim=-1)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from oner_lab import checkpoint
 from oner_lab.contract import ConfigError
 from oner_lab.data import TextTokenizer
 from oner_lab.model import TowerConfig
@@ -65,9 +66,9 @@ class Parent:
         if not path.is_file():
             raise ConfigError(KEY, str(path), "allowed: an existing checkpoint file (a parent run's checkpoints/last.pt)")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # only the weights are read
-        except Exception as error:  # noqa: BLE001 - torch raises several types for a file it cannot read
-            raise ConfigError(KEY, str(path), f"allowed: a .pt checkpoint written by oner_lab ({type(error).__name__}: {error})") from None
+            state = checkpoint.read(path, mmap=True)  # weights_only: a crafted file cannot run code; mmap: only the weights are read
+        except checkpoint.CheckpointError as error:
+            raise ConfigError(KEY, str(path), f"allowed: a .pt checkpoint written by oner_lab ({error})") from None
         missing = [key for key in ("model", "tower") if not isinstance(state, dict) or key not in state]
         if missing:
             raise ConfigError(KEY, str(path), f"allowed: a checkpoint written by oner_lab's trainer (it lacks {missing})")

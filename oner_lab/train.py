@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -62,7 +64,17 @@ from oner_lab.spec.validation import validate as validate_section
 
 
 class NonFiniteLossError(RuntimeError):
-    """A term became NaN/inf; the last good checkpoint is kept."""
+    """A term became NaN/inf (or parameters/optimizer state did); the last good checkpoint is kept."""
+
+
+class LossSpikeError(RuntimeError):
+    """The loss jumped past `train.loss_spike_factor` times its running median; the last checkpoint is kept."""
+
+
+SPIKE_WINDOW = 100
+"""Steps whose losses form the running median of the loss-spike guard."""
+SPIKE_MIN_HISTORY = 5
+"""Steps the guard waits for before judging (the first losses of a run fall fast)."""
 
 
 def resolve_tower(config: RunConfig, vocab_size: int = 30522) -> TowerConfig:
@@ -180,10 +192,14 @@ class Trainer:
                 raise ConfigError(f"{key}.batch_size", section.batch_size, f"divisible by the number of ranks ({dist_info.world_size})")
         tower = resolve_tower(config)
         self.checkpoint_path = run_dir / "checkpoints" / "last.pt"
+        if dist_info.is_main:
+            checkpoint.sweep_stale(self.checkpoint_path.parent)
         kept_tokenizer, self.parent = finetune.start(
-            config, run_dir, init_checkpoint, resuming=self.checkpoint_path.exists(), is_main=dist_info.is_main
+            config, run_dir, init_checkpoint, resuming=bool(checkpoint.history(self.checkpoint_path)), is_main=dist_info.is_main
         ) if t.init_from else (None, None)
-        self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, config.eval.sets, kept_tokenizer)
+        # eval sets on rank 0 only, which alone evaluates: the other ranks hold none of them
+        eval_sets = config.eval.sets if dist_info.is_main else []
+        self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, eval_sets, kept_tokenizer)
         if self.device.type == "cuda":
             self.data.train = self.data.train.to(self.device)  # in-memory data: crops on the GPU; streamed data: decode threads crop in uint8, the GPU normalises
             self.data.unpaired.to(self.device)
@@ -217,6 +233,8 @@ class Trainer:
             fused=self.device.type == "cuda",
         )
         self.step = 0
+        self.saved_step: int | None = None  # step of the checkpoint this process wrote last
+        self.loss_history: dict[str, list[float]] = {}  # the loss-spike guard's window, per term and total
 
     # --- checkpoints --------------------------------------------------------------------
     def state(self) -> dict:
@@ -230,11 +248,16 @@ class Trainer:
             "config": self.config.model_dump(mode="json"),
             "tower": asdict(self.tower_cfg),
             "tokenizer": self.data.tokenizer.to_str(),  # a run started from this checkpoint keeps the vocabulary
+            "loss_history": {key: list(values) for key, values in self.loss_history.items()},
         }
 
     def save(self) -> None:
+        """Writes the checkpoint (rank 0), after checking on every rank that what it holds is finite."""
+        self.check_finite_state()
         if self.dist.is_main:
-            checkpoint.save_atomic(self.state(), self.checkpoint_path)
+            checkpoint.save_atomic(self.state(), self.checkpoint_path, keep=self.config.train.keep_checkpoints)
+            checkpoint.prune(self.checkpoint_path, self.config.train.keep_checkpoints)
+        self.saved_step = self.step
         barrier()
 
     @torch.no_grad()
@@ -254,6 +277,39 @@ class Trainer:
         if log is not None:
             log.log_artifact(path, embedding_sample.ARTIFACT_DIR)
 
+    def check_finite_state(self) -> None:
+        """Raises NonFiniteLossError naming the first parameter or optimizer state that is NaN/inf:
+        such a state is never written over the last good checkpoint."""
+        named = [(f"model.{k}", v) for k, v in self.model.state_dict().items()]
+        named += [(f"target.{k}", v) for k, v in self.target.state_dict().items()]
+        named += [(f"objective.{k}", v) for k, v in self.objective.state_dict().items()]
+        for index, param_state in self.optimizer.state_dict()["state"].items():
+            named += [(f"optimizer.state[{index}].{k}", v) for k, v in param_state.items() if torch.is_tensor(v)]
+        tensors = [(name, v) for name, v in named if v.is_floating_point()]
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(v).all() for _, v in tensors]).cpu()
+        if not finite.all():
+            bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
+            raise NonFiniteLossError(
+                f"non-finite state at step {self.step} in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
+                f"not saved: {self.good_checkpoint_note()}"
+            )
+
+    def good_checkpoint_note(self) -> str:
+        found = checkpoint.history(self.checkpoint_path)
+        return f"the last good checkpoint is kept at {found[0]}" if found else "this run has no good checkpoint yet"
+
+    def quarantine_checkpoint(self) -> str:
+        """The checkpoint written at this very step holds the weights that gave a non-finite loss: it is
+        moved to `last.pt.nonfinite` (kept to inspect, never resumed from). Returns what the error says."""
+        if self.saved_step != self.step or not self.dist.is_main or not self.checkpoint_path.exists():
+            return self.good_checkpoint_note()
+        bad = self.checkpoint_path.with_name(f"{self.checkpoint_path.name}.nonfinite")
+        os.replace(self.checkpoint_path, bad)
+        return f"the checkpoint of this step (its weights give this loss) was moved to {bad}; {self.good_checkpoint_note()}"
+
+
     def start(self) -> None:
         """Resume from this run's last checkpoint; failing that, a fine-tuning run takes its parent's weights."""
         if not self.resume() and self.parent is not None:
@@ -261,19 +317,24 @@ class Trainer:
         self.parent = None  # its weights are copied (or not needed): free them for the rest of the run
 
     def resume(self) -> bool:
-        """Load the last checkpoint of this run directory, if any; refuses another config's."""
-        state = checkpoint.load(self.checkpoint_path)
-        if state is None:
+        """Load the newest checkpoint of this run directory that loads, if any; refuses another config's.
+
+        A newest file that does not load (truncated, garbage) is skipped with a warning naming it; when
+        none loads the run fails naming them all (it never restarts from step 0 over them)."""
+        found = checkpoint.load_newest(self.checkpoint_path)
+        if found is None:
             return False
+        state, path = found
         if not same_identity(state["config"], self.config):
             raise RuntimeError(
-                f"{self.checkpoint_path} was written by a different config; use another run directory"
+                f"{path} was written by a different config; use another run directory"
             )
         self.model.load_state_dict(state["model"])
         self.target.load_state_dict(state["target"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
+        self.loss_history = {key: list(values) for key, values in state.get("loss_history", {}).items()}
         self.step = state["step"]
         return True
 
@@ -310,6 +371,8 @@ class Trainer:
         total_loss, *term_losses = losses.tolist()
         scalars = {"train/loss": total_loss, "train/lr": lr, "train/temperature": self.objective.temperature()}
         scalars.update({f"train/loss_{name}": value for name, value in zip(values, term_losses)})
+        if t.loss_spike_factor is not None:
+            self.check_spike({"total": total_loss, **dict(zip(values, term_losses))}, self.step - 1, t.loss_spike_factor)
         return scalars
 
     def check_finite(self, total: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
@@ -333,22 +396,45 @@ class Trainer:
         names = [*values, "total"]
         bad = [name for name, flag in zip(names, local.tolist()) if flag and name != "total"] or ["total"]
         raise NonFiniteLossError(
-            f"non-finite loss at step {self.step}{ranks} in term(s) {', '.join(bad)}; "
-            f"the last good checkpoint is kept at {self.checkpoint_path}"
+            f"non-finite loss at step {self.step}{ranks} in term(s) {', '.join(bad)}; {self.quarantine_checkpoint()}"
         )
+
+    def check_spike(self, losses: dict[str, float], step: int, factor: float) -> None:
+        """Raises LossSpikeError when the total loss exceeds `factor` x the median of the last
+        SPIKE_WINDOW steps, naming the terms that spiked (every rank sees the same reduced losses)."""
+        history = self.loss_history.get("total", [])
+        if len(history) >= SPIKE_MIN_HISTORY and losses["total"] > factor * statistics.median(history):
+            terms = [
+                f"{name} {value:.4g} (median {statistics.median(self.loss_history[name]):.4g})"
+                for name, value in losses.items()
+                if name != "total" and len(self.loss_history.get(name, [])) >= SPIKE_MIN_HISTORY
+                and value > factor * statistics.median(self.loss_history[name])
+            ]
+            raise LossSpikeError(
+                f"loss spike at step {step}: total {losses['total']:.4g} > {factor} x median {statistics.median(history):.4g} "
+                f"of the last {len(history)} steps; term(s) {', '.join(terms) or 'none alone (the sum spiked)'} "
+                f"(train.loss_spike_factor); {self.good_checkpoint_note()}"
+            )
+        for name, value in losses.items():
+            window = self.loss_history.setdefault(name, [])
+            window.append(value)
+            del window[:-SPIKE_WINDOW]
 
     # --- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Zero-shot metrics, computed on rank 0 (the only rank holding the eval sets; no collective
+        runs inside the encoders); the other ranks wait at a barrier and return the data counts only."""
         self.model.eval()
         try:
             with self.autocast:
                 metrics = evaluate(
                     self.model.encode_image, self.model.encode_text, self.data.eval_sets,
                     batch_size=self.config.eval.batch_size, device=self.device,
-                )
+                ) if self.dist.is_main else {}
         finally:
             self.model.train()
+        barrier()
         metrics["data/skipped_samples"] = float(self.data.skipped_samples)
         metrics.update({f"data/{kind}_samples": float(n) for kind, n in self.data.unpaired.sample_counts().items()})
         return metrics
@@ -389,9 +475,9 @@ class Trainer:
                 self.log_embeddings(log, embedding_sample.EARLY)
             stop = control is not None and control.should_stop()
             if self.step % t.checkpoint_every == 0 or self.step == t.steps or stop:
-                self.save()
-                if log:
+                if log:  # before the checkpoint: a step the checkpoint covers is never lost from MLflow
                     log.flush()
+                self.save()
             if stop and self.step < t.steps:
                 bar.close()
                 raise Interrupted(self.step)
@@ -444,4 +530,4 @@ def run(
     return trainer.fit(logger, control)
 
 
-__all__ = ["NonFiniteLossError", "Trainer", "lr_at", "resolve_tower", "run", "validate"]
+__all__ = ["LossSpikeError", "NonFiniteLossError", "Trainer", "lr_at", "resolve_tower", "run", "validate"]

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 OPERATIONAL_KEYS = {
     "data.workers", "data.cache_dir", "data.on_corrupt", "train.device", "train.checkpoint_every",
-    "train.log_every", "train.threads", "eval.batch_size",
+    "train.log_every", "train.threads", "eval.batch_size", "train.keep_checkpoints", "train.activation_checkpointing",
 }
 
 

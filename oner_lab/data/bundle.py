@@ -22,7 +22,7 @@ from oner_lab.contract import ConfigError
 from oner_lab.spec.config import DataConfig, EvalSourceConfig
 
 from . import shapes
-from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
+from .batch import ClassificationSet, RetrievalSet, retrieval_set
 from .cache import build_once
 from .eval_sources import EvalSourceError
 from .indexed_stream import IndexedStream
@@ -249,7 +249,7 @@ def read_classification_shards(
     )
     if not samples:
         raise ValueError(f"{directory}: no readable sample ({skipped} corrupt)")
-    images = normalise(torch.from_numpy(np.stack([image for image, _ in samples])))
+    images = torch.from_numpy(np.stack([image for image, _ in samples]))  # uint8: evaluate normalises per batch
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     prompts = [template.format(class_name) for class_name in class_names for template in templates]
     prompt_ids, prompt_mask = tokenizer.encode(prompts, max_text_len)

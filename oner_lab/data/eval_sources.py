@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batch import ClassificationSet, RetrievalSet, normalise, retrieval_set
+from .batch import ClassificationSet, RetrievalSet, retrieval_set
 from .shards import (
     IMAGE_EXTENSIONS,
     CorruptSample,
@@ -204,11 +204,11 @@ def read_classification(
     name: str, path: str, entries: ClassEntries, tokenizer: TextTokenizer, image_size: int, max_text_len: int,
     on_corrupt: OnCorrupt, workers: int,
 ) -> tuple[ClassificationSet, int]:
-    decoded = _decode_all([image for image, _ in entries.images], image_size, on_corrupt, workers)
-    kept = [(pixels, label) for pixels, (_, label) in zip(decoded, entries.images, strict=True) if pixels is not None]
+    readable = _readable([image for image, _ in entries.images], image_size, on_corrupt, workers)
+    kept = [(image, label) for ok, (image, label) in zip(readable, entries.images, strict=True) if ok]
     if not kept:
         raise ValueError(f"{path}: no readable image")
-    images = normalise(torch.from_numpy(np.stack([pixels for pixels, _ in kept])))
+    images = FileImages([image for image, _ in kept], image_size, workers)  # an ImageNet-size set is never held whole
     labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
     prompts = [template.format(c) for c in entries.class_names for template in entries.templates]
     prompt_ids, prompt_mask = tokenizer.encode(prompts, max_text_len)
@@ -217,6 +217,39 @@ def read_classification(
         name, images, labels, entries.class_names, entries.templates, prompt_ids, prompt_mask, prompt_class
     )
     return loaded, len(entries.images) - len(kept)
+
+
+class FileImages(Sequence[torch.Tensor]):
+    """A class-folder set's images, decoded when a slice is read: evaluation holds one batch of
+    uint8 pixels, not the set (ImageNet val at 224 px is 7.5 GB as uint8, 30 GB as float32)."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int, workers: int) -> None:
+        self.paths = list(paths)
+        self.image_size = image_size
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), 3, self.image_size, self.image_size)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, int):
+            return self[index : index + 1][0]
+        decoded = _decode_all(self.paths[index], self.image_size, "fail", self.workers)
+        return torch.from_numpy(np.stack(decoded)) if decoded else torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+
+
+def _readable(paths: Sequence[Path], image_size: int, on_corrupt: OnCorrupt, workers: int) -> list[bool]:
+    """Which images decode, each decoded once and dropped (the set decodes them again per batch)."""
+
+    def check(chunk: Sequence[Path]) -> list[bool]:
+        return [pixels is not None for pixels in _decode_all(chunk, image_size, on_corrupt, workers)]
+
+    step = max(64, workers * 16)
+    return [ok for start in range(0, len(paths), step) for ok in check(paths[start : start + step])]
 
 
 def _decode_all(paths: Sequence[Path], image_size: int, on_corrupt: OnCorrupt, workers: int) -> list[np.ndarray | None]:

@@ -9,6 +9,7 @@ from pydantic import Field
 from oner_lab.data.eval_sources import class_entries, read_classification
 from oner_lab.evaluators.registry import ReadContext
 from oner_lab.spec.config import EvalSourceConfig
+from oner_lab.spec.paths import PathStr
 from oner_lab.spec.units import register
 
 
@@ -18,13 +19,13 @@ class ClassFoldersEval(EvalSourceConfig):
 
     task = "classification"
     format: Literal["class_folders"] = "class_folders"
-    path: str = Field(description="the root holding one folder per class")
-    class_names: str | None = Field(
+    path: PathStr = Field(description="the root holding one folder per class")
+    class_names: PathStr | None = Field(
         default=None,
         description="a .txt (one name per line, sorted folder order) or .json (list, or folder -> name) "
         "file, or `imagenet1k` (WordNet folders named by timm's ImageNet-1k info); default: the folder names",
     )
-    templates: str | None = Field(
+    templates: PathStr | None = Field(
         default=None, description="a file with one prompt template per line, each holding {}; default: SLIP's seven"
     )
 

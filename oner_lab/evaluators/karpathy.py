@@ -10,6 +10,7 @@ from pydantic import Field
 from oner_lab.data.eval_sources import pair_entries, read_retrieval
 from oner_lab.evaluators.registry import ReadContext
 from oner_lab.spec.config import EvalSourceConfig
+from oner_lab.spec.paths import PathStr
 from oner_lab.spec.units import register
 
 
@@ -19,8 +20,8 @@ class KarpathyEval(EvalSourceConfig):
 
     task = "retrieval"
     format: Literal["karpathy"] = "karpathy"
-    path: str = Field(description="the dataset_*.json file")
-    image_root: str | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
+    path: PathStr = Field(description="the dataset_*.json file")
+    image_root: PathStr | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
     split: str = Field(default="test", description="the split read (test, val, train, restval)")
 
     def entries(self) -> list[tuple[Path, list[str]]]:

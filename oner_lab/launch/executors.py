@@ -16,6 +16,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from oner_lab.launch import cluster
 from oner_lab.launch.cluster import LaunchError
 from oner_lab.launch.job import TrainingJob
+from oner_lab.launch.permissions import check_runs_dir
 from oner_lab.spec import LauncherConfig, PlannedRun
 
 NO_TIMEOUT_MIN = 60 * 24 * 365
@@ -39,8 +40,10 @@ def make_executor(launcher: LauncherConfig, runs_dir: Path, job_name: str = "one
 
     Job logs and pickles go to `<runs_dir>/submitit/<job id>/` (on SLURM, `runs_dir` must be on a
     file system the nodes share). Raises LaunchError for a backend that cannot run here, before
-    anything is submitted or logged.
+    anything is submitted or logged, and for a `runs_dir` (or its `submitit/`) that group or other
+    users may write (launch/permissions.py).
     """
+    check_runs_dir(runs_dir)  # the CLI unpickles job results from there: nobody else may write it
     folder = runs_dir / "submitit" / "%j"
     if launcher.backend == "debug":
         return submitit.DebugExecutor(folder)

@@ -18,6 +18,7 @@ from pydantic import (
 
 from oner_lab.presets import PRESETS
 from oner_lab.spec.identity import Operational
+from oner_lab.spec.paths import PathStr
 from oner_lab.spec.section import Section
 from oner_lab.spec.units import Unit
 
@@ -101,7 +102,7 @@ class EvalSourceConfig(Unit):
 class UnpairedSourceConfig(Section):
     """Unpaired training data mixed into every step: captions for MLM only, or images for MIM only (docs/data.md)."""
 
-    urls: str | list[str] = Field(
+    urls: PathStr | list[PathStr] = Field(
         description="text_only: plain-text files, one caption per line; image_only: webdataset tar shards or "
         "directories of image files (searched recursively); patterns expand like data.urls"
     )
@@ -152,14 +153,14 @@ class DataConfig(Section):
     eval_sources: dict[str, SerializeAsAny[EvalSourceConfig]] = Field(
         default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
     )
-    cache_dir: Annotated[str, Operational("where derived files are kept; their content is keyed by what they hold")] = Field(
+    cache_dir: Annotated[PathStr, Operational("where derived files are kept; their content is keyed by what they hold")] = Field(
         default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
     train_size: PositiveInt = 20000
     eval_images: PositiveInt = 1000
     cls_images_per_class: PositiveInt = 10
     max_objects: PositiveInt = 2
     generator_seed: int = 0
-    tokenizer: str | None = Field(default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece")
+    tokenizer: PathStr | None = Field(default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece")
     vocab_size: PositiveInt = 512
     crop_scale: tuple[float, float] = Field(
         default=(0.9, 1.0), description="RandomResizedCrop scale; mild for shapes, whose captions name positions"
@@ -186,6 +187,17 @@ class TrainConfig(Section):
     device: Annotated[str, Operational("where it runs; precision is its own (identity) field")] = Field(
         default="auto", description="auto, cpu, cuda, cuda:N")
     checkpoint_every: Annotated[PositiveInt, Operational("a resumed run continues exactly (RNG and data position restored)")] = 200
+    keep_checkpoints: Annotated[PositiveInt, Operational("how many old checkpoints stay on disk; none changes what is learned")] = Field(
+        default=2,
+        description="how many of the newest checkpoints stay (last.pt, last.pt.1, ...); a resume tries them "
+        "newest first and skips, with a warning, one that does not load (docs/reliability.md)",
+    )
+    loss_spike_factor: float | None = Field(
+        default=None,
+        gt=1,
+        description="stop the run (naming step and term) when the loss exceeds this factor times the median of the last "
+        "100 steps' losses; null: off. The last checkpoint before the spike is kept",
+    )
     log_every: Annotated[PositiveInt, Operational("cadence of training-loss logging, not of evaluation")] = 10
     threads: Annotated[
         int | None, Operational("CPU intra-op threads: float reduction order changes, as on another GPU; the recipe does not")
@@ -194,7 +206,7 @@ class TrainConfig(Section):
         default=False,
         description="recompute the tower's block activations in backward (less memory, ~1/3 more compute, same losses)",
     )
-    init_from: str | None = Field(
+    init_from: PathStr | None = Field(
         default=None,
         description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
         "to a .pt checkpoint; its model and momentum weights and its tokenizer are the start (step 0, fresh optimizer)",

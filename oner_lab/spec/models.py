@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, field_v
 
 from oner_lab.spec.config import RunConfig, Section
 from oner_lab.spec.errors import did_you_mean
+from oner_lab.spec.paths import PathStr
 from oner_lab.spec.schema import DottedKeys, PartialOf, is_leaf, keys_of, type_at
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
@@ -19,7 +20,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 class TrackingConfig(Section):
     """Where runs are logged. The default is MLflow 3's own default store, so `mlflow ui` finds it."""
 
-    uri: str = Field(default="sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI, relative to cwd")
+    uri: PathStr = Field(default="sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI, relative to cwd")
     experiment: str | None = Field(
         default=None, min_length=1, description="MLflow experiment; default: the spec's name"
     )
@@ -35,7 +36,7 @@ class LocalConfig(Section):
 class SlurmConfig(Section):
     """`backend: slurm`: one job array on a cluster described by a cluster profile (docs/slurm.md)."""
 
-    cluster: str = Field(
+    cluster: PathStr = Field(
         default="a100",
         pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]*|.+\.ya?ml)$",
         description="a cluster profile: a name (slurm/<cluster>.yaml) or a path to a .yaml file",
@@ -55,7 +56,7 @@ class LauncherConfig(Section):
     """How runs are dispatched; each backend is a submitit executor calling the same `train.run`."""
 
     backend: Literal["debug", "local", "slurm"] = "local"
-    runs_dir: str = Field(default="runs", min_length=1, description="run directories are <runs_dir>/<config_hash>")
+    runs_dir: PathStr = Field(default="runs", min_length=1, description="run directories are <runs_dir>/<config_hash>")
     local: LocalConfig = Field(default_factory=LocalConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
@@ -197,7 +198,7 @@ class SweepConfig(Section):
     parallel: PositiveInt = Field(default=1, description="trials running at once")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
-    storage: Annotated[str, AfterValidator(_storage)] | None = Field(
+    storage: Annotated[PathStr, AfterValidator(_storage)] | None = Field(
         default=None,
         description="an RDB URL (sqlite:///optuna.db, postgresql://...) or journal:<file> on a shared file system; "
         "default: optuna.db beside the MLflow SQLite store",

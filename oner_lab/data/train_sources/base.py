@@ -18,6 +18,7 @@ from pydantic import Field, PositiveFloat
 
 from oner_lab.spec.config import DataConfig, TrainSourceConfig
 from oner_lab.spec.errors import ConfigError
+from oner_lab.spec.paths import PathStr
 
 from ..indexed_stream import IndexedStream, SampleSource
 from ..sources import expand_urls, url_patterns
@@ -49,7 +50,7 @@ class FileSource(TrainSourceConfig):
     """A kind read from files at `urls` (each entry one source; a list mixes them by `weights`)."""
 
     example: ClassVar[str] = ""  # an example url for messages, set by each kind
-    urls: str | list[str] | None = Field(
+    urls: PathStr | list[PathStr] | None = Field(
         default=None, description="file pattern(s) (brace expansion and globs); a list mixes several sources"
     )
     weights: list[PositiveFloat] | None = Field(

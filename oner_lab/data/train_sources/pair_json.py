@@ -9,6 +9,7 @@ from pydantic import Field
 
 from oner_lab.spec.config import DataConfig
 from oner_lab.spec.errors import ConfigError
+from oner_lab.spec.paths import PathStr
 from oner_lab.spec.units import register
 
 from ..eval_sources import EmptySplitError, EvalSourceError, MissingImageError, pair_entries
@@ -19,7 +20,7 @@ from .base import FileSource, TrainContext
 class _PairJsonSource(FileSource):
     """One JSON file per `urls` entry; its entries, splits and image files are checked before training."""
 
-    image_root: str | None = Field(
+    image_root: PathStr | None = Field(
         default=None, description="what the JSON's image paths are relative to; default: the JSON's directory"
     )
 
