@@ -8,11 +8,16 @@ whose message is the one paragraph the CLI prints.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
+
+MLFLOW_DB_LOGGER = "mlflow.store.db.utils"
+"""MLflow logs every failed SQL call with its traceback at ERROR; a failure ridden out here is not one."""
 
 DEFAULT_WINDOW_S = 600.0
 FIRST_RETRY_S = 1.0
@@ -40,14 +45,14 @@ class StoreUnavailable(RuntimeError):
 
 
 def cause_of(error: BaseException) -> str:
-    """The innermost message of an MLflow / SQLAlchemy / HTTP error chain, on one short line."""
+    """The innermost message of an MLflow / SQLAlchemy / HTTP error chain (`raise ... from`), on one line."""
     seen: BaseException | None = error
     message = ""
     while seen is not None:
         text = str(seen).strip()
         if text:
             message = text
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     first = message.splitlines()[0] if message else type(error).__name__
     for noise in ("(sqlite3.OperationalError) ", "(Background on this error at"):
         first = first.replace(noise, "")
@@ -77,7 +82,8 @@ class Outage:
     def attempt(self, call: Callable[[], T]) -> tuple[bool, T | None]:
         """(True, result) when `call` succeeded; (False, None) when it failed (recorded for backoff)."""
         try:
-            result = call()
+            with quiet_mlflow():
+                result = call()
         except Exception as error:  # noqa: BLE001 - MLflow wraps store failures in many types
             now = self._clock()
             if self.since is None:
@@ -103,3 +109,15 @@ class Outage:
             if self.expired:
                 raise self.error()
             time.sleep(max(0.0, self._next_try - self._clock()))
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """Silences MLflow's SQL error log while a store call is tried (its failure is reported here instead)."""
+    logger = logging.getLogger(MLFLOW_DB_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

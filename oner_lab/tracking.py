@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import time
 import traceback
@@ -512,10 +513,21 @@ class MlflowRunLogger:
             self.spill.unlink()
 
     def _check_store_file(self) -> None:
-        """A deleted SQLite file stays writable through open connections, so writes would vanish."""
+        """A deleted SQLite file stays writable through open connections, so writes would vanish; a
+        locked one would hold the training step for MLflow's 20 s busy timeout per call."""
         path = sqlite_path(self.uri)
-        if path is not None and _file_identity(path) != self._store_file:
+        if path is None:
+            return
+        if _file_identity(path) != self._store_file:
             raise TrackingError(f"the store file {path} was deleted or replaced while the run was writing to it")
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0)
+        try:  # takes the write lock and gives it back at once: "database is locked" without waiting
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise TrackingError(f"{error} ({path})") from error
+        finally:
+            connection.close()
 
     def _write_spill(self) -> None:
         """Keeps what MLflow did not take in the run directory (rewritten whole, so repeats do no harm)."""

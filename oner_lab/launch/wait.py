@@ -18,7 +18,7 @@ from oner_lab import tracking
 from oner_lab.launch import scheduler
 from oner_lab.launch.executors import Dispatch
 from oner_lab.launch.job import JobOutcome
-from oner_lab.store_outage import cause_of
+from oner_lab.store_outage import cause_of, quiet_mlflow
 
 POLL_S = 1.0
 SQUEUE_EVERY_S = 5.0
@@ -103,10 +103,12 @@ def collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment: 
         outcome = JobOutcome(run.planned.run_name, run.run_id, tracking.FAILED, error=message)
     if outcome.status != tracking.FINISHED and outcome.store_error is None:
         try:
-            if tracking.statuses(client, experiment, [run.run_id]).get(run.run_id) in (tracking.RUNNING, tracking.SCHEDULED):
+            with quiet_mlflow():
+                current = tracking.statuses(client, experiment, [run.run_id]).get(run.run_id)
+            if current in (tracking.RUNNING, tracking.SCHEDULED):
                 tracking.end_run(client, run.run_id, outcome.status, outcome.error)
         except Exception as error:  # noqa: BLE001 - the store failed: the CLI says so and exits 3
-            store_error = f"the tracking store could not be written ({cause_of(error)})"
+            store_error = f"the tracking store {client._tracking_client.tracking_uri} could not be written ({cause_of(error)})"
             outcome = JobOutcome(outcome.run_name, outcome.run_id, outcome.status, outcome.metrics, outcome.error, store_error)
     return outcome
 
@@ -177,7 +179,8 @@ def wait_for(
                 queue.refresh([job for index, job in enumerate(jobs) if index not in outcomes])
             if not in_process:
                 try:  # a store outage is ridden out by the jobs themselves; the view just shows less meanwhile
-                    current = tracking.statuses(client, experiment, [run.run_id for run in runs])
+                    with quiet_mlflow():
+                        current = tracking.statuses(client, experiment, [run.run_id for run in runs])
                 except Exception:  # noqa: BLE001 - MLflow wraps store failures in many types
                     current = {}
                 for run_id, status in current.items():
