@@ -357,3 +357,74 @@ def test_a_running_run_whose_owner_died_is_reconciled(mlflow_template: Path, tmp
     assert len(notes) == 1 and "no live owner" in notes[0]
     assert f"PID {me.pid}" in client.get_run(run_id).data.tags["oner.error"]
     assert os.getpid() == me.pid
+
+
+# --- data checked before anything is dispatched ---------------------------------------------------
+
+
+def corpus_with_a_captionless_sample(root: Path) -> str:
+    """Real webdataset shards (samples.py) plus one shard holding a sample without its caption."""
+    from oner_lab.data.samples import paired
+    from oner_lab.data.shards import write_shards
+
+    samples = list(paired("cc3m", 12, 32))
+    del samples[5]["txt"]
+    (root / "wds").mkdir()
+    write_shards(root / "wds", samples, 6)
+    return str(root / "wds" / "shard-{000000..000001}.tar")
+
+
+def cli_error(workdir: Path, capsys: pytest.CaptureFixture[str], *sets: str) -> str:
+    """Runs the CLI on the smoke spec in `workdir`; asserts exit 2 before any MLflow run exists; returns stderr."""
+    from faults_store_helpers import SMOKE
+
+    from oner_lab.run import main
+
+    arguments = [str(SMOKE), "--set", "launcher.backend=debug", "--only", "variant=itc"]
+    for item in sets:
+        arguments += ["--set", item]
+    os.chdir(workdir)
+    assert main(arguments) == 2
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "runs").exists()
+    return capsys.readouterr().err
+
+
+def test_on_corrupt_fail_fails_on_an_index_a_skip_run_cached(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from oner_lab.data import CorruptSampleError, prepare
+    from oner_lab.data.sources import TarSource
+    from oner_lab.spec.config import DataConfig
+
+    pattern = corpus_with_a_captionless_sample(tmp_path)
+    cache = tmp_path / "cache"
+    skipping = DataConfig(source="webdataset", urls=pattern, cache_dir=str(cache), workers=1)
+    assert prepare(skipping, 32, 16, []).train.num_samples == 11  # the index is cached, the sample left out
+    assert len(list(cache.glob("tarindex-*"))) == 1
+
+    with pytest.raises(CorruptSampleError, match=r"shard-000000\.tar: sample 'cc3m0000005': missing \.txt caption"):
+        TarSource(pattern, cache, "fail")  # the job's own path, even past validation
+    error = cli_error(
+        tmp_path, capsys, "base.data.source=webdataset", f"base.data.urls={pattern}", f"base.data.cache_dir={cache}",
+        "base.data.on_corrupt=fail",
+    )
+    assert "data.urls" in error and "sample 'cc3m0000005': missing .txt caption" in error, error
+
+
+def test_a_truncated_tar_is_refused_before_any_run_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from oner_lab.data.samples import write_paired
+
+    shards = write_paired(tmp_path, "cc3m", 8, 4, 32)
+    whole = shards[1].read_bytes()
+    shards[1].write_bytes(whole[: len(whole) // 2])  # an interrupted copy
+    error = cli_error(
+        tmp_path, capsys, "base.data.source=webdataset", f"base.data.urls={tmp_path / 'cc3m' / '*.tar'}",
+        f"base.data.cache_dir={tmp_path / 'cache'}",
+    )
+    assert f"{shards[1]}: truncated" in error or f"{shards[1]}: unreadable tar stream" in error, error
+    assert not (tmp_path / "cache").exists()  # validation wrote nothing
+
+
+def test_a_header_only_csv_is_refused_before_any_run_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "train.tsv"
+    csv.write_text("filepath\ttitle\n")
+    error = cli_error(tmp_path, capsys, "base.data.source=csv", f"base.data.urls={csv}", f"base.data.cache_dir={tmp_path / 'cache'}")
+    assert f"{csv}: a header but no data row" in error, error

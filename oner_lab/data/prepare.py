@@ -36,7 +36,9 @@ from .eval_sources import (
 )
 from .shards import (
     CorruptSample,
+    CorruptSampleError,
     OnCorrupt,
+    ShardReadError,
     clean_caption,
     decode_captions,
     decode_image,
@@ -46,7 +48,14 @@ from .shards import (
     read_shards,
     write_shards,
 )
-from .sources import CsvSource, RetrievalJsonSource, TarSource, expand_urls, read_csv_columns, url_patterns
+from .sources import (
+    CsvSource,
+    RetrievalJsonSource,
+    TarSource,
+    check_shards,
+    expand_urls,
+    url_patterns,
+)
 from .stream import TrainStream
 from .streaming import IndexedStream
 from .tokenizer import TRAINER_VERSION, TextTokenizer
@@ -128,12 +137,18 @@ def _check_train_sources(cfg: DataConfig, files: bool) -> None:
             empty = next((p for p in paths if p.stat().st_size == 0), None)
             if empty is not None:
                 raise ConfigError("data.urls", str(empty), "an empty file; expected a webdataset tar shard")
+            try:  # truncated shards and (on_corrupt: fail) dropped samples, before any run exists
+                check_shards(pattern, Path(cfg.cache_dir), cfg.on_corrupt)
+            except (ShardReadError, CorruptSampleError) as error:
+                raise ConfigError("data.urls", pattern, f"readable webdataset shards ({error})") from None
             continue
         if len(paths) != 1:
             raise ConfigError("data.urls", pattern, f"matches {len(paths)} files; a csv source is one file (list several urls to mix them)")
         try:
-            read_csv_columns(paths[0], cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key).head(0)
-        except ValueError as error:
+            CsvSource(str(paths[0]), cfg.csv_separator, cfg.csv_img_key, cfg.csv_caption_key, cfg.on_corrupt)  # every row
+        except CorruptSampleError as error:
+            raise ConfigError("data.urls", pattern, f"every row usable, as data.on_corrupt is 'fail' ({error})") from None
+        except ValueError as error:  # no such columns, or a header without rows
             raise ConfigError("data.urls", pattern, f"a CSV with columns data.csv_img_key and data.csv_caption_key ({error})") from None
 
 
