@@ -101,3 +101,11 @@ def wait_for_steps(directory: Path, process: subprocess.Popen, at_least: int = 1
                 pass
         time.sleep(0.3)
     raise AssertionError(f"no run logged {at_least} steps within {timeout_s}s:\n{output(process)}")
+
+
+def forget_cached_stores() -> None:
+    """Drops MLflow's per-URI store cache in this (test) process: its pooled SQLite connections would go
+    on reading a deleted store file instead of the one a rerun creates at the same path."""
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
