@@ -106,6 +106,10 @@ def wait_for_steps(directory: Path, process: subprocess.Popen, at_least: int = 1
 def forget_cached_stores() -> None:
     """Drops MLflow's per-URI store cache in this (test) process: its pooled SQLite connections would go
     on reading a deleted store file instead of the one a rerun creates at the same path."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
 
     TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    for engine in SqlAlchemyStore._engine_map.values():  # engines are cached per database URI as well
+        engine.dispose()
+    SqlAlchemyStore._engine_map.clear()

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from faults_store_helpers import (
-    client_of,
     closed_port,
     forget_cached_stores,
     history,
@@ -335,9 +334,10 @@ def test_a_second_invocation_leaves_a_run_in_training_alone(mlflow_template: Pat
     second = start_cli(tmp_path, *args)
     assert second.wait(timeout=300) == 0, output(second)
     assert f"itc/seed0 (PID {first.pid} on {socket.gethostname()})" in output(second)
-    assert client_of(tmp_path).get_run(run_id).info.status == "RUNNING"  # not set SCHEDULED under its owner
+    assert " owned " in output(second) and " resume " not in output(second)  # not re-planned under its owner
     assert first.wait(timeout=600) == 0, output(first)
-    planned_once(tmp_path, 1)
+    (run,) = planned_once(tmp_path, 1)
+    assert run.info.run_id == run_id
 
 
 def test_a_running_run_whose_owner_died_is_reconciled(mlflow_template: Path, tmp_path: Path) -> None:
