@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from faults_store_helpers import (
+    client_of,
     closed_port,
     forget_cached_stores,
     history,
@@ -328,16 +329,20 @@ def test_two_invocations_at_once_train_each_run_once_and_name_the_owner(
 @pytest.mark.slow
 def test_a_second_invocation_leaves_a_run_in_training_alone(mlflow_template: Path, tmp_path: Path, data_cache: Path) -> None:
     copy_store(mlflow_template, tmp_path)
-    args = debug_args(data_cache, STEPS)
+    args = debug_args(data_cache, 100_000)  # trains until stopped below
     first = start_cli(tmp_path, *args)
     run_id = wait_for_steps(tmp_path, first, at_least=3)
     second = start_cli(tmp_path, *args)
     assert second.wait(timeout=300) == 0, output(second)
     assert f"itc/seed0 (PID {first.pid} on {socket.gethostname()})" in output(second)
     assert " owned " in output(second) and " resume " not in output(second)  # not re-planned under its owner
-    assert first.wait(timeout=600) == 0, output(first)
-    (run,) = planned_once(tmp_path, 1)
-    assert run.info.run_id == run_id
+    assert first.poll() is None and client_of(tmp_path).get_run(run_id).info.status == "RUNNING"  # not SCHEDULED
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 130, output(first)
+    (run,) = runs_of(tmp_path)
+    assert run.info.run_id == run_id and run.info.status == "KILLED"
+    steps = steps_of(tmp_path, run_id)
+    assert steps == sorted(set(steps))
 
 
 def test_a_running_run_whose_owner_died_is_reconciled(mlflow_template: Path, tmp_path: Path) -> None:
