@@ -50,7 +50,8 @@ saved.append(analysis.save_figure(analysis.modality_gap_curves(tracking_uri, run
 
 # %% [markdown]
 # ## t-SNE of image, text and image+text embeddings (the paper's figure)
-# Early: `checkpoints/early.pt` when the trainer kept one, else the initial weights (step 0).
+# Each run logged a fixed sample of eval embeddings at a tenth of training and at the end
+# (artifacts `embeddings/early.npz`, `embeddings/final.npz`); no model is rebuilt here.
 
 # %%
 saved.append(analysis.save_figure(analysis.tsne_figure(tracking_uri, runs), output_dir, "tsne"))

@@ -1,20 +1,30 @@
-"""What MLflow tracking costs a training step: MlflowRunLogger on a real SQLite store.
+"""What MLflow tracking costs a training step: MlflowRunLogger on a real store (SQLite, or a server).
 
     python benchmarks/tracking_overhead.py [--step-ms 75] [--log-every 10] [--steps 2000]
+        [--uri http://10.77.0.1:5077] [--writers 16] [--write-s 10]
 
 Simulates a run whose steps take `--step-ms` (the clock is simulated, so the script runs in
 seconds; the logger's own calls, flushes included, are timed for real) and reports the time
 spent in the logger as a share of step time, next to the unbatched alternative (one MLflow
 write per `log_metrics`). The budget (issue 3) is under 2% of step time.
+
+`--uri` measures against that store instead of a temporary SQLite file, e.g. the MLflow server of
+`bash slurm/local-tracking.sh start` (PostgreSQL behind it): every call then is an HTTP request. With
+`--writers N` it also reports the store's write throughput: N processes, each a run writing one
+`log_batch` of one step's metrics after another for `--write-s` seconds, as N jobs logging with
+ONER_MLFLOW_FLUSH_S=0 would; metric values/s over all writers, and every value read back.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
@@ -62,19 +72,63 @@ def time_calls(client: MlflowClient, experiment: str, calls: int) -> tuple[float
     return statistics.median(buffered), statistics.median(flushes)
 
 
+def write_for(uri: str, run_id: str, seconds: float, ready: Any, results: Any) -> None:
+    """One writer process: connects and warms up (imports, first request), waits for every writer, then
+    writes `log_batch` of one step's KEYS, step after step, for `seconds`; puts (steps, seconds) on `results`."""
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=uri)
+    client.get_run(run_id)
+    ready.wait()
+    started = time.perf_counter()
+    step = 0
+    while time.perf_counter() - started < seconds:
+        step += 1
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(key, 1.0 / step, stamp, step) for key in KEYS]
+        tracking.retry_locked(lambda metrics=metrics: client.log_batch(run_id, metrics=metrics, synchronous=True))
+    results.put((step, time.perf_counter() - started))
+
+
+def write_throughput(uri: str, client: MlflowClient, experiment: str, writers: int, seconds: float) -> None:
+    """Prints the store's write rate under `writers` concurrent runs, and checks every value arrived."""
+    run_ids = [tracking.retry_locked(lambda: client.create_run(experiment)).info.run_id for _ in range(writers)]
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(writers), context.Queue()
+    processes = [context.Process(target=write_for, args=(uri, run_id, seconds, ready, results)) for run_id in run_ids]
+    for process in processes:
+        process.start()
+    done = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    steps = sum(count for count, _ in done)
+    wall = max(spent for _, spent in done)
+    found = sum(len(client.get_metric_history(run_id, key)) for run_id in run_ids for key in KEYS)
+    print(f"\nwrite throughput: {writers} writers x {seconds:g} s, one log_batch of {len(KEYS)} values per step")
+    print(f"  {steps} batches = {steps * len(KEYS)} values in {wall:.1f} s: {steps / wall:.0f} batches/s, "
+          f"{steps * len(KEYS) / wall:.0f} values/s; {1e3 * writers * wall / steps:.1f} ms per batch seen by a writer")
+    print(f"  read back: {found} of {steps * len(KEYS)} values")
+    for tracked in run_ids:
+        tracking.end_run(client, tracked, tracking.FINISHED)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step-ms", type=float, default=75.0, help="simulated training step time")
     parser.add_argument("--log-every", type=int, default=10, help="steps between log_metrics calls")
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--uri", help="tracking URI to measure (default: a temporary SQLite file)")
+    parser.add_argument("--writers", type=int, default=0, help="also measure write throughput with this many processes")
+    parser.add_argument("--write-s", type=float, default=10.0, help="seconds each writer writes")
     args = parser.parse_args()
     step_s = args.step_ms / 1000
 
     with tempfile.TemporaryDirectory() as directory:
-        uri = f"sqlite:///{Path(directory) / 'mlflow.db'}"
-        print(f"creating an MLflow store at {uri} ...")
+        uri = args.uri or f"sqlite:///{Path(directory) / 'mlflow.db'}"
+        print(f"{'using' if args.uri else 'creating'} the MLflow store at {uri} ...")
         client = tracking.connect(uri)
-        experiment = tracking.experiment_id(client, "tracking-overhead")
+        # an experiment of its own each time: a server keeps what earlier measurements wrote
+        experiment = tracking.experiment_id(client, f"tracking-overhead-{uuid.uuid4().hex[:8]}")
 
         per_call, per_flush = time_calls(client, experiment, 2000)
         print(f"log_metrics, buffered ({len(KEYS)} values): {per_call * 1e6:.1f} us median")
@@ -91,6 +145,8 @@ def main() -> None:
             spent = simulate(client, experiment, args.steps, step_s, log_every, flush_every_s)
             print(f"  {label:38s} {spent * 1e3:8.1f} ms in the logger = {100 * spent / run_s:6.3f}% of step time")
         print("\nbudget: < 2% of step time")
+        if args.writers:
+            write_throughput(uri, client, experiment, args.writers, args.write_s)
 
 
 if __name__ == "__main__":

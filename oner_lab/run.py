@@ -273,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"{spec.source_file}: {error}")
         steps = plan(spec, planned, existing, args.force)
         console.print(plan_table(steps))
+        warn_old_scheme(spec, uri, console)
         if problems := unstartable(steps, existing):
             return fail(f"{spec.source_file}: {'; '.join(problems)}")
         return 0
@@ -312,6 +313,16 @@ def store_failed(spec: Spec, uri: str, error: BaseException) -> int:
     return EXIT_STORE_LOST
 
 
+def warn_old_scheme(spec: Spec, uri: str, console: Console) -> None:
+    """Says when the experiment holds runs hashed by an earlier scheme (not found by the plan above)."""
+    experiment = spec.experiment_name
+    if tracking.store_exists(uri) and (old := tracking.old_scheme_runs(tracking.connect(uri), experiment)):
+        console.print(
+            f"[yellow]{old} runs of experiment {experiment!r} were hashed by an earlier version of the lab[/] and are "
+            f"not recognised above; `python -m oner_lab.migrate {spec.source_file}` re-tags them (docs/spec.md)."
+        )
+
+
 def plan(spec: Spec, planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRun], force: bool) -> list[Step]:
     """`decide` with what is known about live owners, live SLURM jobs and checkpoints on disk."""
     owned = frozenset(key for key, found in existing.items() if not found.finished and claims.live_owner(found))
@@ -342,6 +353,7 @@ def plan_and_launch(
         console.print(f"[yellow]{note}[/]", highlight=False)
     steps = plan(spec, planned, existing, args.force)
     console.print(plan_table(steps))
+    warn_old_scheme(spec, uri, console)
     if problems := unstartable(steps, existing):
         return fail(f"{spec.source_file}: {'; '.join(problems)}")
     queued = [step for step in steps if step.action == QUEUED]

@@ -35,6 +35,7 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
+from oner_lab.spec.identity import SCHEME
 from oner_lab.store_outage import DEFAULT_WINDOW_S, Outage, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ T = TypeVar("T")
 TAG_VARIANT = "oner.variant"
 TAG_SEED = "oner.seed"
 TAG_HASH = "oner.config_hash"
+TAG_HASH_SCHEME = "oner.config_hash_scheme"
+"""The hashing scheme of TAG_HASH (`oner_lab.spec.identity.SCHEME`); runs of scheme 1 lack it until
+`python -m oner_lab.migrate` re-tags them."""
+TAG_HASH_V1 = "oner.config_hash_v1"
+"""A migrated run's scheme-1 hash, kept so its run directory (named by it) is still explained."""
 TAG_SPEC = "oner.spec"
 TAG_PROFILE = "oner.profile"
 TAG_RUN_DIR = "oner.run_dir"
@@ -55,6 +61,10 @@ TAG_ERROR = "oner.error"
 TAG_SLURM_JOB = "oner.slurm.job_id"
 TAG_SLURM_REQUEUES = "oner.slurm.requeues"
 TAG_SLURM_EVENT = "oner.slurm.last_event"
+TAG_SLURM_NODES = "oner.slurm.nodes"
+"""SLURM_JOB_NODELIST of the job's latest start (`node[1-2]`); a requeued job may land on other nodes."""
+TAG_WORLD_SIZE = "oner.world_size"
+"""DDP ranks the run trains with (all tasks of its job, over every node)."""
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_NOTE = "mlflow.note.content"
 TAG_PARENT_RUN = "mlflow.parentRunId"
@@ -275,6 +285,16 @@ def _float_or_none(text: str | None) -> float | None:
         return None
 
 
+def old_scheme_runs(client: MlflowClient, experiment: str) -> int:
+    """How many runs of `experiment` carry a config hash of an earlier scheme (no scheme tag): a rerun
+    does not find them until `python -m oner_lab.migrate` re-tags them."""
+    experiment_key = experiment_id(client, experiment, create=False)
+    if experiment_key is None:
+        return 0
+    filter_string = f"tags.`{TAG_HASH}` LIKE '%' and tags.`{TAG_HASH_SCHEME}` IS NULL"
+    return len(retry_locked(lambda: client.search_runs([experiment_key], filter_string=filter_string, max_results=1000)))
+
+
 def fetch_runs(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, Run]:
     """Run id -> MLflow run (params, tags, each metric's latest value), in one query."""
     experiment_key = experiment_id(client, experiment, create=False)
@@ -346,6 +366,7 @@ def create_run(
         TAG_VARIANT: planned.variant,
         TAG_SEED: str(planned.seed),
         TAG_HASH: planned.config_hash,
+        TAG_HASH_SCHEME: str(SCHEME),
         TAG_SPEC: str(spec.source_file),
         TAG_PROFILE: profile,
         TAG_RUN_DIR: str(run_dir),

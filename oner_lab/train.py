@@ -18,9 +18,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from oner_lab import checkpoint, finetune
+from oner_lab import checkpoint, embedding_sample, finetune
 from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
 from oner_lab.evaluate import evaluate
@@ -42,6 +43,8 @@ from oner_lab.objectives import (
     resolve_terms,
 )
 from oner_lab.spec.config import RunConfig
+from oner_lab.spec.identity import canonical
+from oner_lab.spec.legacy import upgrade
 
 JOINT_HEAD_TERMS = frozenset({"cmc"})  # their left side is a joint view: no per-modality head for it
 
@@ -54,6 +57,15 @@ def resolve_tower(config: RunConfig, vocab_size: int = 30522) -> TowerConfig:
     """The preset with the config's overrides applied."""
     overrides = config.model.model_dump(exclude={"preset"})
     return tower_config(config.model.preset, vocab_size=vocab_size, **overrides)
+
+
+def same_identity(logged: dict, config: RunConfig) -> bool:
+    """Whether a checkpoint's config is the same run as `config`: operational fields (device, workers,
+    cadences) may differ, so a stopped run resumes on other hardware (`oner_lab.spec.identity`)."""
+    try:
+        return canonical(RunConfig.model_validate(upgrade(logged))) == canonical(config)
+    except ValidationError:
+        return False
 
 
 def validate(config: RunConfig, files: bool = True) -> None:
@@ -193,10 +205,22 @@ class Trainer:
             checkpoint.save_atomic(self.state(), self.checkpoint_path)
         barrier()
 
-    def save_early(self) -> None:
-        """Weights at a tenth of training (the paper's t-SNE compares 4 of 40 epochs with the end)."""
-        state = {k: v for k, v in self.state().items() if k in ("step", "model", "target", "config", "tower")}
-        checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "early.pt")
+    @torch.no_grad()
+    def log_embeddings(self, log: RunLogger | None, when: str) -> None:
+        """Embeds the fixed t-SNE sample (`oner_lab.embedding_sample`) into `run_dir/embeddings/<when>.npz`
+        and logs it, so the analysis draws the figure from tracking alone. Main rank only."""
+        found = embedding_sample.retrieval_set(self.data.eval_sets)
+        if found is None:
+            return
+        self.model.eval()
+        try:
+            with self.autocast:
+                sample = embedding_sample.embed(self.model, *found, self.step, self.device)
+        finally:
+            self.model.train()
+        path = sample.save(self.run_dir / embedding_sample.ARTIFACT_DIR / f"{when}.npz")
+        if log is not None:
+            log.log_artifact(path, embedding_sample.ARTIFACT_DIR)
 
     def start(self) -> None:
         """Resume from this run's last checkpoint; failing that, a fine-tuning run takes its parent's weights."""
@@ -209,7 +233,7 @@ class Trainer:
         state = checkpoint.load(self.checkpoint_path)
         if state is None:
             return False
-        if state["config"] != self.config.model_dump(mode="json"):
+        if not same_identity(state["config"], self.config):
             raise RuntimeError(
                 f"{self.checkpoint_path} was written by a different config; use another run directory"
             )
@@ -309,8 +333,8 @@ class Trainer:
                 metrics = self.evaluate()
                 if log:
                     log.log_metrics(metrics, self.step)
-            if self.step == max(1, t.steps // 10) and self.dist.is_main:
-                self.save_early()
+            if self.step == max(1, t.steps // 10) and self.dist.is_main:  # the paper's t-SNE: 4 of 40 epochs
+                self.log_embeddings(log, embedding_sample.EARLY)
             stop = control is not None and control.should_stop()
             if self.step % t.checkpoint_every == 0 or self.step == t.steps or stop:
                 self.save()
@@ -325,6 +349,8 @@ class Trainer:
         if log:
             log.log_metrics(metrics, self.step)
             log.log_artifact(self.write_eval_table(metrics), "eval")
+        if self.dist.is_main:
+            self.log_embeddings(log, embedding_sample.FINAL)
         return {**last, **metrics, "train/steps": float(self.step)}
 
     def write_eval_table(self, metrics: dict[str, float]) -> Path:

@@ -2,13 +2,21 @@
 
 SLURM: tests marked `slurm` run against a real scheduler (start one with
 `bash slurm/local-cluster.sh start`). Without one they are skipped with the reason shown,
-unless ONER_REQUIRE_SLURM=1 (set by .ci/run), where a missing cluster is a failure.
+unless ONER_REQUIRE_SLURM=1 (set by .ci/run), where a missing cluster is a failure. Tests
+that need two nodes (`bash slurm/local-cluster.sh start --nodes 2`) ask for `two_slurm_nodes`;
+ONER_REQUIRE_SLURM_NODES=2 makes a smaller cluster a failure there.
+
+Server: tests marked `server` write to a real MLflow tracking server (on PostgreSQL:
+`bash slurm/local-tracking.sh start`) whose URI is in ONER_TEST_TRACKING_URI; without it they are
+skipped, unless ONER_REQUIRE_SERVER=1 (set by .ci/run). ONER_TEST_OPTUNA_STORAGE names the
+PostgreSQL database for Optuna studies (`bash slurm/local-tracking.sh optuna-uri`).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 
 import pytest
 from mlflow_store import mlflow_template  # noqa: F401  (a session fixture every MLflow test shares)
@@ -52,3 +60,60 @@ def _require_slurm_for_marked_tests(request: pytest.FixtureRequest) -> None:
     """Gives every `slurm`-marked test the cluster check, even when it does not ask for the partition."""
     if request.node.get_closest_marker("slurm") is not None:
         request.getfixturevalue("slurm_partition")
+
+
+def _usable_nodes(partition: str) -> list[str]:
+    command = ["sinfo", "-h", "-N", "-p", partition, "-o", "%N %T"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=SINFO_TIMEOUT_S)
+    return sorted({line.split()[0] for line in done.stdout.splitlines() if line.split()[1:2] and line.split()[1] in USABLE_NODE_STATES})
+
+
+@pytest.fixture(scope="session")
+def two_slurm_nodes(slurm_partition: str) -> list[str]:
+    """The names of at least two usable nodes of the partition; skips (or fails under
+    ONER_REQUIRE_SLURM_NODES=2) on a one-node cluster."""
+    nodes = _usable_nodes(slurm_partition)
+    if len(nodes) < 2:
+        message = f"partition {slurm_partition!r} has {len(nodes)} usable node(s) ({nodes}); start two with " \
+                  "`bash slurm/local-cluster.sh start --nodes 2`"
+        if int(os.environ.get("ONER_REQUIRE_SLURM_NODES", "1")) >= 2:
+            pytest.fail(f"{message} (ONER_REQUIRE_SLURM_NODES={os.environ['ONER_REQUIRE_SLURM_NODES']})", pytrace=False)
+        pytest.skip(message)
+    return nodes
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    """The MLflow server the `server` tests write to (each test in experiments of its own)."""
+
+    uri: str
+    optuna_storage: str | None
+
+
+@pytest.fixture(scope="session")
+def tracking_server() -> TrackingServer:
+    """ONER_TEST_TRACKING_URI, checked by one read; skips (fails under ONER_REQUIRE_SERVER=1) without it."""
+    from oner_lab import tracking
+
+    uri = os.environ.get("ONER_TEST_TRACKING_URI")
+    reason = None if uri else "ONER_TEST_TRACKING_URI is not set"
+    if uri:
+        try:
+            tracking.connect(uri)
+        except tracking.TrackingError as error:
+            reason = str(error)
+    if reason is not None:
+        message = f"no MLflow tracking server: {reason}; start one with `bash slurm/local-tracking.sh start` " \
+                  "and export ONER_TEST_TRACKING_URI=$(bash slurm/local-tracking.sh uri)"
+        if os.environ.get("ONER_REQUIRE_SERVER") == "1":
+            pytest.fail(f"{message} (ONER_REQUIRE_SERVER=1)", pytrace=False)
+        pytest.skip(message)
+    assert uri is not None
+    return TrackingServer(uri, os.environ.get("ONER_TEST_OPTUNA_STORAGE"))
+
+
+@pytest.fixture(autouse=True)
+def _require_server_for_marked_tests(request: pytest.FixtureRequest) -> None:
+    """Gives every `server`-marked test the server check."""
+    if request.node.get_closest_marker("server") is not None:
+        request.getfixturevalue("tracking_server")

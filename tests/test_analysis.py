@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-import torch
 from jupyter_client.kernelspec import KernelSpecManager
 from mlflow import MlflowClient
 from mlflow_store import copy_store
@@ -30,7 +29,7 @@ from mlflow_store import copy_store
 from oner_lab import analysis, checkpoint, tracking
 from oner_lab.analysis import paper, tsne
 from oner_lab.distributed import DistInfo
-from oner_lab.evaluate import evaluate
+from oner_lab.embedding_sample import EmbeddingSample
 from oner_lab.run import main as run_cli
 from oner_lab.spec import expand, load_spec
 from oner_lab.spec.config import RunConfig
@@ -286,44 +285,46 @@ def test_loss_and_gap_curves_plot_every_term_and_evaluation(uri: str) -> None:
     assert sorted(list(line.get_xdata()) for line in panel.get_lines() if len(line.get_xdata())) == [[2, 4, 5]] * len(VARIANTS)
 
 
-def test_initial_weights_are_the_trainers(store: Path, uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs without checkpoints/early.pt (older runs) fall back to the seed's initial weights."""
-    monkeypatch.chdir(store)  # the run's relative data cache
-    run = analysis.load_runs(uri, EXPERIMENT).set_index("run_name").loc["oner/seed1"]
-    run_dir = store / "no-early-checkpoint"
-    shutil.copytree(run["run_dir"], run_dir)
-    (run_dir / "checkpoints" / tsne.EARLY_CHECKPOINT).unlink()
-    final = checkpoint.load(run_dir / "checkpoints" / "last.pt")
-    (label, rebuilt), _ = tsne.checkpoint_models(run_dir, final)
-    trainer = Trainer(RunConfig.model_validate(final["config"]), store / "unused", DistInfo(0, 1, 0))
-    assert label == "step 0 (initial weights)"
-    for name, tensor in trainer.model.state_dict().items():
-        assert torch.equal(tensor, rebuilt.state_dict()[name]), name
-
-
-def test_the_trainers_early_checkpoint_is_used(uri: str) -> None:
-    run = analysis.load_runs(uri, EXPERIMENT).iloc[0]
-    run_dir = Path(run["run_dir"])
-    final = checkpoint.load(run_dir / "checkpoints" / "last.pt")
-    (early_label, early_model), (final_label, _) = tsne.checkpoint_models(run_dir, final)
-    assert (early_label, final_label) == ("step 1", f"step {final['step']} (final)")
-    early = checkpoint.load(run_dir / "checkpoints" / tsne.EARLY_CHECKPOINT)
-    for name, tensor in early["model"].items():
-        assert torch.equal(tensor, early_model.state_dict()[name]), name
-
-
-def test_tsne_embeds_the_eval_set_the_run_was_evaluated_on(uri: str, logged: dict) -> None:
-    """Re-evaluating the final checkpoint on the set the t-SNE embeds reproduces the logged metrics."""
+def test_every_run_logs_the_same_embedding_sample_early_and_final(uri: str) -> None:
     runs = analysis.load_runs(uri, EXPERIMENT)
-    for run in runs[runs["run_name"].isin(["itc_two_heads/seed1", "oner/seed0"])].to_dict("records"):  # both head kinds
-        state = checkpoint.load(Path(run["run_dir"]) / "checkpoints" / "last.pt")
-        eval_set = tsne.eval_set_of(uri, pd.Series(run), state["config"], state["tower"], tsne.default_data_root(uri))
-        model = tsne.model_from_state(state)
-        with torch.no_grad():
-            batch_size = state["config"]["eval"]["batch_size"]  # the trainer's batching: the same float sums
-            metrics = evaluate(model.encode_image, model.encode_text, {"shapes": eval_set}, batch_size=batch_size)
-        for key in ("eval/shapes/tr_r1", "eval/shapes/ir_r5", "eval/shapes/modality_gap"):
-            assert metrics[key] == pytest.approx(logged[run["run_name"]][key], abs=1e-4), (run["run_name"], key)
+    items = set()
+    for run in runs.to_dict("records"):
+        samples = tsne.logged_samples(uri, run["run_id"])
+        assert {when: sample.step for when, sample in samples.items()} == {"early": 1, "final": 5}  # a tenth of 5 steps, at least 1
+        for sample in samples.values():
+            assert sample.eval_set == "shapes" and len(sample.item) == 32  # the smoke spec's 32 eval images, all sampled
+            for part in (sample.image, sample.text, sample.joint):
+                assert part.shape == (32, 128) and np.allclose(np.linalg.norm(part, axis=1), 1, atol=1e-5)
+            items.add(tuple(sample.item))
+    assert len(items) == 1  # one fixed sample: every run embeds the same images
+
+
+def test_the_logged_final_sample_is_the_final_weights_embedding(store: Path, uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-embedding with the final checkpoint (through the trainer) gives the logged artifact, for both head kinds."""
+    monkeypatch.chdir(store)  # the run's relative data cache
+    runs = analysis.load_runs(uri, EXPERIMENT).set_index("run_name")
+    for name in ("itc_two_heads/seed1", "oner/seed0"):
+        run_dir = tmp_path / name.replace("/", "-")
+        shutil.copytree(Path(runs.loc[name, "run_dir"]) / "checkpoints", run_dir / "checkpoints")
+        final = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+        trainer = Trainer(RunConfig.model_validate(final["config"]), run_dir, DistInfo(0, 1, 0))
+        assert trainer.resume()
+        trainer.log_embeddings(None, "again")
+        again = EmbeddingSample.load(run_dir / "embeddings" / "again.npz")
+        logged = tsne.logged_samples(uri, runs.loc[name, "run_id"])["final"]
+        assert again.step == logged.step and np.array_equal(again.item, logged.item)
+        for part in ("image", "text", "joint"):
+            assert np.allclose(getattr(again, part), getattr(logged, part), atol=1e-5), (name, part)
+        assert not np.allclose(logged.joint, logged.image, atol=1e-3)  # the joint view is its own pass
+
+
+def test_a_run_that_logged_no_sample_gets_a_panel_saying_so(store_copy: str) -> None:
+    add_run(store_copy, smoke_runs(["grid.variants.xmc={objective: {variant: xmc}}"])[-1], {"eval/shapes/tr_r1": 1.0}, tracking.FINISHED)
+    runs = analysis.load_runs(store_copy, EXPERIMENT)
+    figure = analysis.tsne_figure(store_copy, runs[runs["variant"].isin(["xmc", "itc"])], max_points=10)
+    said = [text.get_text() for axis in figure.axes for text in axis.texts]
+    assert any(text.startswith("xmc/seed") and "no artifact embeddings/final.npz" in text for text in said), said
+    assert [axis.get_title() for axis in figure.axes if axis.get_title()] == ["itc/seed0: step 1", "itc/seed0: step 5 (final)"]
 
 
 def test_tsne_figure_has_early_and_final_panels_of_three_modalities(uri: str, store: Path) -> None:

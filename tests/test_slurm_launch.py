@@ -116,7 +116,7 @@ BAD_INPUTS = [
      ["launcher.slurm.tasks_per_node: 2", "8 GPUs"]),
     (["--set", "launcher.slurm.time_min=1"], None, ["launcher.slurm.time_min: 1 min", "signal_lead_s 60"]),
     (["--set", "launcher.slurm.tasks_per_node=3"], None, ["train.batch_size 16", "3 DDP ranks"]),
-    (["--set", "launcher.slurm.nodes=2"], None, ["launcher.slurm.nodes: 2", "partition 'a100' has (1"]),
+    (["--set", "launcher.slurm.nodes=16"], None, ["launcher.slurm.nodes: 16", "is more than partition 'a100' has ("]),
 ]
 
 

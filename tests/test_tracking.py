@@ -59,10 +59,12 @@ def test_create_run_records_params_tags_config_and_is_found_by_hash(store: tuple
     assert params["data.crop_scale"] == json.dumps(list(planned.config.data.crop_scale))  # lists as JSON
     assert params["model.width"] == "null"
     assert len(params) == len(tracking.flatten(planned.config.model_dump(mode="json")))
+    assert params["train.device"] == "auto" and params["data.workers"] == "4"  # operational: logged, not hashed
     tags = run.data.tags
     assert tags["oner.variant"] == "itc"
     assert tags["oner.seed"] == "0"
     assert tags["oner.config_hash"] == planned.config_hash
+    assert tags["oner.config_hash_scheme"] == "2"
     assert tags["oner.spec"] == "experiments/tracking-test.yaml"
     assert tags["oner.profile"] == "tiny"
     assert tags["oner.run_dir"] == str(tmp_path / "runs" / planned.config_hash)

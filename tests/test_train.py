@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from oner_lab import train
 from oner_lab.checkpoint import load
+from oner_lab.embedding_sample import EmbeddingSample
 from oner_lab.hooks import ConfigError, Interrupted
 from oner_lab.spec.config import RunConfig
 
@@ -71,12 +73,31 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path: Path, stop_after: i
     resumed = train.run(config, tmp_path / "resumed", logger)
     assert logger.metrics[0][0] == stop_after + 1  # continued, not restarted
     assert logger.flushed_at == [6]  # flushed right after the final checkpoint (steps 3 and 6 checkpoint)
-    early = load(tmp_path / "straight" / "checkpoints" / "early.pt")
-    assert early is not None and early["step"] == 1  # a tenth of 6 steps, at least one
+    early = EmbeddingSample.load(tmp_path / "straight" / "embeddings" / "early.npz")
+    assert early.step == 1 and early.eval_set == "shapes"  # a tenth of 6 steps, at least one
+    assert (tmp_path / "resumed" / "embeddings" / "final.npz", "embeddings") in logger.artifacts
+    finals = [EmbeddingSample.load(tmp_path / name / "embeddings" / "final.npz") for name in ("straight", "resumed")]
+    assert finals[0].step == finals[1].step == 6 and np.array_equal(finals[0].joint, finals[1].joint)
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert resumed["eval/shapes/tr_r1"] == straight["eval/shapes/tr_r1"]
+
+
+def test_a_stopped_run_resumes_under_other_operational_settings(tmp_path: Path) -> None:
+    """Device and logging/checkpoint cadence are not the run's identity (same hash), so its checkpoint
+    must take them: the resumed run ends bit for bit where the uninterrupted one does. (`train.threads`
+    is operational too, but changes float reduction order, so it is not compared bitwise here; and
+    torch's thread count is process-wide, so setting it would leak into later tests.)"""
+    config = micro_config(tmp_path / "cache", steps=4)
+    straight = train.run(config, tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        train.run(config, tmp_path / "moved", control=StopAt(2, []))
+    moved = micro_config(tmp_path / "cache", steps=4, device="cpu", log_every=3, checkpoint_every=1)
+    resumed = train.run(moved, tmp_path / "moved")
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "moved")
+    assert all(torch.equal(a[key], b[key]) for key in a)
     assert resumed["eval/shapes/tr_r1"] == straight["eval/shapes/tr_r1"]
 
 
@@ -111,8 +132,11 @@ def test_micro_run_loss_falls_and_reports_every_metric(tmp_path: Path) -> None:
                 "train/loss_itc", "train/loss_mlm", "train/loss_mim", "train/samples_per_s", "data/skipped_samples"):
         assert key in final
     assert logger.artifacts and logger.artifacts[0][1] == "tokenizer" and logger.artifacts[0][0].is_dir()
-    table = json.loads(logger.artifacts[-1][0].read_text())
-    assert logger.artifacts[-1][1] == "eval" and table["step"] == 30
+    tables = [path for path, where in logger.artifacts if where == "eval"]
+    assert len(tables) == 1 and json.loads(tables[0].read_text())["step"] == 30
+    table = json.loads(tables[0].read_text())
+    assert [path.name for path, where in logger.artifacts if where == "embeddings"] == ["early.npz", "final.npz"]
+    assert [EmbeddingSample.load(path).step for path, where in logger.artifacts if where == "embeddings"] == [3, 30]
     assert table["sets"]["shapes"]["tr_r1"] == final["eval/shapes/tr_r1"]
     assert table["sets"]["shapes_cls"]["top1"] == final["eval/shapes_cls/top1"]
 

@@ -1,4 +1,4 @@
-"""The paper's published tables (PAPER.md, "Tables to regenerate"), as data to print beside ours.
+"""The paper's published tables (docs/paper.md, "The tables the lab regenerates"), as data to print beside ours.
 
 Every number is in percent. Ablation setting [reading, strong]: CC3M, ViT-B/16, 40 epochs;
 zero-shot ImageNet top-1 and MS-COCO 5K retrieval. Main table: 4M pairs, MS-COCO 5K.

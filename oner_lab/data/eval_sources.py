@@ -30,7 +30,7 @@ from .shards import (
 )
 from .tokenizer import TextTokenizer
 
-SLIP_TEMPLATES = (  # SLIP's seven ImageNet prompts (PAPER.md, Evaluation protocols)
+SLIP_TEMPLATES = (  # SLIP's seven ImageNet prompts (docs/paper.md, Evaluation protocols)
     "itap of a {}.",
     "a bad photo of the {}.",
     "a origami {}.",

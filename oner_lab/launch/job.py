@@ -164,7 +164,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         client = tracking.connect(self.tracking_uri) if task.is_main else None
         if client is not None:
-            tags = {tracking.TAG_SLURM_JOB: task.job_id, tracking.TAG_SLURM_REQUEUES: str(task.restarts)}
+            tags = {
+                tracking.TAG_SLURM_JOB: task.job_id,
+                tracking.TAG_SLURM_REQUEUES: str(task.restarts),
+                tracking.TAG_SLURM_NODES: task.nodes,
+                tracking.TAG_WORLD_SIZE: str(task.world_size),
+            }
             tracking.set_tags(client, self.run_id, tags)
         if task.restarts > self.max_requeues:
             reason = over_budget_message(f"SLURM requeued the job {task.restarts} times", self.max_requeues, None)

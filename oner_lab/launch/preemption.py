@@ -68,6 +68,10 @@ class SlurmTask:
     restarts: int
     """SLURM_RESTART_COUNT: times this job was requeued before this start."""
     rank: int
+    world_size: int = 1
+    """SLURM_NTASKS: the job's tasks, one DDP rank each, over all its nodes."""
+    nodes: str = ""
+    """SLURM_JOB_NODELIST, as SLURM writes it (`node[1-2]`): where this incarnation runs."""
 
     @classmethod
     def from_env(cls) -> SlurmTask:
@@ -79,6 +83,8 @@ class SlurmTask:
             raw_job_id=raw,
             restarts=int(env.get("SLURM_RESTART_COUNT", "0")),
             rank=int(env.get("SLURM_PROCID", "0")),
+            world_size=int(env.get("SLURM_NTASKS", "1")),
+            nodes=env.get("SLURM_JOB_NODELIST", ""),
         )
 
     @property

@@ -1,7 +1,7 @@
 """Attention masks for each view of the [CLS, image, text] sequence.
 
 A view is "I", "T", "I|T", "T|I" or "I,T". In F(A|B) the CLS and A tokens attend to
-A and B while the context B attends only to B (PAPER.md [reading]); "I,T" is full
+A and B while the context B attends only to B (docs/paper.md [reading]); "I,T" is full
 attention. Text padding is never attended to.
 """
 

@@ -1,7 +1,7 @@
 """The single tower: per-modality input embedders, one [CLS], shared timm blocks, heads.
 
 No modality-type embeddings: the body and the (shared) head never learn which modality a
-token came from, except through each embedder's own positional table (PAPER.md [reading]).
+token came from, except through each embedder's own positional table (docs/paper.md [reading]).
 """
 
 from __future__ import annotations

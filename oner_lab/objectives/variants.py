@@ -1,4 +1,4 @@
-"""The ablation's named term sets, exactly as PAPER.md lists them (cumulative reading)."""
+"""The ablation's named term sets, exactly as docs/paper.md lists them (cumulative reading)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ MASKED_TERMS = frozenset({"mlm", "mim", "mmm"})
 
 @dataclass(frozen=True)
 class Variant:
-    """A named set of terms (all weight 1.0, PAPER.md [reading]) and the head it needs."""
+    """A named set of terms (all weight 1.0, docs/paper.md [reading]) and the head it needs."""
 
     terms: tuple[str, ...]
     head: str = "shared"

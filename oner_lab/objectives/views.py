@@ -165,7 +165,7 @@ class Views:
 
     def contrast(self, view: str) -> torch.Tensor:
         """F(view) for a contrastive left side. The joint view takes the global token of the
-        MMM pass when MMM runs (PAPER.md [reading]); the single-modality views take the MIM/MLM
+        MMM pass when MMM runs (docs/paper.md [reading]); the single-modality views take the MIM/MLM
         passes' only if `contrast_masked_views` is set, and clean passes otherwise."""
         masked_term = MASKED_TERM_OF_VIEW.get(view)
         wanted = view == "I,T" or self.settings.contrast_masked_views

@@ -7,7 +7,7 @@ project's code (term names, preset dimensions, tokenizer directories) live in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,6 +17,8 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
 )
+
+from oner_lab.spec.identity import Operational
 
 
 class Section(BaseModel):
@@ -122,7 +124,8 @@ class DataConfig(Section):
         default_factory=lambda: ["train", "restval"], min_length=1, description="karpathy: the splits trained on"
     )
     shuffle_buffer: PositiveInt = Field(default=10000, description="samples in one shuffle window of a real source")
-    workers: PositiveInt = Field(default=4, description="decoding threads of a real source")
+    workers: Annotated[PositiveInt, Operational("threads only; batches are a pure function of (seed, step)")] = Field(
+        default=4, description="decoding threads of a real source")
     text_only: UnpairedSourceConfig | None = Field(
         default=None, description="caption files trained with MLM only, beside the paired data (needs the mlm term)"
     )
@@ -132,7 +135,8 @@ class DataConfig(Section):
     eval_sources: dict[str, EvalSourceConfig] = Field(
         default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
     )
-    cache_dir: str = Field(default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
+    cache_dir: Annotated[str, Operational("where derived files are kept; their content is keyed by what they hold")] = Field(
+        default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
     train_size: PositiveInt = 20000
     eval_images: PositiveInt = 1000
     cls_images_per_class: PositiveInt = 10
@@ -144,7 +148,9 @@ class DataConfig(Section):
         default=(0.9, 1.0), description="RandomResizedCrop scale; mild for shapes, whose captions name positions"
     )
     hflip: bool = Field(default=False, description="off: captions name left/right positions")
-    on_corrupt: Literal["skip", "fail"] = "skip"
+    on_corrupt: Annotated[
+        Literal["skip", "fail"], Operational("a run that finishes under 'fail' read what 'skip' reads")
+    ] = "skip"
 
 
 class TrainConfig(Section):
@@ -160,10 +166,13 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float | None = Field(default=1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
-    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
-    checkpoint_every: PositiveInt = 200
-    log_every: PositiveInt = 10
-    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
+    device: Annotated[str, Operational("where it runs; precision is its own (identity) field")] = Field(
+        default="auto", description="auto, cpu, cuda, cuda:N")
+    checkpoint_every: Annotated[PositiveInt, Operational("a resumed run continues exactly (RNG and data position restored)")] = 200
+    log_every: Annotated[PositiveInt, Operational("cadence of training-loss logging, not of evaluation")] = 10
+    threads: Annotated[
+        int | None, Operational("CPU intra-op threads: float reduction order changes, as on another GPU; the recipe does not")
+    ] = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
     init_from: str | None = Field(
         default=None,
         description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
@@ -176,11 +185,12 @@ class EvalConfig(Section):
 
     sets: list[str] = Field(default_factory=lambda: ["shapes", "shapes_cls"])
     every_steps: PositiveInt | None = None
-    batch_size: PositiveInt = 256
+    batch_size: Annotated[PositiveInt, Operational("retrieval and classification scores do not depend on it")] = 256
 
 
 class RunConfig(Section):
-    """Everything one training run needs; hashed to name its run directory and dedupe it."""
+    """Everything one training run needs; its identity fields are hashed (`oner_lab.spec.identity`)
+    to name its run directory and dedupe it."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)

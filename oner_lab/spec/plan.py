@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
@@ -15,24 +14,11 @@ from pydantic import ValidationError
 
 from oner_lab.spec.config import RunConfig
 from oner_lab.spec.errors import SpecError, did_you_mean, one_of, show
+from oner_lab.spec.identity import config_hash
 from oner_lab.spec.merge import deep_merge, set_at
 from oner_lab.spec.models import NAME_PATTERN, Spec
 from oner_lab.spec.validation import NoteFor, describe, to_spec_error, validate
 from oner_lab.spec.yaml_io import parse_yaml
-
-
-def config_hash(config: RunConfig, parent_hash: str | None = None) -> str:
-    """First 12 hex digits of the sha256 of the config's canonical JSON (sorted keys).
-
-    Computed from the validated config, so YAML layout, comments, key order and number
-    spelling (1e-3 vs 0.001) do not matter; every field counts, defaults included. A run that
-    starts from another variant's run (`train.init_from`) folds in that run's hash (`parent_hash`,
-    appended as a line `parent <hash>`), so changing the parent's config changes the child's.
-    """
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    if parent_hash is not None:
-        canonical += f"\nparent {parent_hash}"
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
 def names_variant(init_from: str) -> bool:
