@@ -7,8 +7,10 @@ Exit codes: 0 every selected run FINISHED (or was already, or is still queued on
 earlier invocation); 1 some run failed or was stopped, or the scheduler refused the jobs;
 2 bad input (spec, --set, --only, a config train.validate refuses, a tracking store that
 cannot be opened, a backend that cannot launch here, a cluster profile that does not fit the
-cluster), found before anything is logged or submitted; 130 interrupted (rerun the same
-command to resume).
+cluster), found before anything is logged or submitted; 3 the tracking store failed while runs
+were going (deleted, read-only, full, locked, server unreachable) for longer than
+`tracking.outage_window_s`: the runs stopped at a checkpoint, fix the store and rerun to resume;
+130 interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -24,21 +26,34 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+import filelock
+from filelock import FileLock
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from requests import RequestException
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from oner_lab import finetune, launch, table, tracking, train
 from oner_lab import study as studies
-from oner_lab.launch import scheduler
+from oner_lab.launch import claims, owner, recovery, scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
 from oner_lab.spec.cli import add_spec_arguments
+from oner_lab.store_outage import EXIT_STORE_LOST, StoreUnavailable, cause_of
 
 if TYPE_CHECKING:
     import submitit
 
 RUN, RERUN, RESUME, SKIP, QUEUED = "run", "rerun", "resume", "skip", "queued"
 """QUEUED: the run's SLURM job from an earlier invocation is still pending or running; it is left alone."""
+OWNED, RECOVER = "owned", "recover"
+"""OWNED: another live invocation (or its job) is training the run; it is left alone.
+RECOVER: the store has no run for the hash but its run directory holds a checkpoint: resumed from it."""
+EPILOG = """exit codes: 0 every selected run FINISHED (or is left to the invocation training it); 1 a run
+failed or was stopped; 2 bad input or a tracking store that cannot be opened, found before anything runs;
+3 the tracking store failed during the runs for longer than tracking.outage_window_s (runs stopped at a
+checkpoint; fix the store and rerun to resume); 130 interrupted (rerun to resume)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m oner_lab.run",
         description="Run every grid point of an experiment spec, log to MLflow, print the ablation table.",
+        epilog=EPILOG,
     )
     add_spec_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the plan (run / resume / skip) and exit")
@@ -67,20 +83,25 @@ def decide(
     existing: dict[str, tracking.TrackedRun],
     force: bool,
     live_jobs: frozenset[str] = frozenset(),
+    owned: frozenset[str] = frozenset(),
+    on_disk: frozenset[str] = frozenset(),
 ) -> list[Step]:
     """FINISHED -> skip (rerun with --force); still in `live_jobs` (its SLURM job pending or running) ->
-    queued, left alone; any other status -> resume into it; none -> run."""
+    queued, left alone; its hash in `owned` (a live invocation trains it) -> owned, left alone; any other
+    status -> resume into it; none -> recover when its hash is in `on_disk` (a checkpoint), else run."""
     steps = []
     for run in planned:
         found = existing.get(run.config_hash)
         if found is None:
-            action = RUN
+            action = RECOVER if run.config_hash in on_disk and not force else RUN
         elif force:
             action = RERUN
         elif found.finished:
             action = SKIP
+        elif found.slurm_job in live_jobs:
+            action = QUEUED
         else:
-            action = QUEUED if found.slurm_job in live_jobs else RESUME
+            action = OWNED if run.config_hash in owned else RESUME
         steps.append(Step(run, action, found))
     return steps
 
@@ -244,25 +265,96 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec.sweep is not None:  # an Optuna study of the spec's one grid point (docs/sweep.md)
         return run_sweep(spec, planned[0], None if args.dry_run else executor, uri, console)
     experiment = spec.experiment_name
-    try:
-        if args.dry_run:  # reads only; a SQLite file that is not there yet is not created
+    if args.dry_run:
+        try:  # reads only; a SQLite file that is not there yet is not created
             existing = tracking.runs_by_hash(tracking.connect(uri), experiment) if tracking.store_exists(uri) else {}
-        else:
-            client = tracking.connect(uri)
-            existing = tracking.runs_by_hash(client, experiment)
+        except tracking.TrackingError as error:
+            return fail(f"{spec.source_file}: {error}")
+        steps = plan(spec, planned, existing, args.force)
+        console.print(plan_table(steps))
+        warn_old_scheme(spec, uri, console)
+        if problems := unstartable(steps, existing):
+            return fail(f"{spec.source_file}: {'; '.join(problems)}")
+        return 0
+    try:
+        client = tracking.connect(uri)
     except tracking.TrackingError as error:
         return fail(f"{spec.source_file}: {error}")
-    steps = decide(planned, existing, args.force, live_slurm_jobs(existing))
-    console.print(plan_table(steps))
+    lock = tracking.store_lock(uri, runs_dir)
+    try:  # one invocation at a time plans and claims runs of this store (docs/reliability.md)
+        lock.acquire()
+    except filelock.Timeout:
+        return fail(
+            f"{spec.source_file}: another invocation has held {lock.lock_file} for {lock.timeout:.0f} s while "
+            "planning; if no `python -m oner_lab.run` is running, delete that file and rerun"
+        )
+    try:
+        return plan_and_launch(spec, planned, args, executor, client, uri, lock, console)
+    except STORE_ERRORS as error:
+        return store_failed(spec, uri, error)
+    finally:
+        if lock.is_locked:
+            lock.release(force=True)
+
+
+STORE_ERRORS = (MlflowException, SQLAlchemyError, RequestException, tracking.TrackingError, StoreUnavailable)
+"""What a tracking store that fails mid-run raises through MLflow; the CLI exits 3 on them."""
+
+
+def store_failed(spec: Spec, uri: str, error: BaseException) -> int:
+    """One paragraph naming the store and the cause; exit code 3."""
+    text = str(error) if isinstance(error, StoreUnavailable) else (
+        f"the tracking store {uri} failed ({cause_of(error)}). Make it usable again (put back a deleted file, free the "
+        "disk, fix a read-only mount, end the process locking it, or start the server), then rerun "
+        f"`python -m oner_lab.run {spec.source_file}`: unfinished runs resume from their checkpoints"
+    )
+    print(f"error: {spec.source_file}: {text} (exit {EXIT_STORE_LOST})", file=sys.stderr)
+    return EXIT_STORE_LOST
+
+
+def warn_old_scheme(spec: Spec, uri: str, console: Console) -> None:
+    """Says when the experiment holds runs hashed by an earlier scheme (not found by the plan above)."""
+    experiment = spec.experiment_name
     if tracking.store_exists(uri) and (old := tracking.old_scheme_runs(tracking.connect(uri), experiment)):
         console.print(
             f"[yellow]{old} runs of experiment {experiment!r} were hashed by an earlier version of the lab[/] and are "
             f"not recognised above; `python -m oner_lab.migrate {spec.source_file}` re-tags them (docs/spec.md)."
         )
+
+
+def plan(spec: Spec, planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRun], force: bool) -> list[Step]:
+    """`decide` with what is known about live owners, live SLURM jobs and checkpoints on disk."""
+    owned = frozenset(key for key, found in existing.items() if not found.finished and claims.live_owner(found))
+    on_disk = frozenset(
+        run.config_hash for run in planned
+        if run.config_hash not in existing and recovery.checkpoint_on_disk(spec, run.config_hash) is not None
+    )
+    return decide(planned, existing, force, live_slurm_jobs(existing), owned, on_disk)
+
+
+def plan_and_launch(
+    spec: Spec,
+    planned: Sequence[PlannedRun],
+    args: argparse.Namespace,
+    executor: submitit.Executor,
+    client: MlflowClient,
+    uri: str,
+    lock: FileLock,
+    console: Console,
+) -> int:
+    """Under the store lock: ends runs whose owner is gone, plans, claims; then dispatches and waits."""
+    existing = tracking.runs_by_hash(client, spec.experiment_name)
+    existing, notes = claims.reconcile(
+        client, existing, live_slurm_jobs(existing),
+        lambda found: recovery.run_dir_of(spec, _hash_of(existing, found), found),
+    )
+    for note in notes:
+        console.print(f"[yellow]{note}[/]", highlight=False)
+    steps = plan(spec, planned, existing, args.force)
+    console.print(plan_table(steps))
+    warn_old_scheme(spec, uri, console)
     if problems := unstartable(steps, existing):
         return fail(f"{spec.source_file}: {'; '.join(problems)}")
-    if args.dry_run:
-        return 0
     queued = [step for step in steps if step.action == QUEUED]
     if queued:
         held = ", ".join(f"{step.planned.run_name} (job {step.existing.slurm_job})" for step in queued if step.existing)
@@ -270,14 +362,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Still queued or running on SLURM from an earlier invocation, left alone: {held}. "
             f"`python -m oner_lab.status {spec.source_file}` follows them."
         )
-    todo = [step for step in steps if step.action not in (SKIP, QUEUED)]
+    owned = [step for step in steps if step.action == OWNED]
+    if owned:
+        held = ", ".join(f"{step.planned.run_name} ({_owner_of(step)})" for step in owned)
+        console.print(
+            f"Being trained by another invocation, left alone: {held}. "
+            f"`python -m oner_lab.status {spec.source_file}` follows them."
+        )
+    todo = [step for step in steps if step.action not in (SKIP, QUEUED, OWNED)]
     if not todo:
-        if not queued:
+        if not queued and not owned:
             console.print(f"All {len(steps)} runs already FINISHED (--force reruns them).")
             table.print_spec_table(spec, planned, console)
         return 0
 
-    return launch_and_wait(spec, planned, todo, existing, executor, client, uri, args.no_wait, console)
+    return launch_and_wait(spec, planned, todo, existing, executor, client, uri, args.no_wait, console, lock)
+
+
+def _hash_of(existing: dict[str, tracking.TrackedRun], found: tracking.TrackedRun) -> str:
+    return next(key for key, other in existing.items() if other.run_id == found.run_id)
+
+
+def _owner_of(step: Step) -> str:
+    found = step.existing
+    owner_now = claims.live_owner(found) if found else None
+    return str(owner_now) if owner_now else "an invocation that just ended"
 
 
 def launch_and_wait(
@@ -290,8 +399,10 @@ def launch_and_wait(
     uri: str,
     no_wait: bool,
     console: Console,
+    lock: FileLock | None = None,
 ) -> int:
     """Opens the MLflow runs, submits them, waits with a progress view, prints the table; returns the exit code.
+    `lock` (the store lock, held while planning) is released once the first runs are claimed.
 
     Runs go in stages: first every run whose parent (`train.init_from` naming a variant) is not run
     here, then, once their parents FINISHED, the runs starting from them, and so on down a chain. A
@@ -315,9 +426,14 @@ def launch_and_wait(
             waiting = [step for step in waiting if not _can_start(step, parents)]
             if outcomes:
                 console.print(f"Parents FINISHED; starting {', '.join(step.planned.run_name for step in ready)}.")
-            dispatches = [_prepare(client, spec, step, parents) for step in ready]
+            dispatches = [_prepare(client, spec, step, parents, console) for step in ready]
+            if lock is not None and lock.is_locked:  # claimed: a second invocation now sees them owned
+                lock.release(force=True)
             try:
-                jobs = launch.submit(executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid())
+                jobs = launch.submit(
+                    executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid(),
+                    outage_window_s=spec.tracking.outage_window_s,
+                )
             except launch.LaunchError as error:
                 for run in dispatches:
                     tracking.end_run(client, run.run_id, tracking.FAILED, f"not submitted: {error}")
@@ -347,6 +463,13 @@ def launch_and_wait(
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+    if lost := [outcome for outcome in outcomes if outcome.store_error]:
+        names = ", ".join(f"{outcome.run_name} ({outcome.status})" for outcome in lost)
+        print(
+            f"error: {spec.source_file}: {lost[0].store_error}. Runs affected: {names}. (exit {EXIT_STORE_LOST})",
+            file=sys.stderr,
+        )
+        return EXIT_STORE_LOST
     table.print_spec_table(spec, planned, console)
     failed = [outcome for outcome in outcomes if outcome.status != tracking.FINISHED]
     for outcome in failed:
@@ -380,16 +503,36 @@ def _report_waiting(
         console.print(f"[yellow]{step.planned.run_name} not started[/]: {why}.")
 
 
-def _prepare(client: MlflowClient, spec: Spec, step: Step, parents: dict[str, tracking.TrackedRun]) -> launch.Dispatch:
-    """Creates the MLflow run (run, rerun) or re-opens the existing one (resume); a fine-tuning run is
+def _prepare(
+    client: MlflowClient, spec: Spec, step: Step, parents: dict[str, tracking.TrackedRun], console: Console
+) -> launch.Dispatch:
+    """Creates the MLflow run (run, rerun), re-opens the existing one (resume), or opens a new one for a
+    checkpoint the store lost (recover), claimed by this invocation (tag oner.owner); a fine-tuning run is
     tagged with its parent and given the parent's checkpoint (`parents`: FINISHED runs by config hash)."""
+    claim = {tracking.TAG_OWNER: owner.this_process().to_tag()}
     if step.action == RESUME and step.existing is not None:
-        run_dir = Path(step.existing.run_dir) if step.existing.run_dir else spec.run_dir(step.planned.config_hash).resolve()
+        run_dir = recovery.run_dir_of(spec, step.planned.config_hash, step.existing)
         run_id = step.existing.run_id
+        tracking.set_tags(client, run_id, claim)
         tracking.set_status(client, run_id, tracking.SCHEDULED)
+    elif step.action == RECOVER:
+        run_dir = spec.run_dir(step.planned.config_hash).resolve()
+        found = run_dir / recovery.LAST
+        run_id = tracking.create_run(
+            client, spec.experiment_name, step.planned, spec, run_dir, {**claim, tracking.TAG_RECOVERED: str(found)}
+        )
+        kept = recovery.read_kept(found)
+        recovery.relog(client, run_id, found, kept)
+        at = f" (step {kept['step']})" if "step" in kept else ""
+        console.print(
+            f"[yellow]Recovered {step.planned.run_name}[/]: the store has no run for config hash "
+            f"{step.planned.config_hash}, but {found}{at} is on disk; resuming from it into a new MLflow run "
+            f"tagged {tracking.TAG_RECOVERED}.",
+            highlight=False,
+        )
     else:
         run_dir = fresh_run_dir(spec, step.planned)
-        run_id = tracking.create_run(client, spec.experiment_name, step.planned, spec, run_dir)
+        run_id = tracking.create_run(client, spec.experiment_name, step.planned, spec, run_dir, claim)
     init_checkpoint, tags = _start_of(spec, step.planned, parents)
     if tags:
         tracking.set_tags(client, run_id, tags)
@@ -400,7 +543,7 @@ def _start_of(spec: Spec, run: PlannedRun, parents: dict[str, tracking.TrackedRu
     """The checkpoint a run starts from (its parent run's last.pt, or a train.init_from path) and the tags saying so."""
     if run.parent is not None:
         found = parents[run.parent.config_hash]
-        parent_dir = Path(found.run_dir) if found.run_dir else spec.run_dir(run.parent.config_hash).resolve()
+        parent_dir = recovery.run_dir_of(spec, run.parent.config_hash, found)
         return parent_dir / "checkpoints" / "last.pt", {tracking.TAG_PARENT_RUN: found.run_id, tracking.TAG_PARENT: found.run_name}
     if run.config.train.init_from is not None:
         path = Path(run.config.train.init_from).resolve()

@@ -14,16 +14,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.utils.validation import (
@@ -34,6 +36,7 @@ from mlflow.utils.validation import (
 )
 
 from oner_lab.spec.identity import SCHEME
+from oner_lab.store_outage import DEFAULT_WINDOW_S, Outage, StoreUnavailable
 
 if TYPE_CHECKING:
     from oner_lab.spec import PlannedRun, RunConfig, Spec
@@ -51,6 +54,8 @@ TAG_HASH_V1 = "oner.config_hash_v1"
 TAG_SPEC = "oner.spec"
 TAG_PROFILE = "oner.profile"
 TAG_RUN_DIR = "oner.run_dir"
+TAG_RUN_DIR_REL = "oner.run_dir_rel"
+"""The run directory relative to `launcher.runs_dir`: found again after the project folder moved."""
 TAG_GIT_DIRTY = "oner.git_dirty"
 TAG_ERROR = "oner.error"
 TAG_SLURM_JOB = "oner.slurm.job_id"
@@ -65,6 +70,14 @@ TAG_NOTE = "mlflow.note.content"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 """MLflow's own nesting tag: a fine-tuning run names the run it started from (the retrieval table reads it),
 a sweep's trial run its study's run; the UI shows children under their parent."""
+TAG_OWNER = "oner.owner"
+"""The invocation that dispatched the run and waits for it: JSON host, pid, process start time."""
+TAG_WORKER = "oner.worker"
+"""The job process training the run (same form); a rerun leaves a run alone while either lives."""
+TAG_HEARTBEAT = "oner.heartbeat"
+"""Unix time of the owner's or worker's last write: the lease a process on another host is judged by."""
+TAG_RECOVERED = "oner.recovered_from"
+"""A run opened for a checkpoint found on disk when the store had no run for its hash (a lost store)."""
 TAG_PARENT = "oner.parent"
 """The same, readable: the parent's run name, or the checkpoint path `train.init_from` gave."""
 
@@ -148,13 +161,45 @@ def connect(uri: str) -> MlflowClient:
             f"tracking.uri {uri!r} cannot be opened: directory {str(database.parent)!r} does not exist"
         )
     try:
-        client = MlflowClient(tracking_uri=uri)
-        with _fail_fast_http():
-            retry_locked(lambda: client.search_experiments(max_results=1))
+        # two processes creating one SQLite store race in MLflow's schema migration: one at a time
+        with _creation_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            with _fail_fast_http():
+                retry_locked(lambda: client.search_experiments(max_results=1))
     except Exception as error:  # noqa: BLE001 - any failure to read the store means it cannot be used
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TrackingError(f"tracking.uri {uri!r} cannot be opened: {reason}") from error
     return client
+
+
+def store_lock(uri: str, runs_dir: Path, timeout_s: float = LOCK_RETRY_FOR_S) -> FileLock:
+    """The lock one invocation holds while it creates the store, plans and claims its runs: beside a
+    SQLite file (`mlflow.db.lock`), else in `runs_dir` (`.store.lock`). Released when its process dies."""
+    database = sqlite_path(uri)
+    path = database.with_name(database.name + ".lock") if database is not None else runs_dir / ".store.lock"
+    if database is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    if key not in _LOCKS:  # one object per file: re-entrant within this process (flock is per open file)
+        _LOCKS[key] = FileLock(key, timeout=timeout_s)
+    return _LOCKS[key]
+
+
+_LOCKS: dict[str, FileLock] = {}
+
+
+def _creation_lock(uri: str) -> AbstractContextManager[object]:
+    """`store_lock` of a SQLite store while it is opened (and maybe created); nothing for other stores,
+    or where no lock file can be made beside it (a read-only folder: nobody creates a store there)."""
+    database = sqlite_path(uri)
+    if database is None:
+        return nullcontext()
+    try:
+        lock = store_lock(uri, database.parent)
+        Path(lock.lock_file).touch(exist_ok=True)
+    except OSError:
+        return nullcontext()
+    return lock
 
 
 def store_exists(uri: str) -> bool:
@@ -183,6 +228,12 @@ class TrackedRun:
     run_dir: str | None
     start_time: int
     slurm_job: str | None = None
+    owner: str | None = None
+    """Tag TAG_OWNER: the invocation that dispatched it; TAG_WORKER the job training it (launch/owner.py)."""
+    worker: str | None = None
+    heartbeat: float | None = None
+    run_dir_rel: str | None = None
+    """Tag TAG_RUN_DIR_REL (runs from before it have only the absolute `run_dir`)."""
 
     @property
     def finished(self) -> bool:
@@ -217,10 +268,21 @@ def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]
             run_name=run.info.run_name,
             status=run.info.status,
             run_dir=tags.get(TAG_RUN_DIR),
+            run_dir_rel=tags.get(TAG_RUN_DIR_REL),
             start_time=run.info.start_time,
             slurm_job=tags.get(TAG_SLURM_JOB),
+            owner=tags.get(TAG_OWNER),
+            worker=tags.get(TAG_WORKER),
+            heartbeat=_float_or_none(tags.get(TAG_HEARTBEAT)),
         )
     return latest
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 def old_scheme_runs(client: MlflowClient, experiment: str) -> int:
@@ -289,7 +351,14 @@ def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def create_run(client: MlflowClient, experiment: str, planned: PlannedRun, spec: Spec, run_dir: Path) -> str:
+def create_run(
+    client: MlflowClient,
+    experiment: str,
+    planned: PlannedRun,
+    spec: Spec,
+    run_dir: Path,
+    extra_tags: Mapping[str, str] | None = None,
+) -> str:
     """Creates the MLflow run of one planned run (params, tags, config.yaml), SCHEDULED; returns its id."""
     profile = spec.profile or "default"
     commit, dirty = git_state()
@@ -308,9 +377,13 @@ def create_run(client: MlflowClient, experiment: str, planned: PlannedRun, spec:
             + "`."
         ),
     }
+    runs_dir = Path(spec.launcher.runs_dir).resolve()
+    if run_dir.resolve().is_relative_to(runs_dir):
+        tags[TAG_RUN_DIR_REL] = str(run_dir.resolve().relative_to(runs_dir))
     if commit is not None:
         tags[TAG_GIT_COMMIT] = commit
         tags[TAG_GIT_DIRTY] = str(dirty).lower()
+    tags.update(extra_tags or {})
     experiment_key = experiment_id(client, experiment)
     run = retry_locked(lambda: client.create_run(experiment_key, run_name=planned.run_name))
     run_id = run.info.run_id
@@ -370,6 +443,11 @@ class MlflowRunLogger:
     `log_metrics`), when `max_buffered` values are waiting, and on `flush()`/`close()`.
     A (key, step) at or below the highest step already logged for that key is dropped: a
     resumed run repeats the steps since its last checkpoint.
+
+    A store that stops answering (store_outage.py) does not stop training: metrics and artifacts
+    stay buffered and are tried again with backoff. Past `outage_window_s`, `lost` holds the error
+    and `should_stop()` says True (the job checkpoints and ends), and the buffer goes to `spill`
+    (`<run_dir>/unlogged_metrics.jsonl`), which the next logger of the run logs first.
     """
 
     def __init__(
@@ -380,15 +458,37 @@ class MlflowRunLogger:
         flush_every_s: float = FLUSH_EVERY_S,
         max_buffered: int = MAX_METRICS_PER_BATCH,
         clock: Callable[[], float] = time.monotonic,
+        outage_window_s: float = DEFAULT_WINDOW_S,
+        spill: Path | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.flush_every_s = flush_every_s
         self.max_buffered = max_buffered
         self._clock = clock
+        self.uri = client._tracking_client.tracking_uri
+        self.outage = Outage(self.uri, outage_window_s, clock)
+        self.spill = spill
+        self._store_file = _file_identity(sqlite_path(self.uri))
         self._last_step = logged_steps(client, run_id)
         self._buffer: list[Metric] = []
+        self._artifacts: list[tuple[Path, str | None]] = []
         self._last_flush = clock()
+        self._owner_tags: dict[str, str] = {}
+        self._relog_spill()
+
+    @property
+    def lost(self) -> StoreUnavailable | None:
+        """The store's failure once it has lasted longer than the window; None while it answers."""
+        return self.outage.error() if self.outage.expired else None
+
+    def should_stop(self) -> bool:
+        """True once the store has failed for longer than the window: stop at the next checkpoint."""
+        return self.outage.expired
+
+    def beat(self, tags: Mapping[str, str]) -> None:
+        """Tags written with every flush (the owner's heartbeat: docs/reliability.md)."""
+        self._owner_tags = dict(tags)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         timestamp = int(time.time() * 1000)
@@ -401,28 +501,101 @@ class MlflowRunLogger:
             self.flush()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            retry_locked(lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
-        else:
-            retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self._artifacts.append((Path(path), artifact_path))
+        self.flush()
 
     def flush(self) -> None:
-        """Writes every buffered metric (in chunks MLflow accepts)."""
+        """Writes every buffered metric (in chunks MLflow accepts) and waiting artifact; while the store
+        fails, keeps them and returns (tried again after a backoff)."""
+        self._last_flush = self._clock()
+        if self.outage.due():
+            self.outage.attempt(self._write)
+        if self.outage.expired:
+            self._write_spill()
+
+    def _write(self) -> None:
+        self._check_store_file()
         while self._buffer:
             chunk = self._buffer[:MAX_METRICS_PER_BATCH]
-            retry_locked(lambda: self.client.log_batch(self.run_id, metrics=chunk, synchronous=True))
+            beat = {**self._owner_tags, TAG_HEARTBEAT: f"{time.time():.0f}"} if self._owner_tags else {}
+            tags = [RunTag(key, value) for key, value in beat.items()]
+            with _fail_fast_http():
+                retry_locked(lambda: self.client.log_batch(self.run_id, metrics=chunk, tags=tags, synchronous=True), give_up_after_s=0)
             del self._buffer[: len(chunk)]
-        self._last_flush = self._clock()
+        while self._artifacts:
+            path, artifact_path = self._artifacts[0]
+            with _fail_fast_http():
+                if path.is_dir():
+                    self.client.log_artifacts(self.run_id, str(path), artifact_path)
+                else:
+                    self.client.log_artifact(self.run_id, str(path), artifact_path)
+            del self._artifacts[0]
+        if self.spill is not None and self.spill.exists():
+            self.spill.unlink()
+
+    def _check_store_file(self) -> None:
+        """A deleted SQLite file stays writable through open connections, so writes would vanish; a
+        locked one would hold the training step for MLflow's 20 s busy timeout per call."""
+        path = sqlite_path(self.uri)
+        if path is None:
+            return
+        if _file_identity(path) != self._store_file:
+            raise TrackingError(f"the store file {path} was deleted or replaced while the run was writing to it")
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0)
+        try:  # takes the write lock and gives it back at once: "database is locked" without waiting
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise TrackingError(f"{error} ({path})") from error
+        finally:
+            connection.close()
+
+    def _write_spill(self) -> None:
+        """Keeps what MLflow did not take in the run directory (rewritten whole, so repeats do no harm)."""
+        if self.spill is None:
+            return
+        rows = [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in self._buffer]
+        self.spill.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.spill.with_name(self.spill.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(tmp, self.spill)
+
+    def _relog_spill(self) -> None:
+        """Metrics an earlier attempt kept on disk during an outage go first (steps MLflow holds are dropped)."""
+        if self.spill is None or not self.spill.exists():
+            return
+        for line in self.spill.read_text().splitlines():
+            row = json.loads(line)
+            if row["step"] > self._last_step.get(row["key"], -1):
+                self._buffer.append(Metric(row["key"], float(row["value"]), int(row["timestamp"]), int(row["step"])))
+        for metric in self._buffer:
+            self._last_step[metric.key] = max(metric.step, self._last_step.get(metric.key, -1))
+        self._buffer.sort(key=lambda metric: metric.step)
 
     def close(self) -> None:
-        self.flush()
+        """Writes what is left, waiting out an outage up to the window; then raises StoreUnavailable."""
+        try:
+            self.outage.insist(self._write)
+        except StoreUnavailable:
+            self._write_spill()
+            raise
 
     def __enter__(self) -> MlflowRunLogger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _file_identity(path: Path | None) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when there is none."""
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 TAG_STUDY = "oner.sweep.study"

@@ -24,7 +24,7 @@ from PIL import Image
 from oner_lab import train
 from oner_lab.checkpoint import load
 from oner_lab.contract import ConfigError
-from oner_lab.data import CorruptSampleError, ShardReadError, TextTokenizer, prepare
+from oner_lab.data import CorruptSampleError, TextTokenizer, prepare
 from oner_lab.data.eval_sources import SLIP_TEMPLATES
 from oner_lab.data.indexed_stream import batch_quotas, epoch_order
 from oner_lab.data.shards import (
@@ -305,7 +305,7 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_
     assert data.skipped_samples == 2 + 5  # zero-byte, truncated, bomb, empty caption, non-UTF-8 caption
 
     strict = {**config.model_dump(), "on_corrupt": "fail"}
-    with pytest.raises(CorruptSampleError, match=r"shard-000001\.tar: sample 'nocap': missing \.txt"):
+    with pytest.raises(ConfigError, match=r"shard-000001\.tar: sample 'nocap': missing \.txt"):  # found by validation
         prepare(DataConfig(**{**strict, "cache_dir": str(tmp_path / "strict")}), SIZE, 16, [])
     (tmp_path / "one_bad").mkdir()
     write_shards(tmp_path / "one_bad", good[:3] + bad[1:2], 8)
@@ -337,7 +337,7 @@ def test_corrupt_csv_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     assert set(numbers) == set(range(7))  # the six rows and the absolute-path CMYK image, never 90 or 91
     assert data.skipped_samples == 3 + 2  # plus the missing and the zero-byte image files
     strict = DataConfig(**{**config.model_dump(), "on_corrupt": "fail"})
-    with pytest.raises(CorruptSampleError, match=r"train\.tsv: row 10: caption column 'title' is empty"):
+    with pytest.raises(ConfigError, match=r"train\.tsv: row 10: caption column 'title' is empty"):  # found by validation
         prepare(strict, SIZE, 16, [])
 
 
@@ -400,8 +400,8 @@ def test_a_tar_without_samples_stops_prepare_naming_the_shard(tmp_path: Path) ->
         info = tarfile.TarInfo("README")
         archive.addfile(info, io.BytesIO(b""))
     config = DataConfig(source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "notes.tar")}, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ShardReadError, match=r"notes\.tar: holds no usable sample \(expected webdataset members"):
-        prepare(config, SIZE, 16, [])
+    with pytest.raises(ConfigError, match=r"notes\.tar: holds no usable sample \(expected webdataset members"):
+        prepare(config, SIZE, 16, [])  # found by validation, before any run is created
 
 
 # ---- training through each loader; evaluation against a brute-force reference ----

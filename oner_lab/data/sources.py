@@ -100,7 +100,10 @@ class TarSource:
         with np.load(directory / "index.npz") as index:
             self._index = {name: index[name] for name in _INDEX_FIELDS}
             self.keys = index["key"]
-        self.skipped = json.loads((directory / "index.json").read_text())["skipped"]
+        recorded = json.loads((directory / "index.json").read_text())
+        if on_corrupt == "fail":  # an index built by a `skip` run: what it left out still fails this run
+            _raise_dropped(recorded, directory)
+        self.skipped = recorded["skipped"]
         self.group_starts = np.flatnonzero(np.diff(self._index["group"], prepend=-1))  # first sample of each shard
 
     def __len__(self) -> int:
@@ -145,10 +148,49 @@ class TarSource:
         self.close()
 
 
+def check_shards(pattern: str, cache_dir: Path, on_corrupt: OnCorrupt, captions: bool = True) -> None:
+    """What indexing would refuse, found before any run starts: an unreadable or truncated shard, one
+    without a usable sample, and (with `on_corrupt: fail`) a sample indexing drops. Reads the cached
+    index when there is one for these exact files, else the tar headers (no image data); writes nothing."""
+    shards = expand_urls(pattern)
+    fingerprint = files_fingerprint(shards) if captions else files_fingerprint(shards, "images only")
+    cached = cache_dir / f"tarindex-{fingerprint}" / "index.json"
+    if cached.is_file():
+        if on_corrupt == "fail":
+            _raise_dropped(json.loads(cached.read_text()), cached.parent)
+        return
+    _scan(shards, on_corrupt, captions)
+
+
+def _raise_dropped(recorded: dict, directory: Path) -> None:
+    """CorruptSampleError for the first sample an index left out (`on_corrupt: fail`)."""
+    dropped = recorded.get("dropped")
+    if dropped:
+        first = dropped[0]
+        more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
+        raise CorruptSampleError(f"{first['shard']}: sample {first['key']!r}: {first['why']}{more} (data.on_corrupt is 'fail')")
+    if dropped is None and recorded.get("skipped"):  # an index from before samples were named
+        raise CorruptSampleError(
+            f"{directory}: indexing skipped {recorded['skipped']} samples (data.on_corrupt is 'fail'); delete this cached "
+            "index to have them named"
+        )
+
+
 def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt, captions: bool) -> None:
+    keys, columns, dropped = _scan(shards, on_corrupt, captions)
+    arrays = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
+    np.savez(directory / "index.npz", key=np.asarray(keys), **arrays)
+    record = {"shards": [str(s) for s in shards], "skipped": len(dropped), "dropped": dropped}
+    (directory / "index.json").write_text(json.dumps(record))
+
+
+def _scan(
+    shards: Sequence[Path], on_corrupt: OnCorrupt, captions: bool
+) -> tuple[list[str], dict[str, list[int]], list[dict[str, str]]]:
+    """Sample keys, index columns and the samples left out (shard, key, why) of `shards`, from headers."""
     columns: dict[str, list[int]] = {name: [] for name in _INDEX_FIELDS}
     keys: list[str] = []
-    skipped = 0
+    dropped: list[dict[str, str]] = []
     for shard_number, shard in enumerate(shards):
         found = 0
         for key, members in _shard_samples(shard):
@@ -159,7 +201,7 @@ def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt,
             if why is not None:
                 if on_corrupt == "fail":
                     raise CorruptSampleError(f"{shard}: sample {key!r}: {why} (data.on_corrupt is 'fail')")
-                skipped += 1
+                dropped.append({"shard": str(shard), "key": key, "why": why})
                 continue
             ext, (image_offset, image_size) = image
             text_offset, text_size = members.get("txt", (0, 0))
@@ -174,9 +216,7 @@ def _write_index(directory: Path, shards: Sequence[Path], on_corrupt: OnCorrupt,
         if found == 0:
             expected = "<key>.jpg|jpeg|png|webp with <key>.txt" if captions else "<key>.jpg|jpeg|png|webp"
             raise ShardReadError(f"{shard}: holds no usable sample (expected webdataset members {expected})")
-    arrays = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
-    np.savez(directory / "index.npz", key=np.asarray(keys), **arrays)
-    (directory / "index.json").write_text(json.dumps({"shards": [str(s) for s in shards], "skipped": skipped}))
+    return keys, columns, dropped
 
 
 def _shard_samples(shard: Path) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
@@ -184,10 +224,16 @@ def _shard_samples(shard: Path) -> Iterator[tuple[str, dict[str, tuple[int, int]
     key: str | None = None
     members: dict[str, tuple[int, int]] = {}
     try:
+        size = shard.stat().st_size
         with tarfile.open(shard, mode="r:") as archive:
             for info in archive:
                 if not info.isfile():
                     continue
+                if info.offset_data + info.size > size:  # tarfile takes the missing tail for the end of the archive
+                    raise ShardReadError(
+                        f"{shard}: truncated: member {info.name!r} needs bytes up to {info.offset_data + info.size}, "
+                        f"the file has {size} (an interrupted copy or download?)"
+                    )
                 prefix, suffix = base_plus_ext(info.name)
                 if prefix is None:
                     continue
@@ -196,10 +242,25 @@ def _shard_samples(shard: Path) -> Iterator[tuple[str, dict[str, tuple[int, int]
                         yield key, members
                     key, members = prefix, {}
                 members[suffix.lower()] = (info.offset_data, info.size)
+            _check_end_marker(shard, archive.offset, size)
+    except ShardReadError:
+        raise
     except (tarfile.TarError, OSError) as error:
         raise ShardReadError(f"{shard}: unreadable tar stream: {error}") from error
     if key is not None:
         yield key, members
+
+
+def _check_end_marker(shard: Path, end: int, size: int) -> None:
+    """A tar ends with two zero blocks; tarfile reads a file cut at a member boundary as a shorter archive."""
+    with shard.open("rb") as handle:
+        handle.seek(end)
+        marker = handle.read(1024)
+    if len(marker) < 1024 or marker.count(0) != 1024:
+        raise ShardReadError(
+            f"{shard}: truncated: no end-of-archive blocks after byte {end} (the file has {size} bytes; an "
+            "interrupted copy or download?)"
+        )
 
 
 class _PairListSource:
@@ -256,6 +317,8 @@ class CsvSource(_PairListSource):
             self.texts.append(text)
             self.rows.append(row + 2)  # 1-based, after the header line: what an editor shows
         if not self.texts:
+            if not self.skipped:
+                raise ValueError(f"{self.path}: a header but no data row")
             raise ValueError(f"{self.path}: no usable row ({self.skipped} without image path or caption)")
         self.group_starts = np.arange(len(self.texts))
 

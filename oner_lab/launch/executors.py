@@ -18,6 +18,7 @@ from oner_lab.launch.cluster import LaunchError
 from oner_lab.launch.job import TrainingJob
 from oner_lab.launch.permissions import check_runs_dir
 from oner_lab.spec import LauncherConfig, PlannedRun
+from oner_lab.store_outage import DEFAULT_WINDOW_S
 
 NO_TIMEOUT_MIN = 60 * 24 * 365
 """LocalExecutor kills a job after `timeout_min` (2 minutes unless set); `local.timeout_min: null` means never."""
@@ -62,14 +63,21 @@ def make_executor(launcher: LauncherConfig, runs_dir: Path, job_name: str = "one
 
 
 def submit(
-    executor: submitit.Executor, launcher: LauncherConfig, runs: list[Dispatch], tracking_uri: str, *, owner_pid: int | None
+    executor: submitit.Executor,
+    launcher: LauncherConfig,
+    runs: list[Dispatch],
+    tracking_uri: str,
+    *,
+    owner_pid: int | None,
+    outage_window_s: float = DEFAULT_WINDOW_S,
 ) -> list[submitit.Job]:
     """Submits one `TrainingJob` per run to `executor` (from `make_executor(launcher, ...)`); under
     `executor.batch()` SLURM gets them as one job array. Raises LaunchError when sbatch refuses them.
 
     `owner_pid`: the process whose exit stops local jobs after their next checkpoint (the CLI
     while it waits); None lets them run on after the CLI exits (`--no-wait`). Only local jobs
-    watch it: they share this machine's process table.
+    watch it: they share this machine's process table. `outage_window_s`: how long a job trains on
+    while the tracking store fails (store_outage.py).
     """
     jobs = [
         TrainingJob(
@@ -79,6 +87,7 @@ def submit(
             run.run_dir,
             **job_options(launcher, owner_pid),
             init_checkpoint=run.init_checkpoint,
+            outage_window_s=outage_window_s,
         )
         for run in runs
     ]

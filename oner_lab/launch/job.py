@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 
 from oner_lab import tracking
 from oner_lab.contract import Interrupted, RunControl, RunLogger
-from oner_lab.launch import scheduler
+from oner_lab.launch import owner, scheduler
 from oner_lab.launch.preemption import (
     TERM,
     Next,
@@ -32,8 +32,12 @@ from oner_lab.launch.preemption import (
     over_budget_message,
 )
 from oner_lab.spec import PlannedRun
+from oner_lab.store_outage import DEFAULT_WINDOW_S, Outage, StoreUnavailable
 
 POLL_S = 0.5
+PENDING_END = ".pending_end.json"
+"""How a run ended when the store could not be told: the next invocation records it (run.py)."""
+UNLOGGED = "unlogged_metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class JobOutcome:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    store_error: str | None = None
+    """Set when the tracking store failed past its outage window: the paragraph the CLI prints (exit 3)."""
 
 
 class OwnerControl:
@@ -116,6 +122,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         owner_pid: int | None = None,
         max_requeues: int | None = None,
         init_checkpoint: Path | None = None,
+        outage_window_s: float = DEFAULT_WINDOW_S,
     ) -> None:
         self.planned = planned
         self.tracking_uri = tracking_uri
@@ -125,6 +132,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.owner_pid = owner_pid
         self.max_requeues = max_requeues
         self.init_checkpoint = init_checkpoint
+        self.outage_window_s = outage_window_s
+        self._tracker: tracking.MlflowRunLogger | None = None
 
     def __call__(self) -> JobOutcome:
         try:
@@ -206,6 +215,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
         if client is not None:
             tracking.set_status(client, self.run_id, tracking.RUNNING)
+        if self.max_requeues is None:  # one process: it may stop alone (DDP ranks stop together via SignalStop)
+            if client is not None:
+                tracking.set_tags(client, self.run_id, {tracking.TAG_WORKER: owner.this_process().to_tag()})
+            control = _StopOnStoreLoss(control, lambda: self._tracker)
         try:
             with self._logger(client) as logger:
                 metrics = train.run(
@@ -213,30 +226,74 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 )
         except Interrupted as stop:
             return on_interrupt(stop)
+        except StoreUnavailable as lost:
+            return self._record(tracking.KILLED, lost, client, store_lost=True)
         except Exception as error:  # noqa: BLE001 - any failure of one run is recorded, the sweep goes on
             return self._record(tracking.FAILED, error, client)
         except KeyboardInterrupt:
             self._record(tracking.KILLED, "interrupted (Ctrl-C / SIGINT); rerun to resume", client)
             raise
         if client is not None:
-            tracking.end_run(client, self.run_id, tracking.FINISHED)
+            try:
+                Outage(self.tracking_uri, self.outage_window_s).insist(
+                    lambda: tracking.end_run(client, self.run_id, tracking.FINISHED)
+                )
+            except StoreUnavailable as lost:
+                self._leave_pending(tracking.FINISHED, None)
+                return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, dict(metrics), store_error=str(lost))
         return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
 
     def _logger(self, client: MlflowClient | None) -> AbstractContextManager[RunLogger | None]:
         """What `train.run` logs through: the run's MLflow logger on rank 0, nothing on other ranks.
         A sweep trial (trial.py) wraps it to report its metric to Optuna."""
-        return tracking.MlflowRunLogger(client, self.run_id) if client else _no_logger()
+        if client is None:
+            return _no_logger()
+        self._tracker = tracking.MlflowRunLogger(
+            client, self.run_id, outage_window_s=self.outage_window_s, spill=self.run_dir / UNLOGGED
+        )
+        if self.max_requeues is None:
+            self._tracker.beat({tracking.TAG_WORKER: owner.this_process().to_tag()})
+        return self._tracker
 
     def _end(self, status: str, error: BaseException | str) -> JobOutcome:
         """Ends the MLflow run before training started (a fresh connection)."""
         return self._record(status, error, tracking.connect(self.tracking_uri))
 
-    def _record(self, status: str, error: BaseException | str, client: MlflowClient | None) -> JobOutcome:
-        """The outcome; also ends the MLflow run with it when `client` is given (rank 0)."""
+    def _record(
+        self, status: str, error: BaseException | str, client: MlflowClient | None, *, store_lost: bool = False
+    ) -> JobOutcome:
+        """The outcome; also ends the MLflow run with it when `client` is given (rank 0). A store that
+        cannot take it gets it later: it is left in the run directory for the next invocation."""
+        message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) and not store_lost else str(error)
+        store_error = str(error) if store_lost else None
         if client is not None:
-            tracking.end_run(client, self.run_id, status, error)
-        message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
-        return JobOutcome(self.planned.run_name, self.run_id, status, error=message)
+            try:
+                Outage(self.tracking_uri, 0 if store_lost else self.outage_window_s).insist(
+                    lambda: tracking.end_run(client, self.run_id, status, error)
+                )
+            except StoreUnavailable as lost:
+                self._leave_pending(status, message)
+                store_error = store_error or str(lost)
+        return JobOutcome(self.planned.run_name, self.run_id, status, error=message, store_error=store_error)
+
+    def _leave_pending(self, status: str, error: str | None) -> None:
+        """Writes how the run ended to `<run_dir>/.pending_end.json` (read by the next invocation)."""
+        import json
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / PENDING_END).write_text(json.dumps({"run_id": self.run_id, "status": status, "error": error}))
+
+
+class _StopOnStoreLoss:
+    """`RunControl` that also stops (after a checkpoint) once the run's store failed past its window."""
+
+    def __init__(self, inner: RunControl, tracker: Callable[[], tracking.MlflowRunLogger | None]) -> None:
+        self.inner = inner
+        self.tracker = tracker
+
+    def should_stop(self) -> bool:
+        found = self.tracker()
+        return self.inner.should_stop() or (found is not None and found.should_stop())
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from oner_lab import tracking
 from oner_lab.launch import scheduler
 from oner_lab.launch.executors import Dispatch
 from oner_lab.launch.job import JobOutcome
+from oner_lab.store_outage import cause_of, quiet_mlflow
 
 POLL_S = 1.0
 SQUEUE_EVERY_S = 5.0
@@ -100,9 +101,15 @@ def collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment: 
     except Exception as error:  # noqa: BLE001 - submitit reports a dead process as one of several errors
         message = f"job {job.job_id} ended without an outcome (its log: {job.paths.stderr}): {error}"
         outcome = JobOutcome(run.planned.run_name, run.run_id, tracking.FAILED, error=message)
-    if outcome.status != tracking.FINISHED:
-        if tracking.statuses(client, experiment, [run.run_id]).get(run.run_id) in (tracking.RUNNING, tracking.SCHEDULED):
-            tracking.end_run(client, run.run_id, outcome.status, outcome.error)
+    if outcome.status != tracking.FINISHED and outcome.store_error is None:
+        try:
+            with quiet_mlflow():
+                current = tracking.statuses(client, experiment, [run.run_id]).get(run.run_id)
+            if current in (tracking.RUNNING, tracking.SCHEDULED):
+                tracking.end_run(client, run.run_id, outcome.status, outcome.error)
+        except Exception as error:  # noqa: BLE001 - the store failed: the CLI says so and exits 3
+            store_error = f"the tracking store {client._tracking_client.tracking_uri} could not be written ({cause_of(error)})"
+            outcome = JobOutcome(outcome.run_name, outcome.run_id, outcome.status, outcome.metrics, outcome.error, store_error)
     return outcome
 
 
@@ -171,7 +178,12 @@ def wait_for(
             if queue is not None:
                 queue.refresh([job for index, job in enumerate(jobs) if index not in outcomes])
             if not in_process:
-                for run_id, status in tracking.statuses(client, experiment, [run.run_id for run in runs]).items():
+                try:  # a store outage is ridden out by the jobs themselves; the view just shows less meanwhile
+                    with quiet_mlflow():
+                        current = tracking.statuses(client, experiment, [run.run_id for run in runs])
+                except Exception:  # noqa: BLE001 - MLflow wraps store failures in many types
+                    current = {}
+                for run_id, status in current.items():
                     if index_of[run_id] not in outcomes:
                         view.set(index_of[run_id], {tracking.SCHEDULED: QUEUED, tracking.RUNNING: RUNNING}.get(status, status))
             for index, job in enumerate(jobs):

@@ -24,6 +24,11 @@ class TrackingConfig(Section):
     experiment: str | None = Field(
         default=None, min_length=1, description="MLflow experiment; default: the spec's name"
     )
+    outage_window_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="seconds a job keeps training while the store fails (metrics held, retried), then stops at a checkpoint",
+    )
 
 
 class LocalConfig(Section):

@@ -11,7 +11,8 @@ from oner_lab.spec.config import DataConfig
 from oner_lab.spec.errors import ConfigError
 from oner_lab.spec.units import register
 
-from ..sources import CsvSource, read_csv_columns
+from ..shards import CorruptSampleError
+from ..sources import CsvSource
 from .base import FileSource, TrainContext
 
 
@@ -28,9 +29,11 @@ class CsvFileSource(FileSource):
     def check_files(self, pattern: str, paths: list[Path], data: DataConfig) -> None:
         if len(paths) != 1:
             raise ConfigError("data.source.urls", pattern, f"matches {len(paths)} files; a csv source is one file (list several urls to mix them)")
-        try:
-            read_csv_columns(paths[0], self.separator, self.img_key, self.caption_key).head(0)
-        except ValueError as error:
+        try:  # every row, before any run exists: a header without rows, or (on_corrupt: fail) a bad row
+            CsvSource(str(paths[0]), self.separator, self.img_key, self.caption_key, data.on_corrupt)
+        except CorruptSampleError as error:
+            raise ConfigError("data.source.urls", pattern, f"every row usable, as data.on_corrupt is 'fail' ({error})") from None
+        except ValueError as error:  # no such columns, or a header without rows
             raise ConfigError(
                 "data.source.urls", pattern, f"a CSV with columns data.source.img_key and data.source.caption_key ({error})"
             ) from None

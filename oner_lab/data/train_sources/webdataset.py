@@ -9,7 +9,8 @@ from oner_lab.spec.config import DataConfig
 from oner_lab.spec.errors import ConfigError
 from oner_lab.spec.units import register
 
-from ..sources import TarSource
+from ..shards import CorruptSampleError, ShardReadError
+from ..sources import TarSource, check_shards
 from .base import FileSource, TrainContext
 
 
@@ -24,6 +25,10 @@ class WebdatasetSource(FileSource):
         empty = next((p for p in paths if p.stat().st_size == 0), None)
         if empty is not None:
             raise ConfigError("data.source.urls", str(empty), "an empty file; expected a webdataset tar shard")
+        try:  # truncated shards and (on_corrupt: fail) dropped samples, before any run exists
+            check_shards(pattern, Path(data.cache_dir), data.on_corrupt)
+        except (ShardReadError, CorruptSampleError) as error:
+            raise ConfigError("data.source.urls", pattern, f"readable webdataset shards ({error})") from None
 
     def open(self, pattern: str, context: TrainContext) -> TarSource:
         return TarSource(pattern, context.root, context.data.on_corrupt)
