@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from oner_lab import checkpoint, finetune
+from oner_lab import checkpoint, cost, finetune
 from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import DistInfo, average_gradients, barrier, init_from_env
 from oner_lab.evaluate import evaluate
@@ -283,6 +283,7 @@ class Trainer:
         log = logger if self.dist.is_main else None
         if self.dist.is_main and self.step == 0:
             self.log_artifacts(log)
+        self.log_cost(log)
         bar = tqdm(
             total=t.steps, initial=self.step, desc="train", disable=not self.dist.is_main, dynamic_ncols=True,
             mininterval=0.1 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s, not every step
@@ -338,6 +339,13 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"step": self.step, "sets": table}, indent=2))
         return path
+
+    def log_cost(self, log: RunLogger | None) -> None:
+        """Parameter count and FLOPs per step (cost.py, counted on meta tensors) as params, so the UI can
+        put cost beside accuracy; a logger without `log_params` is skipped."""
+        log_params = getattr(log, "log_params", None)
+        if log_params is not None:
+            log_params(cost.count(self.config, vocab_size=self.tower_cfg.vocab_size).as_params())
 
     def log_artifacts(self, log: RunLogger | None) -> None:
         if log is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import submitit
 from mlflow import MlflowClient
 
-from oner_lab import tracking
+from oner_lab import system_metrics, tracking, tracking_ui
 from oner_lab.hooks import Interrupted, RunControl, RunLogger
 from oner_lab.launch import scheduler
 from oner_lab.launch.preemption import (
@@ -116,6 +116,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         owner_pid: int | None = None,
         max_requeues: int | None = None,
         init_checkpoint: Path | None = None,
+        options: tracking_ui.JobOptions | None = None,
     ) -> None:
         self.planned = planned
         self.tracking_uri = tracking_uri
@@ -125,6 +126,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.owner_pid = owner_pid
         self.max_requeues = max_requeues
         self.init_checkpoint = init_checkpoint
+        self.options = options or tracking_ui.JobOptions()
 
     def __call__(self) -> JobOutcome:
         try:
@@ -199,7 +201,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         if client is not None:
             tracking.set_status(client, self.run_id, tracking.RUNNING)
         try:
-            with self._logger(client) as logger:
+            with self._logger(client) as logger, self._system_metrics():
                 metrics = train.run(
                     self.planned.config, self.run_dir, logger=logger, control=control, init_checkpoint=self.init_checkpoint
                 )
@@ -211,8 +213,15 @@ class TrainingJob(submitit.helpers.Checkpointable):
             self._record(tracking.KILLED, "interrupted (Ctrl-C / SIGINT); rerun to resume", client)
             raise
         if client is not None:
+            if getattr(self, "options", tracking_ui.JobOptions()).log_weights:
+                tracking_ui.log_final_weights(client, self.run_id, self.run_dir)
             tracking.end_run(client, self.run_id, tracking.FINISHED)
         return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
+
+    def _system_metrics(self) -> AbstractContextManager[object]:
+        """MLflow system metrics of this run while it trains, sampled by one process per node."""
+        options = getattr(self, "options", tracking_ui.JobOptions())  # a job pickled before options existed
+        return system_metrics.node_metrics(self.tracking_uri, self.run_id, options)
 
     def _logger(self, client: MlflowClient | None) -> AbstractContextManager[RunLogger | None]:
         """What `train.run` logs through: the run's MLflow logger on rank 0, nothing on other ranks.

@@ -23,6 +23,13 @@ class TrackingConfig(Section):
     experiment: str | None = Field(
         default=None, min_length=1, description="MLflow experiment; default: the spec's name"
     )
+    system_metrics: bool = Field(
+        default=True, description="record MLflow system metrics (CPU, memory, disk, network, GPU) per node (docs/tracking.md)"
+    )
+    system_metrics_interval_s: float = Field(default=10.0, gt=0, description="seconds between system metrics samples")
+    log_weights: bool = Field(
+        default=True, description="log the final weights (weights/model.safetensors) as an artifact of each finished run"
+    )
 
 
 class LocalConfig(Section):
