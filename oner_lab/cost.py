@@ -115,13 +115,25 @@ def _tower(config: RunConfig, vocab_size: int) -> TowerConfig:
     return replace(tower_config(config.model.preset, **overrides), vocab_size=vocab_size)
 
 
+_COUNTED: dict[tuple[str, int], Cost] = {}
+"""Counts of this process by (config without its seed, vocabulary): the seeds of a grid cost the same."""
+
+
 def count(config: RunConfig, vocab_size: int | None = None) -> Cost:
     """Parameters and training FLOPs per step of `config`.
 
     `vocab_size`: the tokenizer's (the training loop passes the real one); default `data.vocab_size`,
     the size a trained WordPiece aims at (a small corpus may end with fewer words).
     """
-    tower = _tower(config, vocab_size or config.data.vocab_size)
+    vocab = vocab_size or config.data.vocab_size
+    key = (config.model_copy(update={"train": config.train.model_copy(update={"seed": 0})}).model_dump_json(), vocab)
+    if key not in _COUNTED:
+        _COUNTED[key] = _count(config, vocab)
+    return _COUNTED[key]
+
+
+def _count(config: RunConfig, vocab_size: int) -> Cost:
+    tower = _tower(config, vocab_size)
     obj = config.objective
     weights = resolve_terms(obj.variant, obj.terms, obj.masked_terms)
     special = torch.arange(4, dtype=torch.int64)  # [PAD] [CLS] [SEP] [MASK]-like ids; no value is read on meta
