@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
 from mlflow import MlflowClient
 
-from oner_lab import system_metrics, tracking, tracking_ui
+from oner_lab import tracking, tracking_ui
 from oner_lab.hooks import Interrupted, RunControl, RunLogger
 from oner_lab.launch import scheduler
 from oner_lab.launch.preemption import (
@@ -221,6 +222,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def _system_metrics(self) -> AbstractContextManager[object]:
         """MLflow system metrics of this run while it trains, sampled by one process per node."""
         options = getattr(self, "options", tracking_ui.JobOptions())  # a job pickled before options existed
+        try:
+            from oner_lab import system_metrics  # MLflow's monitor needs psutil
+        except ImportError as error:
+            if options.system_metrics:
+                print(f"[oner] system metrics not recorded: {error} (pip install psutil)", file=sys.stderr)
+            return nullcontext()
         return system_metrics.node_metrics(self.tracking_uri, self.run_id, options)
 
     def _logger(self, client: MlflowClient | None) -> AbstractContextManager[RunLogger | None]:
