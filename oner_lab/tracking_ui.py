@@ -165,11 +165,14 @@ def log_final_weights(client: MlflowClient, run_id: str, run_dir: Path) -> Path 
 def analysis_experiment(client: MlflowClient, experiment: str) -> str | None:
     """The id of `<experiment>/analysis` (created, tagged and described on first use), None when the
     training experiment does not exist."""
-    if tracking.experiment_id(client, experiment, create=False) is None:
+    training = tracking.retry_locked(lambda: client.get_experiment_by_name(experiment))
+    if training is None:
         return None
     name = experiment + ANALYSIS_SUFFIX
-    key = tracking.experiment_id(client, name)
-    assert key is not None
+    key = tracking.experiment_id(client, name, create=False)
+    if key is None:  # artifacts beside the training experiment's, not under the caller's cwd (a notebook's folder)
+        location = f"{training.artifact_location.rstrip('/')}-analysis"
+        key = tracking.retry_locked(lambda: client.create_experiment(name, artifact_location=location))
     description = (
         f"Tables and figures of the analysis notebooks, regenerated from the runs of experiment `{experiment}`; "
         "kept here so that its runs list holds training runs only."

@@ -351,6 +351,7 @@ def test_outputs_are_logged_to_one_analysis_run_that_no_table_counts(store_copy:
     assert run.info.experiment_id == companion.experiment_id
     assert companion.tags["mlflow.experimentKind"] == "custom_model_development" and EXPERIMENT in companion.tags["mlflow.note.content"]
     training = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert companion.artifact_location == client.get_experiment(training).artifact_location + "-analysis"  # not under cwd
     assert all(not name.startswith("analysis/") for name in (r.info.run_name for r in client.search_runs([training])))
     assert first not in set(analysis.load_runs(store_copy, EXPERIMENT)["run_id"])
     assert analysis.log_outputs(store_copy, "no-such-experiment", "ablation", [png]) is None
