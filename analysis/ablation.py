@@ -21,7 +21,7 @@
 # `experiments/ablation.yaml`, beside the paper's published rows; bars of each metric per
 # variant, and every loss term over training. Run `python -m oner_lab.run experiments/ablation.yaml`
 # first (the README's first command); nothing here needs editing. Tables and figures are written to
-# `output_dir` and logged to the experiment's `analysis/ablation` run in MLflow.
+# `output_dir` and logged to the run `analysis/ablation` of `<experiment>/analysis` in MLflow.
 
 # %% tags=["parameters"]
 tracking_uri = "sqlite:///../mlflow.db"  # relative to this folder: the store the README's command writes

@@ -21,7 +21,7 @@
 # the best trials, each parameter's importance, the optimisation history, a parallel-coordinate plot
 # and the intermediate values the pruner compared. Run `python -m oner_lab.run experiments/sweep.yaml`
 # first; nothing here needs editing. Figures are written to `output_dir` and logged to the
-# experiment's `analysis/sweep` run in MLflow.
+# run `analysis/sweep` of `<experiment>/analysis` in MLflow.
 
 # %% tags=["parameters"]
 tracking_uri = "sqlite:///../mlflow.db"  # relative to this folder: the store the README's commands write

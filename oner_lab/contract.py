@@ -16,6 +16,8 @@ class RunLogger(Protocol):
 
     `train.run` may call `log_metrics` again for a step it logged before it was
     interrupted (it resumes from the last checkpoint); implementations drop such repeats.
+    An implementation may also offer `log_params(params: Mapping[str, str])`: the loop then logs the
+    run's parameter count and FLOPs per step through it (cost.py).
     """
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...

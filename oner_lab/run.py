@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from oner_lab import finetune, launch, table, tracking, train
+from oner_lab import finetune, launch, table, tracking, tracking_ui, train
 from oner_lab import study as studies
 from oner_lab.launch import claims, owner, recovery, scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
@@ -374,6 +374,7 @@ def plan_and_launch(
         if not queued and not owned:
             console.print(f"All {len(steps)} runs already FINISHED (--force reruns them).")
             table.print_spec_table(spec, planned, console)
+        print_ui_link(spec, uri, console)
         return 0
 
     return launch_and_wait(spec, planned, todo, existing, executor, client, uri, args.no_wait, console, lock)
@@ -449,6 +450,7 @@ def launch_and_wait(
                     f"`python -m oner_lab.table {spec.source_file}` prints the table."
                 )
                 _report_waiting(spec, waiting, outcomes, console, dispatched=True)
+                print_ui_link(spec, uri, console)
                 return 0
             stage = launch.wait_for(jobs, dispatches, client, experiment, console, in_process=in_process)
             outcomes += stage
@@ -475,7 +477,17 @@ def launch_and_wait(
     for outcome in failed:
         console.print(f"[red]{outcome.run_name} {outcome.status}[/]: {outcome.error}")
     _report_waiting(spec, waiting, outcomes, console, dispatched=False)
+    print_ui_link(spec, uri, console)
     return 1 if failed else 0
+
+
+def print_ui_link(spec: Spec, uri: str, console: Console) -> None:
+    """Where to look at the runs in the MLflow UI: the experiment's runs list, in Model training mode."""
+    link = tracking_ui.experiment_link(uri, spec.experiment_name)
+    if link is None:
+        return
+    serve = "" if uri.startswith(("http://", "https://")) else f" (after `mlflow ui --backend-store-uri {uri}`)"
+    console.print(f"MLflow UI{serve}: {link}", highlight=False, soft_wrap=True)
 
 
 def _can_start(step: Step, parents: dict[str, tracking.TrackedRun]) -> bool:
@@ -536,7 +548,7 @@ def _prepare(
     init_checkpoint, tags = _start_of(spec, step.planned, parents)
     if tags:
         tracking.set_tags(client, run_id, tags)
-    return launch.Dispatch(step.planned, run_id, run_dir, init_checkpoint)
+    return launch.Dispatch(step.planned, run_id, run_dir, init_checkpoint, tracking_ui.JobOptions.of(spec.tracking))
 
 
 def _start_of(spec: Spec, run: PlannedRun, parents: dict[str, tracking.TrackedRun]) -> tuple[Path | None, dict[str, str]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from rich.table import Table
 
-from oner_lab import table, tracking
+from oner_lab import table, tracking, tracking_ui
 from oner_lab.launch import scheduler
 from oner_lab.spec import PlannedRun, SpecError, expand, load_spec, parse_only
 from oner_lab.spec.cli import add_spec_arguments
@@ -115,7 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, tracking.TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table.make_console().print(render(rows))
+    console = table.make_console()
+    console.print(render(rows))
+    link = tracking_ui.experiment_link(uri, spec.experiment_name)
+    if link is not None:
+        console.print(f"MLflow UI: {link}", highlight=False, soft_wrap=True)
     return 0
 
 

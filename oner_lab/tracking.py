@@ -400,6 +400,9 @@ def create_run(
             )
         )
     retry_locked(lambda: client.log_text(run_id, config_yaml(planned.config), "config.yaml"))
+    from oner_lab import tracking_ui  # user, source, datasets, experiment kind (what the UI shows)
+
+    tracking_ui.describe_run(client, run_id, spec, planned)
     set_status(client, run_id, SCHEDULED)
     return run_id
 
@@ -499,6 +502,11 @@ class MlflowRunLogger:
             self._buffer.append(Metric(key, float(value), timestamp, step))
         if len(self._buffer) >= self.max_buffered or self._clock() - self._last_flush >= self.flush_every_s:
             self.flush()
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Params the training loop adds (parameter count, FLOPs per step); the same value again is a no-op."""
+        batch = [Param(key, _cut(str(value), MAX_PARAM_VAL_LENGTH)) for key, value in params.items()]
+        retry_locked(lambda: self.client.log_batch(self.run_id, params=batch))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._artifacts.append((Path(path), artifact_path))
@@ -658,13 +666,17 @@ rerun ever counts it as a training run."""
 def log_analysis_outputs(
     uri: str, experiment: str, name: str, paths: Iterable[Path], artifact_path: str = "analysis"
 ) -> str | None:
-    """Logs files an analysis made (figures, tables) as artifacts of the run `analysis/<name>` of
-    `experiment`, created on first use and reused after (a file logged again replaces the old one).
+    """Logs files an analysis made (figures, tables) as artifacts of the run `analysis/<name>` of the
+    companion experiment `<experiment>/analysis` (tracking_ui.analysis_experiment), created on first use
+    and reused after (a file logged again replaces the old one): the training experiment's runs list
+    holds training runs only.
 
-    Returns the run id, or None when the experiment does not exist (nothing is created).
+    Returns the run id, or None when the training experiment does not exist (nothing is created).
     """
+    from oner_lab import tracking_ui
+
     client = connect(uri)
-    experiment_key = experiment_id(client, experiment, create=False)
+    experiment_key = tracking_ui.analysis_experiment(client, experiment)
     if experiment_key is None:
         return None
     found = retry_locked(
@@ -673,7 +685,7 @@ def log_analysis_outputs(
     if found:
         run_id = found[0].info.run_id
     else:
-        note = f"Figures and tables of `analysis/{name}.ipynb`, regenerated from this experiment's runs."
+        note = f"Figures and tables of `analysis/{name}.ipynb`, regenerated from the runs of experiment `{experiment}`."
         run = retry_locked(
             lambda: client.create_run(experiment_key, run_name=f"analysis/{name}", tags={TAG_ANALYSIS: name, TAG_NOTE: note})
         )

@@ -23,7 +23,7 @@ import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from oner_lab import checkpoint, embedding_sample, finetune, plugins
+from oner_lab import checkpoint, cost, embedding_sample, finetune, plugins
 from oner_lab.contract import ConfigError, Interrupted, RunControl, RunLogger
 from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.distributed import (
@@ -142,6 +142,26 @@ def term_options(obj: ObjectiveConfig, weights: dict[str, float]) -> dict[str, T
     }
 
 
+def build_objective(
+    obj: ObjectiveConfig, weights: dict[str, float], mask_id: int, vocab_size: int, special_ids: torch.Tensor
+) -> Objective:
+    """The step's objective from the config's objective section: the one place that wires it (the
+    trainer, and `cost.count` on meta tensors, build it here)."""
+    settings = ViewSettings(
+        masked_views=masked_views(weights),
+        contrast_masked_views=obj.contrast_masked_views,
+        targets=obj.targets,
+        mlm_prob=obj.mlm_prob,
+        mim_ratio=obj.mim_ratio,
+        mask_id=mask_id,
+        vocab_size=vocab_size,
+        special_ids=special_ids,
+    )
+    return Objective(
+        weights, settings, obj.temperature_init, obj.temperature_min, obj.learn_temperature, term_options(obj, weights)
+    )
+
+
 def lr_at(step: int, config: RunConfig) -> float:
     """Linear warm-up to `lr`, then cosine decay to `min_lr` at the last step."""
     t = config.train
@@ -213,19 +233,8 @@ class Trainer:
         self.target = momentum_copy(self.model)
         obj = config.objective
         self.weights = resolve_terms(obj.variant, obj.terms, obj.masked_terms)
-        settings = ViewSettings(
-            masked_views=masked_views(self.weights),
-            contrast_masked_views=obj.contrast_masked_views,
-            targets=obj.targets,
-            mlm_prob=obj.mlm_prob,
-            mim_ratio=obj.mim_ratio,
-            mask_id=tokenizer.mask_id,
-            vocab_size=tokenizer.vocab_size,
-            special_ids=tokenizer.special_ids,
-        )
-        self.objective = Objective(
-            self.weights, settings, obj.temperature_init, obj.temperature_min, obj.learn_temperature,
-            term_options(obj, self.weights),
+        self.objective = build_objective(
+            obj, self.weights, tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids
         ).to(self.device)
         self.params = [p for m in (self.model, self.objective) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -445,6 +454,7 @@ class Trainer:
         log = logger if self.dist.is_main else None
         if self.dist.is_main and self.step == 0:
             self.log_artifacts(log)
+        self.log_cost(log)
         bar = tqdm(
             total=t.steps, initial=self.step, desc="train", disable=not self.dist.is_main, dynamic_ncols=True,
             mininterval=0.1 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s, not every step
@@ -502,6 +512,13 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"step": self.step, "sets": table}, indent=2))
         return path
+
+    def log_cost(self, log: RunLogger | None) -> None:
+        """Parameter count and FLOPs per step (cost.py, counted on meta tensors) as params, so the UI can
+        put cost beside accuracy; a logger without `log_params` is skipped."""
+        log_params = getattr(log, "log_params", None)
+        if log_params is not None:
+            log_params(cost.count(self.config, vocab_size=self.tower_cfg.vocab_size).as_params())
 
     def log_artifacts(self, log: RunLogger | None) -> None:
         if log is not None:

@@ -348,9 +348,16 @@ def test_outputs_are_logged_to_one_analysis_run_that_no_table_counts(store_copy:
     assert logged_files == sorted(f"analysis/{name}" for name in ("bars.png", "gap.csv", "gap.md", "gap.tex", "gap.html"))
     run = client.get_run(first)
     assert run.info.run_name == "analysis/ablation" and run.info.status == tracking.FINISHED
+    companion = client.get_experiment_by_name(f"{EXPERIMENT}/analysis")  # not among the training runs
+    assert run.info.experiment_id == companion.experiment_id
+    assert companion.tags["mlflow.experimentKind"] == "custom_model_development" and EXPERIMENT in companion.tags["mlflow.note.content"]
+    training = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert companion.artifact_location == client.get_experiment(training).artifact_location + "-analysis"  # not under cwd
+    assert all(not name.startswith("analysis/") for name in (r.info.run_name for r in client.search_runs([training])))
     assert first not in set(analysis.load_runs(store_copy, EXPERIMENT)["run_id"])
     assert analysis.log_outputs(store_copy, "no-such-experiment", "ablation", [png]) is None
     assert client.get_experiment_by_name("no-such-experiment") is None
+    assert client.get_experiment_by_name("no-such-experiment/analysis") is None
 
 
 # --- notebooks ------------------------------------------------------------------------------
@@ -396,7 +403,8 @@ def test_ablation_notebook(store_copy: str, kernel: str, tmp_path: Path) -> None
     assert "**Findings:" in (out / "ablation.md").read_text()
     assert f"Experiment '{EXPERIMENT}'" in text_of(executed) and "+ CMC (OneR)" in text_of(executed)
     client = MlflowClient(tracking_uri=store_copy)
-    analysis_run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`oner.analysis` = 'ablation'")
+    assert not client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`oner.analysis` LIKE '%'")
+    analysis_run = client.search_runs([client.get_experiment_by_name(f"{EXPERIMENT}/analysis").experiment_id], "tags.`oner.analysis` = 'ablation'")
     assert {item.path for item in client.list_artifacts(analysis_run[0].info.run_id, "analysis")} >= {"analysis/ablation_metrics.png"}
 
 

@@ -164,9 +164,9 @@ def test_eval_scores_are_fp32_under_bf16_autocast() -> None:
 
 # --- activation checkpointing -------------------------------------------------------------------
 def test_activation_checkpointing_gives_identical_losses_and_gradients(tmp_path) -> None:
+    from oner_lab.distributed import DistInfo
     from oner_lab.spec.config import RunConfig
     from oner_lab.train import Trainer
-    from oner_lab.distributed import DistInfo
 
     def two_steps(checkpointing: bool) -> tuple[list[float], list[torch.Tensor]]:
         config = RunConfig.model_validate(

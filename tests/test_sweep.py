@@ -230,7 +230,9 @@ def test_sweep_notebook(killed_study: KilledStudy, tmp_path: Path) -> None:
     text = "\n".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", []))
     assert f"Study {STUDY!r}: 4 trials (3 COMPLETE, 1 PRUNED)" in text
     client = client_of(killed_study.directory)
-    [run] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`oner.analysis` = 'sweep'")
+    training = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert not client.search_runs([training], "tags.`oner.analysis` = 'sweep'")  # outputs never sit among training runs
+    [run] = client.search_runs([client.get_experiment_by_name(f"{EXPERIMENT}/analysis").experiment_id], "tags.`oner.analysis` = 'sweep'")
     assert {item.path for item in client.list_artifacts(run.info.run_id, "analysis")} == {
         "analysis/sweep_history.png", "analysis/sweep_parallel.png", "analysis/sweep_intermediate.png"
     }

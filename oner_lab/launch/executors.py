@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from oner_lab.launch.job import TrainingJob
 from oner_lab.launch.permissions import check_runs_dir
 from oner_lab.spec import LauncherConfig, PlannedRun
 from oner_lab.store_outage import DEFAULT_WINDOW_S
+from oner_lab.tracking_ui import JobOptions
 
 NO_TIMEOUT_MIN = 60 * 24 * 365
 """LocalExecutor kills a job after `timeout_min` (2 minutes unless set); `local.timeout_min: null` means never."""
@@ -33,6 +34,8 @@ class Dispatch:
     run_dir: Path
     init_checkpoint: Path | None = None
     """A fine-tuning run's parent checkpoint (its parent run's last.pt, or the train.init_from path)."""
+    options: JobOptions = field(default_factory=JobOptions)
+    """The spec's `tracking.*` settings the job applies (system metrics, final weights)."""
 
 
 def make_executor(launcher: LauncherConfig, runs_dir: Path, job_name: str = "oner") -> submitit.Executor:
@@ -88,6 +91,7 @@ def submit(
             **job_options(launcher, owner_pid),
             init_checkpoint=run.init_checkpoint,
             outage_window_s=outage_window_s,
+            options=run.options,
         )
         for run in runs
     ]

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
 from mlflow import MlflowClient
 
-from oner_lab import tracking
+from oner_lab import tracking, tracking_ui
 from oner_lab.contract import Interrupted, RunControl, RunLogger
 from oner_lab.launch import owner, scheduler
 from oner_lab.launch.preemption import (
@@ -123,6 +124,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         max_requeues: int | None = None,
         init_checkpoint: Path | None = None,
         outage_window_s: float = DEFAULT_WINDOW_S,
+        options: tracking_ui.JobOptions | None = None,
     ) -> None:
         self.planned = planned
         self.tracking_uri = tracking_uri
@@ -134,6 +136,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.init_checkpoint = init_checkpoint
         self.outage_window_s = outage_window_s
         self._tracker: tracking.MlflowRunLogger | None = None
+        self.options = options or tracking_ui.JobOptions()
 
     def __call__(self) -> JobOutcome:
         try:
@@ -220,7 +223,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 tracking.set_tags(client, self.run_id, {tracking.TAG_WORKER: owner.this_process().to_tag()})
             control = _StopOnStoreLoss(control, lambda: self._tracker)
         try:
-            with self._logger(client) as logger:
+            with self._logger(client) as logger, self._system_metrics():
                 metrics = train.run(
                     self.planned.config, self.run_dir, logger=logger, control=control, init_checkpoint=self.init_checkpoint
                 )
@@ -234,6 +237,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
             self._record(tracking.KILLED, "interrupted (Ctrl-C / SIGINT); rerun to resume", client)
             raise
         if client is not None:
+            if self.options.log_weights:
+                try:  # a store failing here loses the weights artifact only: the run still ends FINISHED
+                    tracking_ui.log_final_weights(client, self.run_id, self.run_dir)
+                except Exception as error:  # noqa: BLE001
+                    print(f"[oner] warning: the final weights of {self.planned.run_name} were not logged: {error}", flush=True)
             try:
                 Outage(self.tracking_uri, self.outage_window_s).insist(
                     lambda: tracking.end_run(client, self.run_id, tracking.FINISHED)
@@ -242,6 +250,17 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 self._leave_pending(tracking.FINISHED, None)
                 return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, dict(metrics), store_error=str(lost))
         return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
+
+    def _system_metrics(self) -> AbstractContextManager[object]:
+        """MLflow system metrics of this run while it trains, sampled by one process per node."""
+        options = getattr(self, "options", tracking_ui.JobOptions())  # a job pickled before options existed
+        try:
+            from oner_lab import system_metrics  # MLflow's monitor needs psutil
+        except ImportError as error:
+            if options.system_metrics:
+                print(f"[oner] system metrics not recorded: {error} (pip install psutil)", file=sys.stderr)
+            return nullcontext()
+        return system_metrics.node_metrics(self.tracking_uri, self.run_id, options)
 
     def _logger(self, client: MlflowClient | None) -> AbstractContextManager[RunLogger | None]:
         """What `train.run` logs through: the run's MLflow logger on rank 0, nothing on other ranks.

@@ -71,6 +71,12 @@ class TrialReporter:
             if self.trial.should_prune():
                 self.pruned_at = step
 
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Passes the training loop's cost params on to the run's logger."""
+        inner = getattr(self.inner, "log_params", None)
+        if inner is not None:
+            inner(params)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.inner.log_artifact(path, artifact_path)
 

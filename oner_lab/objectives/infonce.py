@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -15,6 +17,11 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.shape[0]
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off where it exists (cuda, cpu); tensors on `meta` (counting FLOPs) have none."""
+    return torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else contextlib.nullcontext()
+
+
 def info_nce(left: torch.Tensor, right: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Mean of left->right and right->left cross-entropy; row i of `left` matches row i of `right`.
 
@@ -25,7 +32,7 @@ def info_nce(left: torch.Tensor, right: torch.Tensor, logit_scale: torch.Tensor)
     all_right, _ = gather_with_grad(right)
     labels = torch.arange(left.shape[0], device=left.device) + offset
     # fp32 logits even under bf16 autocast: `.float()` alone is undone by autocast's matmul cast.
-    with torch.autocast(left.device.type, enabled=False):
+    with _autocast_off(left.device.type):
         scale = logit_scale.float().exp()
         logits_lr = scale * left.float() @ all_right.float().T
         logits_rl = scale * right.float() @ all_left.float().T

@@ -29,6 +29,13 @@ class TrackingConfig(Section):
         ge=0,
         description="seconds a job keeps training while the store fails (metrics held, retried), then stops at a checkpoint",
     )
+    system_metrics: bool = Field(
+        default=True, description="record MLflow system metrics (CPU, memory, disk, network, GPU) per node (docs/tracking.md)"
+    )
+    system_metrics_interval_s: float = Field(default=10.0, gt=0, description="seconds between system metrics samples")
+    log_weights: bool = Field(
+        default=True, description="log the final weights (weights/model.safetensors) as an artifact of each finished run"
+    )
 
 
 class LocalConfig(Section):
