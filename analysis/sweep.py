@@ -37,7 +37,9 @@ from oner_lab.analysis import sweep
 
 study = studies.read_study(storage, study_name)
 trials = studies.trials_frame(study)
-print(f"Study {study_name!r}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in trials['state'].value_counts().items())})")
+print(
+    f"Study {study_name!r}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in trials['state'].value_counts().items())})"
+)
 trials
 
 # %% [markdown]

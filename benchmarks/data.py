@@ -72,10 +72,18 @@ def best_rate(count: int, work: Callable[[], None], repeats: int) -> float:
 
 
 def measure(
-    jpegs: list[bytes], source: TarSource, tokenizer: TextTokenizer, size: int, workers: int, batch_size: int, repeats: int
+    jpegs: list[bytes],
+    source: TarSource,
+    tokenizer: TextTokenizer,
+    size: int,
+    workers: int,
+    batch_size: int,
+    repeats: int,
 ) -> tuple[float, float, float]:
     """(plain, draft, pipeline) images/s with `workers` threads, best of `repeats` interleaved rounds each."""
-    stream = IndexedStream([source], None, tokenizer, size, 40, (0.5, 1.0), False, window=1000, workers=workers, on_corrupt="skip")
+    stream = IndexedStream(
+        [source], None, tokenizer, size, 40, (0.5, 1.0), False, window=1000, workers=workers, on_corrupt="skip"
+    )
     steps = len(jpegs) // batch_size
     stream._build(0, batch_size, 0, 0, 1)  # warm-up: the epoch order, thread start
     draft = draft_decoder(size)
@@ -84,7 +92,9 @@ def measure(
         for _ in range(repeats):
             rates[0].append(best_rate(len(jpegs), lambda: list(pool.map(plain_decode, jpegs)), 1))
             rates[1].append(best_rate(len(jpegs), lambda: list(pool.map(draft, jpegs)), 1))
-            rates[2].append(best_rate(steps * batch_size, lambda: [stream._build(s, batch_size, 0, 0, 1) for s in range(steps)], 1))
+            rates[2].append(
+                best_rate(steps * batch_size, lambda: [stream._build(s, batch_size, 0, 0, 1) for s in range(steps)], 1)
+            )
     plain, drafted, pipeline = (max(r) for r in rates)
     return plain, drafted, pipeline
 
@@ -102,22 +112,33 @@ def main() -> None:
     rng = np.random.default_rng(0)
     jpegs = [photo_like_jpeg(rng, *args.source_size) for _ in range(args.images)]
     captions = [f"a photo of thing number {i} with some words" for i in range(args.images)]
-    print(f"{args.images} JPEGs of {args.source_size[0]}x{args.source_size[1]} (mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB), "
-          f"batches of {args.batch_size}, two views, crop scale (0.5, 1), no flips (the default); best of {args.repeats}")
-    print(f"{'size':>5} {'workers':>7} {'plain decode/s':>15} {'draft decode/s':>15} {'pipeline/s':>11} {'vs plain':>9} {'vs draft':>9}")
+    print(
+        f"{args.images} JPEGs of {args.source_size[0]}x{args.source_size[1]} (mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB), "
+        f"batches of {args.batch_size}, two views, crop scale (0.5, 1), no flips (the default); best of {args.repeats}"
+    )
+    print(
+        f"{'size':>5} {'workers':>7} {'plain decode/s':>15} {'draft decode/s':>15} {'pipeline/s':>11} {'vs plain':>9} {'vs draft':>9}"
+    )
 
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         (root / "wds").mkdir()
-        samples = ({"__key__": f"{i:06d}", "jpg": jpeg, "txt": caption.encode()} for i, (jpeg, caption) in enumerate(zip(jpegs, captions)))
+        samples = (
+            {"__key__": f"{i:06d}", "jpg": jpeg, "txt": caption.encode()}
+            for i, (jpeg, caption) in enumerate(zip(jpegs, captions))
+        )
         write_shards(root / "wds", samples, 64)
         source = TarSource(str(root / "wds" / "*.tar"), root / "cache", "skip")
         tokenizer = TextTokenizer.train(captions, 200)
         for size in args.image_sizes:
             for workers in args.workers:
-                plain, drafted, pipeline = measure(jpegs, source, tokenizer, size, workers, args.batch_size, args.repeats)
-                print(f"{size:>5} {workers:>7} {plain:>15.0f} {drafted:>15.0f} {pipeline:>11.0f} "
-                      f"{100 * pipeline / plain:>8.0f}% {100 * pipeline / drafted:>8.0f}%")
+                plain, drafted, pipeline = measure(
+                    jpegs, source, tokenizer, size, workers, args.batch_size, args.repeats
+                )
+                print(
+                    f"{size:>5} {workers:>7} {plain:>15.0f} {drafted:>15.0f} {pipeline:>11.0f} "
+                    f"{100 * pipeline / plain:>8.0f}% {100 * pipeline / drafted:>8.0f}%"
+                )
     print("issue bar: pipeline >= 80% of plain decode")
 
 

@@ -63,11 +63,22 @@ def rank_main(args: argparse.Namespace) -> None:
 
     config = RunConfig.model_validate(
         {
-            "model": {"width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16, "image_size": args.image_size, "patch_size": 16},
+            "model": {
+                "width": 32,
+                "depth": 1,
+                "num_heads": 2,
+                "proj_dim": 16,
+                "image_size": args.image_size,
+                "patch_size": 16,
+            },
             "objective": {"variant": "itc"},
             "data": {
-                "cache_dir": str(args.folder.parent / "cache"), "train_size": 64, "eval_images": 8,
-                "cls_images_per_class": 1, "vocab_size": 120, "workers": 4,
+                "cache_dir": str(args.folder.parent / "cache"),
+                "train_size": 64,
+                "eval_images": 8,
+                "cls_images_per_class": 1,
+                "vocab_size": 120,
+                "workers": 4,
                 "eval_sources": {"val": {"format": "class_folders", "path": str(args.folder)}},
             },
             "train": {"batch_size": 8, "steps": 1, "device": "cpu", "threads": 2},
@@ -82,8 +93,18 @@ def rank_main(args: argparse.Namespace) -> None:
     done = time.perf_counter()
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
     top1 = metrics.get("eval/val/top1")
-    print(json.dumps({"rank": dist_info.rank, "peak_rss_gb": round(peak_gb, 3), "prepare_s": round(prepared - started, 1),
-                      "evaluate_s": round(done - prepared, 1), "top1": top1}), flush=True)
+    print(
+        json.dumps(
+            {
+                "rank": dist_info.rank,
+                "peak_rss_gb": round(peak_gb, 3),
+                "prepare_s": round(prepared - started, 1),
+                "evaluate_s": round(done - prepared, 1),
+                "top1": top1,
+            }
+        ),
+        flush=True,
+    )
 
 
 def free_port() -> int:
@@ -98,7 +119,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--folder", type=Path, default=None, help="where the set is written (default: a temporary folder)")
+    parser.add_argument(
+        "--folder", type=Path, default=None, help="where the set is written (default: a temporary folder)"
+    )
     parser.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank:
@@ -108,13 +131,29 @@ def main() -> None:
         folder = args.folder or Path(scratch) / "val"
         started = time.perf_counter()
         generate(folder, args.images, args.classes, int(args.image_size * 1.2))
-        print(f"{args.images} images in {args.classes} class folders at {folder} ({time.perf_counter() - started:.0f} s to write)")
+        print(
+            f"{args.images} images in {args.classes} class folders at {folder} ({time.perf_counter() - started:.0f} s to write)"
+        )
         port = free_port()
         ranks = []
         for rank in range(args.ranks):
-            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.ranks), "LOCAL_RANK": str(rank),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            command = [sys.executable, __file__, "--rank", "--folder", str(folder), "--image-size", str(args.image_size)]
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "WORLD_SIZE": str(args.ranks),
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+            command = [
+                sys.executable,
+                __file__,
+                "--rank",
+                "--folder",
+                str(folder),
+                "--image-size",
+                str(args.image_size),
+            ]
             ranks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
         for process in ranks:
             out, _ = process.communicate()
@@ -123,8 +162,11 @@ def main() -> None:
             for line in out.splitlines():
                 if line.startswith("{"):
                     row = json.loads(line)
-                    print(f"rank {row['rank']}: peak RSS {row['peak_rss_gb']:.2f} GB, prepare {row['prepare_s']} s, "
-                          f"evaluate {row['evaluate_s']} s" + (f", top1 {row['top1']:.2f}" if row["top1"] is not None else ""))
+                    print(
+                        f"rank {row['rank']}: peak RSS {row['peak_rss_gb']:.2f} GB, prepare {row['prepare_s']} s, "
+                        f"evaluate {row['evaluate_s']} s"
+                        + (f", top1 {row['top1']:.2f}" if row["top1"] is not None else "")
+                    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3, help="steps before timing")
-    parser.add_argument("--train-size", type=int, default=2048, help="images generated (a step's cost does not depend on it)")
+    parser.add_argument(
+        "--train-size", type=int, default=2048, help="images generated (a step's cost does not depend on it)"
+    )
     parser.add_argument("--cache-dir", default=None, help="data cache; default: a temporary folder")
     args = parser.parse_args()
 
@@ -54,7 +56,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         data = {"cache_dir": args.cache_dir or f"{directory}/cache", "train_size": args.train_size}
         config = planned.config.model_copy(update={"data": planned.config.data.model_copy(update=data)})
-        print(f"{args.spec} {planned.run_name}: preset {config.model.preset}, batch {config.train.batch_size}; preparing data ...")
+        print(
+            f"{args.spec} {planned.run_name}: preset {config.model.preset}, batch {config.train.batch_size}; preparing data ..."
+        )
         trainer = Trainer(config, Path(directory) / "run", DistInfo(rank=0, world_size=1, local_rank=0))
         step_times(trainer, args.warmup)
         plain = step_times(trainer, args.steps)
@@ -73,15 +77,21 @@ def main() -> None:
                 time.sleep(0.2)
         per_sample = monitor.cpu_s / monitor.samples
         logged = len(client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
-        print(f"sampler: {per_sample * 1e3:.1f} ms CPU per sample, its whole thread included ({monitor.samples} samples, "
-              f"{logged} logged points, {len(client.get_run(run_id).data.metrics)} metrics; wall time in sampling and "
-              f"writing {monitor.spent_s / monitor.samples * 1e3:.1f} ms, GIL and CPU waits included)")
+        print(
+            f"sampler: {per_sample * 1e3:.1f} ms CPU per sample, its whole thread included ({monitor.samples} samples, "
+            f"{logged} logged points, {len(client.get_run(run_id).data.metrics)} metrics; wall time in sampling and "
+            f"writing {monitor.spent_s / monitor.samples * 1e3:.1f} ms, GIL and CPU waits included)"
+        )
         share = per_sample / DEFAULT_INTERVAL_S
-        print(f"overhead at the default interval ({DEFAULT_INTERVAL_S:g} s): {100 * share:.3f}% of training time "
-              f"= {share * step_s * 1e3:.3f} ms per {step_s * 1e3:.0f} ms step")
+        print(
+            f"overhead at the default interval ({DEFAULT_INTERVAL_S:g} s): {100 * share:.3f}% of training time "
+            f"= {share * step_s * 1e3:.3f} ms per {step_s * 1e3:.0f} ms step"
+        )
         with_monitor = statistics.median(sampled)
-        print(f"cross-check, sampling every 1 s: {with_monitor * 1e3:.1f} ms median step vs {step_s * 1e3:.1f} ms "
-              f"({100 * (with_monitor / step_s - 1):+.1f}%, noise included)")
+        print(
+            f"cross-check, sampling every 1 s: {with_monitor * 1e3:.1f} ms median step vs {step_s * 1e3:.1f} ms "
+            f"({100 * (with_monitor / step_s - 1):+.1f}%, noise included)"
+        )
         print("budget: < 1% of step time")
 
 

@@ -30,11 +30,22 @@ from mlflow import MlflowClient
 
 from oner_lab import tracking
 
-KEYS = ("train/loss", "train/loss_itc", "train/loss_cmc", "train/loss_mlm", "train/loss_mim", "train/loss_mmm",
-        "train/lr", "train/samples_per_s", "train/temperature")
+KEYS = (
+    "train/loss",
+    "train/loss_itc",
+    "train/loss_cmc",
+    "train/loss_mlm",
+    "train/loss_mim",
+    "train/loss_mmm",
+    "train/lr",
+    "train/samples_per_s",
+    "train/temperature",
+)
 
 
-def simulate(client: MlflowClient, experiment: str, steps: int, step_s: float, log_every: int, flush_every_s: float) -> float:
+def simulate(
+    client: MlflowClient, experiment: str, steps: int, step_s: float, log_every: int, flush_every_s: float
+) -> float:
     """Seconds spent inside the logger over a simulated run of `steps` steps."""
     run_id = tracking.retry_locked(lambda: client.create_run(experiment)).info.run_id
     now = [0.0]
@@ -105,8 +116,10 @@ def write_throughput(uri: str, client: MlflowClient, experiment: str, writers: i
     wall = max(spent for _, spent in done)
     found = sum(len(client.get_metric_history(run_id, key)) for run_id in run_ids for key in KEYS)
     print(f"\nwrite throughput: {writers} writers x {seconds:g} s, one log_batch of {len(KEYS)} values per step")
-    print(f"  {steps} batches = {steps * len(KEYS)} values in {wall:.1f} s: {steps / wall:.0f} batches/s, "
-          f"{steps * len(KEYS) / wall:.0f} values/s; {1e3 * writers * wall / steps:.1f} ms per batch seen by a writer")
+    print(
+        f"  {steps} batches = {steps * len(KEYS)} values in {wall:.1f} s: {steps / wall:.0f} batches/s, "
+        f"{steps * len(KEYS) / wall:.0f} values/s; {1e3 * writers * wall / steps:.1f} ms per batch seen by a writer"
+    )
     print(f"  read back: {found} of {steps * len(KEYS)} values")
     for tracked in run_ids:
         tracking.end_run(client, tracked, tracking.FINISHED)
@@ -135,8 +148,10 @@ def main() -> None:
         print(f"flush of ~5 s of metrics ({7 * len(KEYS)} values, one log_batch): {per_flush * 1e3:.1f} ms median")
 
         run_s = args.steps * step_s
-        print(f"\nsimulated run: {args.steps} steps x {args.step_ms:g} ms, log_metrics every {args.log_every} steps "
-              f"({len(KEYS)} values each)")
+        print(
+            f"\nsimulated run: {args.steps} steps x {args.step_ms:g} ms, log_metrics every {args.log_every} steps "
+            f"({len(KEYS)} values each)"
+        )
         for label, log_every, flush_every_s in (
             ("batched, flush every 5 s (default)", args.log_every, 5.0),
             ("unbatched, one write per call", args.log_every, 0.0),

@@ -26,7 +26,10 @@ from oner_lab.objectives import (
     resolve_terms,
 )
 
-DEFAULT_BATCH = {"cpu": {"tiny": 128, "vit_s16": 8, "vit_b16": 4}, "cuda": {"tiny": 1024, "vit_s16": 256, "vit_b16": 128}}
+DEFAULT_BATCH = {
+    "cpu": {"tiny": 128, "vit_s16": 8, "vit_b16": 4},
+    "cuda": {"tiny": 1024, "vit_s16": 256, "vit_b16": 128},
+}
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
@@ -86,9 +89,13 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_flops(device, dtype)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"plain {dtype} matmul: {peak / 1e12:.3f} TFLOP/s")
-    print(f"{'preset':<8} {'variant':<16} {'batch':>6} {'step s':>8} {'samples/s':>10} {'GFLOP/step':>11} {'TFLOP/s':>8} {'of matmul':>9}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+        f"plain {dtype} matmul: {peak / 1e12:.3f} TFLOP/s"
+    )
+    print(
+        f"{'preset':<8} {'variant':<16} {'batch':>6} {'step s':>8} {'samples/s':>10} {'GFLOP/step':>11} {'TFLOP/s':>8} {'of matmul':>9}"
+    )
     for preset in args.presets:
         batch = args.batch or DEFAULT_BATCH[device.type][preset]
         step = build(preset, args.variant, batch, device)
@@ -104,8 +111,10 @@ def main() -> None:
         sync(device)
         seconds = (time.perf_counter() - start) / args.steps
         achieved = flops / seconds
-        print(f"{preset:<8} {args.variant:<16} {batch:>6} {seconds:>8.3f} {batch / seconds:>10.1f} "
-              f"{flops / 1e9:>11.1f} {achieved / 1e12:>8.3f} {achieved / peak:>8.1%}")
+        print(
+            f"{preset:<8} {args.variant:<16} {batch:>6} {seconds:>8.3f} {batch / seconds:>10.1f} "
+            f"{flops / 1e9:>11.1f} {achieved / 1e12:>8.3f} {achieved / peak:>8.1%}"
+        )
 
 
 if __name__ == "__main__":

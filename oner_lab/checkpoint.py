@@ -110,7 +110,7 @@ def _rotate(path: Path, keep: int) -> None:
 
 def prune(path: Path, keep: int) -> None:
     """Removes history files beyond `keep` (left by a run that kept more before)."""
-    for candidate in history(path)[max(keep, 1):]:
+    for candidate in history(path)[max(keep, 1) :]:
         candidate.unlink(missing_ok=True)
 
 
@@ -147,7 +147,9 @@ def sweep_stale(directory: Path) -> list[Path]:
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     if removed:
-        log.warning("removed %d stale checkpoint temp file(s) of dead writers: %s", len(removed), ", ".join(map(str, removed)))
+        log.warning(
+            "removed %d stale checkpoint temp file(s) of dead writers: %s", len(removed), ", ".join(map(str, removed))
+        )
     return removed
 
 
@@ -211,7 +213,12 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": [version, list(internal), gauss],
     }
     if torch.cuda.is_available():
@@ -224,7 +231,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     numpy_state = state["numpy"]
     if isinstance(numpy_state, dict):
         keys = numpy_state["keys"].numpy().astype(np.uint32)
-        np.random.set_state(("MT19937", keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        np.random.set_state(
+            ("MT19937", keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+        )
     else:  # a checkpoint written before RNG states were stored as tensors
         np.random.set_state(numpy_state)
     version, internal, gauss = state["python"]

@@ -41,4 +41,3 @@ class Interrupted(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"stopped at step {step} after writing a checkpoint")
         self.step = step
-

@@ -83,7 +83,9 @@ def select_device(
             )
         index = int(name.split(":", 1)[1])
         if index >= visible:
-            raise DeviceError(f"train.device: {requested!r} but this process sees {visible} CUDA device(s); {cuda_report()}")
+            raise DeviceError(
+                f"train.device: {requested!r} but this process sees {visible} CUDA device(s); {cuda_report()}"
+            )
         return torch.device("cuda", index)
     if name not in ("auto", "cuda"):
         raise DeviceError(f"train.device: {requested!r}; allowed: auto, cpu, cuda, cuda:N")

@@ -29,7 +29,7 @@ def _ranks(scores: Tensor, gt_of_row: Callable[[Tensor], Tensor]) -> Tensor:
     chunk = max(1, _CHUNK_ELEMENTS // max(1, scores.shape[1]))
     ranks = []
     for start in range(0, scores.shape[0], chunk):
-        block = scores[start:start + chunk].float()
+        block = scores[start : start + chunk].float()
         if not torch.isfinite(block).all():
             raise ValueError("similarity/logit matrix has non-finite entries (NaN or inf embeddings?)")
         is_gt = gt_of_row(torch.arange(start, start + block.shape[0], device=scores.device))
@@ -62,15 +62,19 @@ def retrieval_recall(sim: Tensor, caption_image: Tensor, ks: Iterable[int] = (1,
     Image retrieval (ir_rK): each caption has the one image `caption_image[m]`.
     """
     if sim.dim() != 2 or caption_image.shape != sim.shape[1:]:
-        raise ValueError(f"sim {tuple(sim.shape)} and caption_image {tuple(caption_image.shape)}: "
-                         "expected sim [N_images, M_captions] and caption_image [M_captions]")
+        raise ValueError(
+            f"sim {tuple(sim.shape)} and caption_image {tuple(caption_image.shape)}: "
+            "expected sim [N_images, M_captions] and caption_image [M_captions]"
+        )
     ks, n_images = _check_ks(ks), sim.shape[0]
     caption_image = caption_image.to(sim.device, torch.long)
     _check_ids(caption_image, n_images, "caption_image")
     uncaptioned = (torch.bincount(caption_image, minlength=n_images) == 0).nonzero().flatten()
     if uncaptioned.numel():
-        raise ValueError(f"images {uncaptioned[:5].tolist()} (of {uncaptioned.numel()}) have no caption in "
-                         "caption_image; text retrieval needs at least one per image")
+        raise ValueError(
+            f"images {uncaptioned[:5].tolist()} (of {uncaptioned.numel()}) have no caption in "
+            "caption_image; text retrieval needs at least one per image"
+        )
     image_ids = torch.arange(n_images, device=sim.device)
     tr = _ranks(sim, lambda rows: caption_image[None, :] == rows[:, None])
     ir = _ranks(sim.T, lambda rows: image_ids[None, :] == caption_image[rows, None])
@@ -125,19 +129,24 @@ def pixels(images: Tensor) -> Tensor:
     return images.float().mul_(2 / 255).sub_(1) if images.dtype == torch.uint8 else images
 
 
-def encode(encoder: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int,
-           device: torch.device) -> Tensor:
+def encode(encoder: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int, device: torch.device) -> Tensor:
     """Run `encoder` over `inputs` in batches on `device`; float32, L2-normalised. uint8 inputs
     (images) are normalised per batch on `device`; `inputs` may decode each slice on read (FileImages)."""
-    out = [encoder(*(pixels(x[i:i + batch_size].to(device)) for x in inputs)).float()
-           for i in range(0, len(inputs[0]), batch_size)]
+    out = [
+        encoder(*(pixels(x[i : i + batch_size].to(device)) for x in inputs)).float()
+        for i in range(0, len(inputs[0]), batch_size)
+    ]
     return F.normalize(torch.cat(out), dim=-1)
 
 
 @torch.no_grad()
-def evaluate(encode_image: Callable[[Tensor], Tensor], encode_text: Callable[[Tensor, Tensor], Tensor],
-             eval_sets: Mapping[str, object], batch_size: int = 256,
-             device: torch.device | str = "cpu") -> dict[str, float]:
+def evaluate(
+    encode_image: Callable[[Tensor], Tensor],
+    encode_text: Callable[[Tensor, Tensor], Tensor],
+    eval_sets: Mapping[str, object],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
     """Zero-shot metrics keyed "eval/<name>/<metric>", <name> being the key in `eval_sets`.
 
     Each set is scored by the task it names (`data.task`: retrieval gives tr_r1..ir_r10, rsum,

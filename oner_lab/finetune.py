@@ -27,7 +27,17 @@ from oner_lab.spec.config import RunConfig
 from oner_lab.spec.plan import names_variant
 
 TOKENIZER_DIR = "tokenizer"
-SHAPE_FIELDS = ("width", "depth", "num_heads", "mlp_ratio", "patch_size", "image_size", "max_text_len", "proj_dim", "head")
+SHAPE_FIELDS = (
+    "width",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "patch_size",
+    "image_size",
+    "max_text_len",
+    "proj_dim",
+    "head",
+)
 """What the weights' shapes (and meaning) depend on; drop_path may differ between parent and child."""
 KEY = "train.init_from"
 
@@ -36,7 +46,9 @@ def validate(config: RunConfig) -> None:
     """A checkpoint path must exist; a variant name is resolved (and checked) by the spec's planner."""
     init_from = config.train.init_from
     if init_from is not None and not names_variant(init_from) and not Path(init_from).is_file():
-        raise ConfigError(KEY, init_from, "allowed: an existing .pt checkpoint written by oner_lab, or the name of a grid variant")
+        raise ConfigError(
+            KEY, init_from, "allowed: an existing .pt checkpoint written by oner_lab, or the name of a grid variant"
+        )
 
 
 def check_tower(parent: TowerConfig | dict[str, Any], child: TowerConfig, parent_name: str) -> None:
@@ -64,14 +76,20 @@ class Parent:
     @classmethod
     def read(cls, path: Path) -> Parent:
         if not path.is_file():
-            raise ConfigError(KEY, str(path), "allowed: an existing checkpoint file (a parent run's checkpoints/last.pt)")
+            raise ConfigError(
+                KEY, str(path), "allowed: an existing checkpoint file (a parent run's checkpoints/last.pt)"
+            )
         try:
-            state = checkpoint.read(path, mmap=True)  # weights_only: a crafted file cannot run code; mmap: only the weights are read
+            state = checkpoint.read(
+                path, mmap=True
+            )  # weights_only: a crafted file cannot run code; mmap: only the weights are read
         except checkpoint.CheckpointError as error:
             raise ConfigError(KEY, str(path), f"allowed: a .pt checkpoint written by oner_lab ({error})") from None
         missing = [key for key in ("model", "tower") if not isinstance(state, dict) or key not in state]
         if missing:
-            raise ConfigError(KEY, str(path), f"allowed: a checkpoint written by oner_lab's trainer (it lacks {missing})")
+            raise ConfigError(
+                KEY, str(path), f"allowed: a checkpoint written by oner_lab's trainer (it lacks {missing})"
+            )
         tokenizer = TextTokenizer.from_str(state["tokenizer"]) if "tokenizer" in state else None
         return cls(path, state["tower"], state["model"], state.get("target", state["model"]), tokenizer)
 
@@ -84,7 +102,9 @@ class Parent:
         check_tower(self.tower, tower, str(self.path))
         if self.tower["vocab_size"] != tower.vocab_size:
             raise ConfigError(
-                "data.tokenizer", config.data.tokenizer, f"allowed: a vocabulary of {self.tower['vocab_size']} tokens, as the tokenizer of {self.path}"
+                "data.tokenizer",
+                config.data.tokenizer,
+                f"allowed: a vocabulary of {self.tower['vocab_size']} tokens, as the tokenizer of {self.path}",
             )
 
     def load_into(self, model: torch.nn.Module, target: torch.nn.Module) -> None:
@@ -108,15 +128,19 @@ def start(
         if config.data.tokenizer is not None:
             return None, None
         if not copy.is_dir():
-            raise FileNotFoundError(f"{copy}: the tokenizer this run copied from its parent is gone; start the run afresh")
+            raise FileNotFoundError(
+                f"{copy}: the tokenizer this run copied from its parent is gone; start the run afresh"
+            )
         return TextTokenizer.load(copy), None
     init_from = config.train.init_from
     assert init_from is not None
     if init_checkpoint is None:
         if names_variant(init_from):
             raise ConfigError(
-                KEY, init_from, "allowed: a checkpoint path when calling train.run directly; a variant name is resolved by "
-                "`python -m oner_lab.run SPEC`, which passes its FINISHED run's checkpoint"
+                KEY,
+                init_from,
+                "allowed: a checkpoint path when calling train.run directly; a variant name is resolved by "
+                "`python -m oner_lab.run SPEC`, which passes its FINISHED run's checkpoint",
             )
         init_checkpoint = Path(init_from)
     parent = Parent.read(Path(init_checkpoint))
@@ -124,8 +148,10 @@ def start(
         return None, parent  # prepare loads it; Parent.check compares it with the parent's
     if parent.tokenizer is None:
         raise ConfigError(
-            KEY, str(parent.path), "allowed: a checkpoint that holds its tokenizer (older ones do not), or set data.tokenizer to the "
-            "tokenizer directory its run used (the run's MLflow artifact tokenizer/)"
+            KEY,
+            str(parent.path),
+            "allowed: a checkpoint that holds its tokenizer (older ones do not), or set data.tokenizer to the "
+            "tokenizer directory its run used (the run's MLflow artifact tokenizer/)",
         )
     tokenizer = parent.tokenizer
     if is_main:

@@ -63,7 +63,9 @@ def all_hashed_runs(client: MlflowClient, experiment: str) -> list[Run]:
     while True:
         page = tracking.retry_locked(
             lambda: client.search_runs(
-                [key], filter_string=f"tags.`{tracking.TAG_HASH}` LIKE '%'", order_by=["attributes.start_time ASC"],
+                [key],
+                filter_string=f"tags.`{tracking.TAG_HASH}` LIKE '%'",
+                order_by=["attributes.start_time ASC"],
                 page_token=token,
             )
         )
@@ -113,7 +115,9 @@ def _migrate_one(client: MlflowClient, run: Run, old: str, by_id: dict[str, Run]
     if isinstance(init_from, str) and names_variant(init_from) and tracking.TAG_TRIAL not in run.data.tags:
         parent = by_id.get(run.data.tags.get(tracking.TAG_PARENT_RUN, ""))
         if parent is None:
-            return Outcome(run, UNVERIFIED, old, reason=f"starts from variant {init_from!r}, whose run is not in the experiment")
+            return Outcome(
+                run, UNVERIFIED, old, reason=f"starts from variant {init_from!r}, whose run is not in the experiment"
+            )
         done = visit(parent)
         if done.new_hash is None:
             return Outcome(run, UNVERIFIED, old, reason=f"its parent {parent.info.run_name} was left alone")
@@ -127,7 +131,8 @@ def _migrate_one(client: MlflowClient, run: Run, old: str, by_id: dict[str, Run]
     new = config_hash(config, parent_new)
     if write:
         tracking.set_tags(
-            client, run.info.run_id,
+            client,
+            run.info.run_id,
             {tracking.TAG_HASH: new, tracking.TAG_HASH_V1: old, tracking.TAG_HASH_SCHEME: str(SCHEME)},
         )
     return Outcome(run, MIGRATED, old, new)

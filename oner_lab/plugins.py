@@ -28,8 +28,11 @@ def load(names: Iterable[str], *, file: Path | None = None, key: str = "base.plu
             importlib.import_module(name)
         except ImportError as error:
             raise SpecError(
-                file, key, f"module {name!r} cannot be imported ({error})",
-                "dotted names of modules importable here (on PYTHONPATH or installed)", value=name,
+                file,
+                key,
+                f"module {name!r} cannot be imported ({error})",
+                "dotted names of modules importable here (on PYTHONPATH or installed)",
+                value=name,
             ) from None
 
 

@@ -33,9 +33,15 @@ class TowerConfig:
 
 PRESETS: dict[str, TowerConfig] = {
     # 24 px images in 8 px patches: one patch per cell of the built-in data's 3x3 position grid
-    "tiny": TowerConfig(width=96, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=8, image_size=24, max_text_len=20, proj_dim=128),
-    "vit_s16": TowerConfig(width=384, depth=12, num_heads=6, mlp_ratio=4.0, patch_size=16, image_size=224, max_text_len=40, proj_dim=256),
-    "vit_b16": TowerConfig(width=768, depth=12, num_heads=12, mlp_ratio=4.0, patch_size=16, image_size=224, max_text_len=40, proj_dim=256),
+    "tiny": TowerConfig(
+        width=96, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=8, image_size=24, max_text_len=20, proj_dim=128
+    ),
+    "vit_s16": TowerConfig(
+        width=384, depth=12, num_heads=6, mlp_ratio=4.0, patch_size=16, image_size=224, max_text_len=40, proj_dim=256
+    ),
+    "vit_b16": TowerConfig(
+        width=768, depth=12, num_heads=12, mlp_ratio=4.0, patch_size=16, image_size=224, max_text_len=40, proj_dim=256
+    ),
 }
 
 

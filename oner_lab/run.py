@@ -243,9 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             train.validate(run.config, files=not args.dry_run)
             if run.parent is not None:  # found now, not after the parent has trained
-                finetune.check_tower(train.resolve_tower(run.parent.config), train.resolve_tower(run.config), run.parent.run_name)
+                finetune.check_tower(
+                    train.resolve_tower(run.parent.config), train.resolve_tower(run.config), run.parent.run_name
+                )
         except SpecError as error:
-            return fail(f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})")
+            return fail(
+                f"{spec.source_file}: run {run.run_name}: {error} (set in base or in grid.variants.{run.variant})"
+            )
 
     if args.dry_run:
         report_data(spec, planned, console)
@@ -303,10 +307,14 @@ STORE_ERRORS = (MlflowException, SQLAlchemyError, RequestException, tracking.Tra
 
 def store_failed(spec: Spec, uri: str, error: BaseException) -> int:
     """One paragraph naming the store and the cause; exit code 3."""
-    text = str(error) if isinstance(error, StoreUnavailable) else (
-        f"the tracking store {uri} failed ({cause_of(error)}). Make it usable again (put back a deleted file, free the "
-        "disk, fix a read-only mount, end the process locking it, or start the server), then rerun "
-        f"`python -m oner_lab.run {spec.source_file}`: unfinished runs resume from their checkpoints"
+    text = (
+        str(error)
+        if isinstance(error, StoreUnavailable)
+        else (
+            f"the tracking store {uri} failed ({cause_of(error)}). Make it usable again (put back a deleted file, free the "
+            "disk, fix a read-only mount, end the process locking it, or start the server), then rerun "
+            f"`python -m oner_lab.run {spec.source_file}`: unfinished runs resume from their checkpoints"
+        )
     )
     print(f"error: {spec.source_file}: {text} (exit {EXIT_STORE_LOST})", file=sys.stderr)
     return EXIT_STORE_LOST
@@ -322,11 +330,14 @@ def warn_old_scheme(spec: Spec, uri: str, console: Console) -> None:
         )
 
 
-def plan(spec: Spec, planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRun], force: bool) -> list[Step]:
+def plan(
+    spec: Spec, planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRun], force: bool
+) -> list[Step]:
     """`decide` with what is known about live owners, live SLURM jobs and checkpoints on disk."""
     owned = frozenset(key for key, found in existing.items() if not found.finished and claims.live_owner(found))
     on_disk = frozenset(
-        run.config_hash for run in planned
+        run.config_hash
+        for run in planned
         if run.config_hash not in existing and recovery.checkpoint_on_disk(spec, run.config_hash) is not None
     )
     return decide(planned, existing, force, live_slurm_jobs(existing), owned, on_disk)
@@ -345,7 +356,9 @@ def plan_and_launch(
     """Under the store lock: ends runs whose owner is gone, plans, claims; then dispatches and waits."""
     existing = tracking.runs_by_hash(client, spec.experiment_name)
     existing, notes = claims.reconcile(
-        client, existing, live_slurm_jobs(existing),
+        client,
+        existing,
+        live_slurm_jobs(existing),
         lambda found: recovery.run_dir_of(spec, _hash_of(existing, found), found),
     )
     for note in notes:
@@ -432,7 +445,11 @@ def launch_and_wait(
                 lock.release(force=True)
             try:
                 jobs = launch.submit(
-                    executor, spec.launcher, dispatches, uri, owner_pid=None if no_wait else os.getpid(),
+                    executor,
+                    spec.launcher,
+                    dispatches,
+                    uri,
+                    owner_pid=None if no_wait else os.getpid(),
                     outage_window_s=spec.tracking.outage_window_s,
                 )
             except launch.LaunchError as error:
@@ -551,12 +568,17 @@ def _prepare(
     return launch.Dispatch(step.planned, run_id, run_dir, init_checkpoint, tracking_ui.JobOptions.of(spec.tracking))
 
 
-def _start_of(spec: Spec, run: PlannedRun, parents: dict[str, tracking.TrackedRun]) -> tuple[Path | None, dict[str, str]]:
+def _start_of(
+    spec: Spec, run: PlannedRun, parents: dict[str, tracking.TrackedRun]
+) -> tuple[Path | None, dict[str, str]]:
     """The checkpoint a run starts from (its parent run's last.pt, or a train.init_from path) and the tags saying so."""
     if run.parent is not None:
         found = parents[run.parent.config_hash]
         parent_dir = recovery.run_dir_of(spec, run.parent.config_hash, found)
-        return parent_dir / "checkpoints" / "last.pt", {tracking.TAG_PARENT_RUN: found.run_id, tracking.TAG_PARENT: found.run_name}
+        return parent_dir / "checkpoints" / "last.pt", {
+            tracking.TAG_PARENT_RUN: found.run_id,
+            tracking.TAG_PARENT: found.run_name,
+        }
     if run.config.train.init_from is not None:
         path = Path(run.config.train.init_from).resolve()
         return path, {tracking.TAG_PARENT: str(path)}

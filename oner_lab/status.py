@@ -61,7 +61,9 @@ def collect(client: MlflowClient, experiment: str, planned: Sequence[PlannedRun]
         found = tracked.get(plan.config_hash)
         run = runs.get(found.run_id) if found else None
         if found is None or run is None:
-            rows.append(RunStatus(plan.run_name, "not started", None, None, None, plan.config.train.steps, None, {}, ""))
+            rows.append(
+                RunStatus(plan.run_name, "not started", None, None, None, plan.config.train.steps, None, {}, "")
+            )
             continue
         tags = run.data.tags
         error = tags.get(tracking.TAG_ERROR, "").strip()
@@ -102,7 +104,9 @@ def render(rows: Sequence[RunStatus]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oner_lab.status", description="Show where each run of a spec stands.")
+    parser = argparse.ArgumentParser(
+        prog="python -m oner_lab.status", description="Show where each run of a spec stands."
+    )
     add_spec_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -62,7 +62,9 @@ def cause_of(error: BaseException) -> str:
 class Outage:
     """Tracks one writer's failed attempts: when to try again, and when the window has passed."""
 
-    def __init__(self, uri: str, window_s: float = DEFAULT_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, uri: str, window_s: float = DEFAULT_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.uri = uri
         self.window_s = window_s
         self._clock = clock

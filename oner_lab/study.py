@@ -210,13 +210,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, value, the step it was pruned at, each parameter (columns by key)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        rows.append({
-            "trial": trial.number,
-            "state": trial.state.name,
-            "value": trial.value,
-            "last step": trial.last_step,
-            **trial.params,
-        })
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "value": trial.value,
+                "last step": trial.last_step,
+                **trial.params,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -234,8 +236,11 @@ def importances(study: optuna.Study) -> pd.Series:
     """Each parameter's share of the metric's variance over completed trials (Optuna's fANOVA, seeded);
     empty when fewer than two completed trials differ in some parameter."""
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    varied = [key for key in {k for trial in completed for k in trial.params}
-              if len({repr(trial.params.get(key)) for trial in completed}) > 1]
+    varied = [
+        key
+        for key in {k for trial in completed for k in trial.params}
+        if len({repr(trial.params.get(key)) for trial in completed}) > 1
+    ]
     if len(completed) < 2 or not varied:
         return pd.Series(dtype=float, name="importance")
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)

@@ -76,7 +76,8 @@ class NodeMonitor(SystemMetricsMonitor):
         batch = [Metric(prefix + key, float(value), timestamp, self._logging_step) for key, value in metrics.items()]
         try:
             tracking.retry_locked(
-                lambda: self.client.log_batch(self._run_id, metrics=batch, synchronous=True), give_up_after_s=WRITE_GIVE_UP_S
+                lambda: self.client.log_batch(self._run_id, metrics=batch, synchronous=True),
+                give_up_after_s=WRITE_GIVE_UP_S,
             )
         except Exception as error:  # noqa: BLE001 - a lost sample must never stop training
             log.warning("system metrics: sample %d not written (%s)", self._logging_step, error)

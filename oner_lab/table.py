@@ -80,19 +80,29 @@ def print_sweep_table(spec: Spec, console: Console | None = None, top: int = 5) 
     sweep = spec.sweep
     assert sweep is not None
     trials = found.get_trials(deepcopy=False)
-    counts = ", ".join(f"{count} {state}" for state, count in studies.trials_frame(found)["state"].value_counts().items()) if trials else "none"
+    counts = (
+        ", ".join(f"{count} {state}" for state, count in studies.trials_frame(found)["state"].value_counts().items())
+        if trials
+        else "none"
+    )
     best = studies.best_trials(found, top).map(lambda value: f"{value:.4g}" if isinstance(value, float) else value)
     title = f"Study {studies.study_name(spec)}: best {len(best)} of {len(trials)} trials by {sweep.metric} ({sweep.direction})"
-    notes = [f"trials: {counts}; storage {storage}", "an empty table: no trial has completed yet"] if best.empty else [
-        f"trials: {counts}; storage {storage}"
-    ]
+    notes = (
+        [f"trials: {counts}; storage {storage}", "an empty table: no trial has completed yet"]
+        if best.empty
+        else [f"trials: {counts}; storage {storage}"]
+    )
     importance = studies.importances(found)
     for block in render_block(title, best, notes):
         console.print(block)
     if importance.empty:
         console.print(Text("Parameter importances need two completed trials that differ in a parameter.", style="dim"))
         return
-    cells = importance.rename_axis("parameter").reset_index().assign(importance=lambda frame: frame["importance"].map("{:.3f}".format))
+    cells = (
+        importance.rename_axis("parameter")
+        .reset_index()
+        .assign(importance=lambda frame: frame["importance"].map("{:.3f}".format))
+    )
     for block in render_block("Parameter importances (fANOVA, share of the metric's variance)", cells, []):
         console.print(block)
 
@@ -106,7 +116,9 @@ def make_console() -> Console:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oner_lab.table", description="Print a spec's ablation table from MLflow.")
+    parser = argparse.ArgumentParser(
+        prog="python -m oner_lab.table", description="Print a spec's ablation table from MLflow."
+    )
     add_spec_arguments(parser, only=False)
     args = parser.parse_args(argv)
     try:

@@ -124,14 +124,14 @@ def resolve_uri(uri: str) -> str:
     """Makes a relative `sqlite:///file.db` absolute (against cwd) so jobs in other directories find it."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI, None for any other store."""
     prefix = "sqlite:///"
-    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
 @contextmanager
@@ -157,9 +157,7 @@ def connect(uri: str) -> MlflowClient:
     """
     database = sqlite_path(uri)
     if database is not None and not database.parent.is_dir():
-        raise TrackingError(
-            f"tracking.uri {uri!r} cannot be opened: directory {str(database.parent)!r} does not exist"
-        )
+        raise TrackingError(f"tracking.uri {uri!r} cannot be opened: directory {str(database.parent)!r} does not exist")
     try:
         # two processes creating one SQLite store race in MLflow's schema migration: one at a time
         with _creation_lock(uri):
@@ -292,7 +290,9 @@ def old_scheme_runs(client: MlflowClient, experiment: str) -> int:
     if experiment_key is None:
         return 0
     filter_string = f"tags.`{TAG_HASH}` LIKE '%' and tags.`{TAG_HASH_SCHEME}` IS NULL"
-    return len(retry_locked(lambda: client.search_runs([experiment_key], filter_string=filter_string, max_results=1000)))
+    return len(
+        retry_locked(lambda: client.search_runs([experiment_key], filter_string=filter_string, max_results=1000))
+    )
 
 
 def fetch_runs(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, Run]:
@@ -302,7 +302,9 @@ def fetch_runs(client: MlflowClient, experiment: str, run_ids: list[str]) -> dic
         return {}
     quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
     runs = retry_locked(
-        lambda: client.search_runs([experiment_key], filter_string=f"attributes.run_id IN ({quoted})", max_results=len(run_ids))
+        lambda: client.search_runs(
+            [experiment_key], filter_string=f"attributes.run_id IN ({quoted})", max_results=len(run_ids)
+        )
     )
     return {run.info.run_id: run for run in runs}
 
@@ -341,7 +343,9 @@ def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
     repo = repo or Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     try:
         if Path(git("rev-parse", "--show-toplevel")).resolve() != repo.resolve():
@@ -387,7 +391,10 @@ def create_run(
     experiment_key = experiment_id(client, experiment)
     run = retry_locked(lambda: client.create_run(experiment_key, run_name=planned.run_name))
     run_id = run.info.run_id
-    params = [Param(key, _cut(value, MAX_PARAM_VAL_LENGTH)) for key, value in flatten(planned.config.model_dump(mode="json")).items()]
+    params = [
+        Param(key, _cut(value, MAX_PARAM_VAL_LENGTH))
+        for key, value in flatten(planned.config.model_dump(mode="json")).items()
+    ]
     run_tags = [RunTag(key, _cut(value, MAX_TAG_VAL_LENGTH)) for key, value in tags.items()]
     entities: list[Param | RunTag] = [*params, *run_tags]
     for start in range(0, len(entities), MAX_PARAMS_TAGS_PER_BATCH):
@@ -528,7 +535,10 @@ class MlflowRunLogger:
             beat = {**self._owner_tags, TAG_HEARTBEAT: f"{time.time():.0f}"} if self._owner_tags else {}
             tags = [RunTag(key, value) for key, value in beat.items()]
             with _fail_fast_http():
-                retry_locked(lambda: self.client.log_batch(self.run_id, metrics=chunk, tags=tags, synchronous=True), give_up_after_s=0)
+                retry_locked(
+                    lambda: self.client.log_batch(self.run_id, metrics=chunk, tags=tags, synchronous=True),
+                    give_up_after_s=0,
+                )
             del self._buffer[: len(chunk)]
         while self._artifacts:
             path, artifact_path = self._artifacts[0]
@@ -631,24 +641,39 @@ def study_run(client: MlflowClient, experiment: str, study: str, note: str) -> s
         run_id = found[0].info.run_id
     else:
         tags = {TAG_STUDY: study, TAG_NOTE: note}
-        run_id = retry_locked(lambda: client.create_run(experiment_key, run_name=f"study/{study}", tags=tags)).info.run_id
+        run_id = retry_locked(
+            lambda: client.create_run(experiment_key, run_name=f"study/{study}", tags=tags)
+        ).info.run_id
     set_status(client, run_id, RUNNING)
     return run_id
 
 
 def create_trial_run(
-    client: MlflowClient, spec: Spec, planned: PlannedRun, run_dir: Path, parent_run_id: str, number: int, params: Mapping[str, Any]
+    client: MlflowClient,
+    spec: Spec,
+    planned: PlannedRun,
+    run_dir: Path,
+    parent_run_id: str,
+    number: int,
+    params: Mapping[str, Any],
 ) -> str:
     """A trial's MLflow run (`create_run`, SCHEDULED), nested under its study's run and tagged with the
     study, the trial number and the sampled parameters."""
     run_id = create_run(client, spec.experiment_name, planned, spec, run_dir)
     study = retry_locked(lambda: client.get_run(parent_run_id)).data.tags[TAG_STUDY]
-    tags = {TAG_PARENT_RUN: parent_run_id, TAG_STUDY: study, TAG_TRIAL: str(number), TAG_TRIAL_PARAMS: json.dumps(dict(params))}
+    tags = {
+        TAG_PARENT_RUN: parent_run_id,
+        TAG_STUDY: study,
+        TAG_TRIAL: str(number),
+        TAG_TRIAL_PARAMS: json.dumps(dict(params)),
+    }
     set_tags(client, run_id, tags)
     return run_id
 
 
-def log_best_trial(client: MlflowClient, run_id: str, number: int, value: float, params: Mapping[str, Any], finished: int) -> None:
+def log_best_trial(
+    client: MlflowClient, run_id: str, number: int, value: float, params: Mapping[str, Any], finished: int
+) -> None:
     """The study run's view of its best trial so far: tags `oner.sweep.best.*`, metric `sweep/best_value`
     at step = finished trials (tags, not params: MLflow params cannot change once logged)."""
     tags = {f"{TAG_BEST}.trial": str(number), f"{TAG_BEST}.value": repr(value)}
@@ -687,7 +712,9 @@ def log_analysis_outputs(
     else:
         note = f"Figures and tables of `analysis/{name}.ipynb`, regenerated from the runs of experiment `{experiment}`."
         run = retry_locked(
-            lambda: client.create_run(experiment_key, run_name=f"analysis/{name}", tags={TAG_ANALYSIS: name, TAG_NOTE: note})
+            lambda: client.create_run(
+                experiment_key, run_name=f"analysis/{name}", tags={TAG_ANALYSIS: name, TAG_NOTE: note}
+            )
         )
         run_id = run.info.run_id
     for path in paths:

@@ -92,7 +92,15 @@ def training_datasets(config: RunConfig, image_size: int) -> list[Dataset]:
         found = [_shapes("train", cfg, image_size)]
     elif urls is None:  # a plugin's source without files: named by its settings
         settings = cfg.source.model_dump(mode="json")
-        found = [_entity(cfg.source.kind, _digest(settings), "code", {"tags": {k: str(v) for k, v in settings.items()}}, {"format": cfg.source.kind})]
+        found = [
+            _entity(
+                cfg.source.kind,
+                _digest(settings),
+                "code",
+                {"tags": {k: str(v) for k, v in settings.items()}},
+                {"format": cfg.source.kind},
+            )
+        ]
     else:
         found = [_files(_pattern_name(pattern), pattern, cfg.source.kind) for pattern in url_patterns(urls)]
     for kind, section in (("text_only", cfg.text_only), ("image_only", cfg.image_only)):
@@ -111,7 +119,15 @@ def eval_datasets(config: RunConfig, image_size: int) -> list[Dataset]:
             found.append(_shapes(name, config.data, image_size))
         elif path is None:  # a plugin's format without files: named by its settings
             settings = source.model_dump(mode="json")
-            found.append(_entity(name, _digest(settings), "code", {"tags": {k: str(v) for k, v in settings.items()}}, {"format": source.format}))
+            found.append(
+                _entity(
+                    name,
+                    _digest(settings),
+                    "code",
+                    {"tags": {k: str(v) for k, v in settings.items()}},
+                    {"format": source.format},
+                )
+            )
         else:
             found.append(_files(name, path, source.format))
     return found

@@ -157,7 +157,13 @@ def log_final_weights(client: MlflowClient, run_id: str, run_dir: Path) -> Path 
         path = weights.export(checkpoint, Path(run_dir) / "weights")
         tracking.retry_locked(lambda: client.log_artifact(run_id, str(path), "weights"))
     except Exception as error:  # noqa: BLE001 - the run itself finished; say what is missing
-        log.warning("run %s: final weights not logged (%s: %s); %s still holds them", run_id, type(error).__name__, error, checkpoint)
+        log.warning(
+            "run %s: final weights not logged (%s: %s); %s still holds them",
+            run_id,
+            type(error).__name__,
+            error,
+            checkpoint,
+        )
         return None
     return path
 

@@ -99,7 +99,9 @@ def validate(config: RunConfig, files: bool = True) -> None:
     plugins.load(config.plugins)
     tower = resolve_tower(config)
     if tower.image_size % tower.patch_size:
-        raise ConfigError("model.image_size", tower.image_size, f"must be divisible by model.patch_size ({tower.patch_size})")
+        raise ConfigError(
+            "model.image_size", tower.image_size, f"must be divisible by model.patch_size ({tower.patch_size})"
+        )
     if tower.width % tower.num_heads:
         raise ConfigError("model.width", tower.width, f"must be divisible by model.num_heads ({tower.num_heads})")
     obj = config.objective
@@ -112,20 +114,35 @@ def validate(config: RunConfig, files: bool = True) -> None:
     if not weights:
         raise ConfigError("objective.terms", obj.terms, "at least one term with a positive weight (or a variant)")
     if obj.variant and VARIANTS[obj.variant].head != tower.head:
-        raise ConfigError("model.head", tower.head, f"variant {obj.variant!r} is defined with model.head: {VARIANTS[obj.variant].head}")
+        raise ConfigError(
+            "model.head",
+            tower.head,
+            f"variant {obj.variant!r} is defined with model.head: {VARIANTS[obj.variant].head}",
+        )
     joint = sorted(name for name in weights if TERMS[name].joint_head)
     if tower.head == "per_modality" and joint:
         raise ConfigError("model.head", tower.head, f"terms {joint} need model.head: shared")
     term_options(obj, weights)
     if obj.temperature_min > obj.temperature_init:
-        raise ConfigError("objective.temperature_min", obj.temperature_min, f"at most objective.temperature_init ({obj.temperature_init})")
+        raise ConfigError(
+            "objective.temperature_min",
+            obj.temperature_min,
+            f"at most objective.temperature_init ({obj.temperature_init})",
+        )
     if config.train.min_lr > config.train.lr:
         raise ConfigError("train.min_lr", config.train.min_lr, f"at most train.lr ({config.train.lr})")
-    for key, section, view in (("data.text_only", config.data.text_only, "T"), ("data.image_only", config.data.image_only, "I")):
+    for key, section, view in (
+        ("data.text_only", config.data.text_only, "T"),
+        ("data.image_only", config.data.image_only, "I"),
+    ):
         trainers = terms_training(view)
         if section is not None and not set(trainers) & set(weights):
             names = " or ".join(trainers) or "(none registered)"
-            raise ConfigError(key, section.urls, f"unpaired data is trained by the {names} term only, which this run lacks ({sorted(weights)})")
+            raise ConfigError(
+                key,
+                section.urls,
+                f"unpaired data is trained by the {names} term only, which this run lacks ({sorted(weights)})",
+            )
     check_config(config.data, config.eval.sets, files)
     if files:
         finetune.validate(config)
@@ -135,9 +152,13 @@ def term_options(obj: ObjectiveConfig, weights: dict[str, float]) -> dict[str, T
     """Each active term's typed options from `objective.options.<term>` (SpecError naming the key)."""
     for name in obj.options:
         if name not in TERMS:
-            raise SpecError(None, f"objective.options.{name}", "names no objective term", ", ".join(sorted(TERMS)), value=name)
+            raise SpecError(
+                None, f"objective.options.{name}", "names no objective term", ", ".join(sorted(TERMS)), value=name
+            )
     return {
-        name: validate_section(TERMS[name].options, obj.options.get(name, {}), file=None, prefix=("objective", "options", name))
+        name: validate_section(
+            TERMS[name].options, obj.options.get(name, {}), file=None, prefix=("objective", "options", name)
+        )
         for name in weights
     }
 
@@ -174,8 +195,11 @@ def lr_at(step: int, config: RunConfig) -> float:
 def pick_device(name: str, dist_info: DistInfo) -> torch.device:
     """This rank's device for `train.device` (see `distributed.select_device` for the task layouts)."""
     return select_device(
-        name, local_rank=dist_info.local_rank, world_size=dist_info.world_size,
-        visible=torch.cuda.device_count(), gpus_requested=gpus_requested(),
+        name,
+        local_rank=dist_info.local_rank,
+        world_size=dist_info.world_size,
+        visible=torch.cuda.device_count(),
+        gpus_requested=gpus_requested(),
     )
 
 
@@ -192,7 +216,9 @@ def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[di
 class Trainer:
     """Holds one run's model, optimiser and data; `fit` runs the loop, `evaluate` the zero-shot sets."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, dist_info: DistInfo, init_checkpoint: Path | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: Path, dist_info: DistInfo, init_checkpoint: Path | None = None
+    ) -> None:
         self.started = time.perf_counter()  # wall time of this session: data, training and evaluation
         self.config = config
         self.run_dir = run_dir
@@ -202,26 +228,40 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        )
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
         if config.train.batch_size % dist_info.world_size:
-            raise ConfigError("train.batch_size", t.batch_size, f"divisible by the number of ranks ({dist_info.world_size})")
+            raise ConfigError(
+                "train.batch_size", t.batch_size, f"divisible by the number of ranks ({dist_info.world_size})"
+            )
         for key, section in (("data.text_only", config.data.text_only), ("data.image_only", config.data.image_only)):
             if section is not None and section.batch_size % dist_info.world_size:
-                raise ConfigError(f"{key}.batch_size", section.batch_size, f"divisible by the number of ranks ({dist_info.world_size})")
+                raise ConfigError(
+                    f"{key}.batch_size",
+                    section.batch_size,
+                    f"divisible by the number of ranks ({dist_info.world_size})",
+                )
         tower = resolve_tower(config)
         self.checkpoint_path = run_dir / "checkpoints" / "last.pt"
         if dist_info.is_main:
             checkpoint.sweep_stale(self.checkpoint_path.parent)
-        kept_tokenizer, self.parent = finetune.start(
-            config, run_dir, init_checkpoint, resuming=bool(checkpoint.history(self.checkpoint_path)), is_main=dist_info.is_main
-        ) if t.init_from else (None, None)
+        kept_tokenizer, self.parent = (
+            finetune.start(
+                config,
+                run_dir,
+                init_checkpoint,
+                resuming=bool(checkpoint.history(self.checkpoint_path)),
+                is_main=dist_info.is_main,
+            )
+            if t.init_from
+            else (None, None)
+        )
         # eval sets on rank 0 only, which alone evaluates: the other ranks hold none of them
         eval_sets = config.eval.sets if dist_info.is_main else []
         self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, eval_sets, kept_tokenizer)
         if self.device.type == "cuda":
-            self.data.train = self.data.train.to(self.device)  # in-memory data: crops on the GPU; streamed data: decode threads crop in uint8, the GPU normalises
+            self.data.train = self.data.train.to(
+                self.device
+            )  # in-memory data: crops on the GPU; streamed data: decode threads crop in uint8, the GPU normalises
             self.data.unpaired.to(self.device)
         tokenizer = self.data.tokenizer
         self.tower_cfg = replace(tower, vocab_size=tokenizer.vocab_size)
@@ -238,7 +278,9 @@ class Trainer:
         ).to(self.device)
         self.params = [p for m in (self.model, self.objective) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            param_groups([self.model, self.objective], t.weight_decay), lr=t.lr, betas=t.betas,
+            param_groups([self.model, self.objective], t.weight_decay),
+            lr=t.lr,
+            betas=t.betas,
             fused=self.device.type == "cuda",
         )
         self.step = 0
@@ -318,7 +360,6 @@ class Trainer:
         os.replace(self.checkpoint_path, bad)
         return f"the checkpoint of this step (its weights give this loss) was moved to {bad}; {self.good_checkpoint_note()}"
 
-
     def start(self) -> None:
         """Resume from this run's last checkpoint; failing that, a fine-tuning run takes its parent's weights."""
         if not self.resume() and self.parent is not None:
@@ -335,9 +376,7 @@ class Trainer:
             return False
         state, path = found
         if not same_identity(state["config"], self.config):
-            raise RuntimeError(
-                f"{path} was written by a different config; use another run directory"
-            )
+            raise RuntimeError(f"{path} was written by a different config; use another run directory")
         self.model.load_state_dict(state["model"])
         self.target.load_state_dict(state["target"])
         self.objective.load_state_dict(state["objective"])
@@ -355,7 +394,13 @@ class Trainer:
         batch = batch.to(self.device)
         extra = self.data.unpaired.batch(self.step, t.seed, self.dist.rank, self.dist.world_size).to(self.device)
         inputs = StepInputs(
-            batch.images, batch.images_target, batch.text_ids, batch.text_mask, extra.text_ids, extra.text_mask, extra.images
+            batch.images,
+            batch.images_target,
+            batch.text_ids,
+            batch.text_mask,
+            extra.text_ids,
+            extra.text_mask,
+            extra.images,
         )
         generator = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.dist.rank))
         lr = lr_at(self.step, self.config)
@@ -381,7 +426,9 @@ class Trainer:
         scalars = {"train/loss": total_loss, "train/lr": lr, "train/temperature": self.objective.temperature()}
         scalars.update({f"train/loss_{name}": value for name, value in zip(values, term_losses)})
         if t.loss_spike_factor is not None:
-            self.check_spike({"total": total_loss, **dict(zip(values, term_losses))}, self.step - 1, t.loss_spike_factor)
+            self.check_spike(
+                {"total": total_loss, **dict(zip(values, term_losses))}, self.step - 1, t.loss_spike_factor
+            )
         return scalars
 
     def check_finite(self, total: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
@@ -416,7 +463,8 @@ class Trainer:
             terms = [
                 f"{name} {value:.4g} (median {statistics.median(self.loss_history[name]):.4g})"
                 for name, value in losses.items()
-                if name != "total" and len(self.loss_history.get(name, [])) >= SPIKE_MIN_HISTORY
+                if name != "total"
+                and len(self.loss_history.get(name, [])) >= SPIKE_MIN_HISTORY
                 and value > factor * statistics.median(self.loss_history[name])
             ]
             raise LossSpikeError(
@@ -437,10 +485,17 @@ class Trainer:
         self.model.eval()
         try:
             with self.autocast:
-                metrics = evaluate(
-                    self.model.encode_image, self.model.encode_text, self.data.eval_sets,
-                    batch_size=self.config.eval.batch_size, device=self.device,
-                ) if self.dist.is_main else {}
+                metrics = (
+                    evaluate(
+                        self.model.encode_image,
+                        self.model.encode_text,
+                        self.data.eval_sets,
+                        batch_size=self.config.eval.batch_size,
+                        device=self.device,
+                    )
+                    if self.dist.is_main
+                    else {}
+                )
         finally:
             self.model.train()
         barrier()
@@ -456,7 +511,11 @@ class Trainer:
             self.log_artifacts(log)
         self.log_cost(log)
         bar = tqdm(
-            total=t.steps, initial=self.step, desc="train", disable=not self.dist.is_main, dynamic_ncols=True,
+            total=t.steps,
+            initial=self.step,
+            desc="train",
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
             mininterval=0.1 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s, not every step
         )
         window: dict[str, list[float]] = {}

@@ -65,7 +65,13 @@ def _require_slurm_for_marked_tests(request: pytest.FixtureRequest) -> None:
 def _usable_nodes(partition: str) -> list[str]:
     command = ["sinfo", "-h", "-N", "-p", partition, "-o", "%N %T"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=SINFO_TIMEOUT_S)
-    return sorted({line.split()[0] for line in done.stdout.splitlines() if line.split()[1:2] and line.split()[1] in USABLE_NODE_STATES})
+    return sorted(
+        {
+            line.split()[0]
+            for line in done.stdout.splitlines()
+            if line.split()[1:2] and line.split()[1] in USABLE_NODE_STATES
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +80,10 @@ def two_slurm_nodes(slurm_partition: str) -> list[str]:
     ONER_REQUIRE_SLURM_NODES=2) on a one-node cluster."""
     nodes = _usable_nodes(slurm_partition)
     if len(nodes) < 2:
-        message = f"partition {slurm_partition!r} has {len(nodes)} usable node(s) ({nodes}); start two with " \
-                  "`bash slurm/local-cluster.sh start --nodes 2`"
+        message = (
+            f"partition {slurm_partition!r} has {len(nodes)} usable node(s) ({nodes}); start two with "
+            "`bash slurm/local-cluster.sh start --nodes 2`"
+        )
         if int(os.environ.get("ONER_REQUIRE_SLURM_NODES", "1")) >= 2:
             pytest.fail(f"{message} (ONER_REQUIRE_SLURM_NODES={os.environ['ONER_REQUIRE_SLURM_NODES']})", pytrace=False)
         pytest.skip(message)
@@ -103,8 +111,10 @@ def tracking_server() -> TrackingServer:
         except tracking.TrackingError as error:
             reason = str(error)
     if reason is not None:
-        message = f"no MLflow tracking server: {reason}; start one with `bash slurm/local-tracking.sh start` " \
-                  "and export ONER_TEST_TRACKING_URI=$(bash slurm/local-tracking.sh uri)"
+        message = (
+            f"no MLflow tracking server: {reason}; start one with `bash slurm/local-tracking.sh start` "
+            "and export ONER_TEST_TRACKING_URI=$(bash slurm/local-tracking.sh uri)"
+        )
         if os.environ.get("ONER_REQUIRE_SERVER") == "1":
             pytest.fail(f"{message} (ONER_REQUIRE_SERVER=1)", pytrace=False)
         pytest.skip(message)

@@ -42,7 +42,9 @@ def read_only(path: Path) -> Iterator[None]:
 
 def hold_exclusive_lock(database: Path, seconds: float) -> subprocess.Popen:
     """Another process holding SQLite's EXCLUSIVE lock on `database` for `seconds`; returns once held."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(database), str(seconds)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_EXCLUSIVE, str(database), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -59,7 +61,11 @@ def start_cli(directory: Path, *arguments: str, spec: Path = SMOKE, flush_s: str
     log = (directory / f"cli-{time.monotonic_ns()}.log").open("w")
     env = {**subprocess_env(), "ONER_MLFLOW_FLUSH_S": flush_s}
     process = subprocess.Popen(
-        [sys.executable, "-m", "oner_lab.run", str(spec), *arguments], cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "oner_lab.run", str(spec), *arguments],
+        cwd=directory,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     process.log_path = Path(log.name)  # type: ignore[attr-defined]
     return process
@@ -76,7 +82,11 @@ def client_of(directory: Path) -> MlflowClient:
 def runs_of(directory: Path) -> list:
     client = client_of(directory)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    return [] if experiment is None else client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return (
+        []
+        if experiment is None
+        else client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    )
 
 
 def history(directory: Path, run_id: str, key: str = "train/loss") -> list:

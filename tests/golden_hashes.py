@@ -35,7 +35,9 @@ def current() -> dict[str, Any]:
         relative = str(path.relative_to(ROOT))
         profiles = [None, *load_spec(path).profiles]
         runs[relative] = {
-            profile or DEFAULT_PROFILE: {run.run_name: run.config_hash for run in expand(load_spec(path, profile=profile))}
+            profile or DEFAULT_PROFILE: {
+                run.run_name: run.config_hash for run in expand(load_spec(path, profile=profile))
+            }
             for profile in profiles
         }
     baselines = {

@@ -63,7 +63,10 @@ def start_driver(directory: Path, spec: Path, *arguments: str) -> subprocess.Pop
     log = (directory / f"driver-{time.monotonic_ns()}.log").open("w")
     return subprocess.Popen(
         [sys.executable, "-m", "oner_lab.run", str(spec), *arguments],
-        cwd=directory, env={**subprocess_env(), "ONER_MLFLOW_FLUSH_S": "0"}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=directory,
+        env={**subprocess_env(), "ONER_MLFLOW_FLUSH_S": "0"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -91,7 +94,11 @@ def client_of(directory: Path) -> MlflowClient:
 def runs_in(directory: Path) -> list[Run]:
     client = client_of(directory)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    return [] if experiment is None else client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return (
+        []
+        if experiment is None
+        else client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    )
 
 
 def wait_mid_study(directory: Path, driver: subprocess.Popen, timeout_s: float = 240) -> None:
@@ -101,7 +108,9 @@ def wait_mid_study(directory: Path, driver: subprocess.Popen, timeout_s: float =
         assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed"
         if study_created(directory) and (directory / "mlflow.db").exists():
             trials = study_in(directory).get_trials(deepcopy=False)
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            running = [
+                t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+            ]
             if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
                 client = client_of(directory)
                 for trial in running:

@@ -45,7 +45,16 @@ EXPERIMENT = "oner-smoke"
 SEEDS = [0, 1]
 VARIANTS = ["itc", "oner", "itc_two_heads"]  # the smoke spec's two, then the one added below
 TWO_HEADS = "grid.variants.itc_two_heads={objective: {variant: itc_two_heads}, model: {head: per_modality}}"
-MICRO_RUN = ["--set", "launcher.backend=debug", "--set", f"grid.seed={SEEDS}", "--set", "base.eval.every_steps=2", "--set", TWO_HEADS]
+MICRO_RUN = [
+    "--set",
+    "launcher.backend=debug",
+    "--set",
+    f"grid.seed={SEEDS}",
+    "--set",
+    "base.eval.every_steps=2",
+    "--set",
+    TWO_HEADS,
+]
 ABLATION_LABELS = ["top-1", "TR@1", "TR@5", "IR@1", "IR@5"]
 
 
@@ -88,13 +97,19 @@ def _close_figures():
 
 def smoke_runs(overrides: list[str]) -> list:
     """Planned runs of the smoke spec with the micro run's overrides plus `overrides`."""
-    return expand(load_spec(SMOKE, overrides=[item for item in MICRO_RUN[1::2] if not item.startswith("launcher")] + overrides))
+    return expand(
+        load_spec(SMOKE, overrides=[item for item in MICRO_RUN[1::2] if not item.startswith("launcher")] + overrides)
+    )
 
 
-def add_run(uri: str, planned, metrics: dict[str, float], status: str, error: str | None = None, experiment: str = EXPERIMENT) -> str:
+def add_run(
+    uri: str, planned, metrics: dict[str, float], status: str, error: str | None = None, experiment: str = EXPERIMENT
+) -> str:
     """Logs one more run through tracking, as a launcher would (SCHEDULED, metrics, then its end)."""
     client = tracking.connect(uri)
-    run_id = tracking.create_run(client, experiment, planned, load_spec(SMOKE), Path("/nonexistent") / planned.config_hash)
+    run_id = tracking.create_run(
+        client, experiment, planned, load_spec(SMOKE), Path("/nonexistent") / planned.config_hash
+    )
     with tracking.MlflowRunLogger(client, run_id) as logger:
         logger.log_metrics(metrics, planned.config.train.steps)
     tracking.end_run(client, run_id, status, error)
@@ -147,12 +162,18 @@ def test_ablation_table_means_stds_and_seeds_per_variant(uri: str, logged: dict)
     table = analysis.ablation_table(analysis.load_runs(uri, EXPERIMENT))
     frame = table.frame
     assert list(frame.index) == VARIANTS
-    assert list(frame.columns) == ["n", *[name for label in ABLATION_LABELS for name in (label, f"{label} std")], "paper row"]
+    assert list(frame.columns) == [
+        "n",
+        *[name for label in ABLATION_LABELS for name in (label, f"{label} std")],
+        "paper row",
+    ]
     assert list(frame["n"]) == [len(SEEDS)] * len(VARIANTS)
     for variant in VARIANTS:
         for key, label in frame.attrs["metrics"].items():
             mean, std = mean_std([logged[f"{variant}/seed{seed}"][key] for seed in SEEDS])
-            assert frame.at[variant, label] == pytest.approx(mean) and frame.at[variant, f"{label} std"] == pytest.approx(std)
+            assert frame.at[variant, label] == pytest.approx(mean) and frame.at[
+                variant, f"{label} std"
+            ] == pytest.approx(std)
     assert list(frame["paper row"]) == [paper.PAPER_ROW_OF_VARIANT[variant] for variant in VARIANTS]
     assert any("not the paper's" in note for note in table.footnotes)  # shapes: no differences to the paper
     first = frame.loc["itc"]
@@ -189,8 +210,13 @@ def test_failed_runs_missing_metrics_and_mixed_configs_become_footnotes(store_co
     assert table.frame.at["itc", "n"] == len(SEEDS)
     assert "oner: oner/seed2 logged no eval/shapes_cls/top1; the top-1 cell averages the other run(s) only" in notes
     assert table.frame.at["oner", "n"] == len(SEEDS) + 1
-    assert table.frame.at["oner", "top-1"] == pytest.approx(np.mean([logged[f"oner/seed{seed}"]["eval/shapes_cls/top1"] for seed in SEEDS]))
-    assert "itc_two_heads: 2 run(s) of an earlier config left out (itc_two_heads/seed0, itc_two_heads/seed1; train.steps: 5 -> 7)" in notes
+    assert table.frame.at["oner", "top-1"] == pytest.approx(
+        np.mean([logged[f"oner/seed{seed}"]["eval/shapes_cls/top1"] for seed in SEEDS])
+    )
+    assert (
+        "itc_two_heads: 2 run(s) of an earlier config left out (itc_two_heads/seed0, itc_two_heads/seed1; train.steps: 5 -> 7)"
+        in notes
+    )
     assert table.frame.at["itc_two_heads", "n"] == 1  # only the latest config, never averaged with the other
     assert all(note in table.to_markdown() and html.escape(note) in table.to_html() for note in table.footnotes)
 
@@ -200,7 +226,10 @@ def test_a_missing_experiment_gives_a_footnote_and_the_papers_tables(uri: str) -
     for build in (analysis.ablation_table, analysis.retrieval_table, analysis.transfer_table, analysis.gap_table):
         table = build(runs)
         assert table.frame.empty
-        assert table.footnotes[0].startswith("No experiment 'oner-retrieval-4m'") and repr(EXPERIMENT) in table.footnotes[0]
+        assert (
+            table.footnotes[0].startswith("No experiment 'oner-retrieval-4m'")
+            and repr(EXPERIMENT) in table.footnotes[0]
+        )
     assert len(analysis.retrieval_table(runs).paper) == len(paper.RETRIEVAL_ROWS)
 
 
@@ -228,7 +257,10 @@ def test_retrieval_table_zero_shot_and_fine_tuned_columns(store_copy: str, logge
 
 def test_differences_to_the_paper_only_on_its_own_eval_sets(store_copy: str) -> None:
     plans = {run.variant: run for run in smoke_runs(["base.eval.sets=[coco5k, imagenet]", "grid.seed=[0]"])}
-    metrics = {"eval/imagenet/top1": 20.0, **{f"eval/coco5k/{kind}_r{k}": 30.0 + k for kind in ("tr", "ir") for k in (1, 5, 10)}}
+    metrics = {
+        "eval/imagenet/top1": 20.0,
+        **{f"eval/coco5k/{kind}_r{k}": 30.0 + k for kind in ("tr", "ir") for k in (1, 5, 10)},
+    }
     for variant in ("itc", "oner"):
         add_run(store_copy, plans[variant], metrics, tracking.FINISHED, experiment="paper-sets")
     runs = analysis.load_runs(store_copy, "paper-sets")
@@ -237,14 +269,21 @@ def test_differences_to_the_paper_only_on_its_own_eval_sets(store_copy: str) -> 
     assert ablation.frame.at["itc", "Δ top-1"] == pytest.approx(20.0 - paper.ABLATION_ROWS["ITC"][0])
     assert not any("not the paper's" in note for note in ablation.footnotes)
     retrieval = analysis.retrieval_table(runs)
-    assert retrieval.frame.at["oner", "Δ zero-shot IR@10"] == pytest.approx(40.0 - paper.RETRIEVAL_ROWS["OneR"].zero_shot_ir[2])
+    assert retrieval.frame.at["oner", "Δ zero-shot IR@10"] == pytest.approx(
+        40.0 - paper.RETRIEVAL_ROWS["OneR"].zero_shot_ir[2]
+    )
     assert math.isnan(retrieval.frame.at["itc", "Δ zero-shot TR@1"])  # the main table has no ITC row
     assert list(retrieval.display["method"]) == ["itc", "oner", "Δ oner − paper OneR"]
 
 
 def test_transfer_table_rows_are_training_data_with_a_gain_row(store_copy: str, logged: dict) -> None:
     before = analysis.transfer_table(analysis.load_runs(store_copy, EXPERIMENT))
-    assert list(before.frame.index) == ["shapes"] and list(before.display.columns) == ["training data", "itc", "one tower", "two heads"]
+    assert list(before.frame.index) == ["shapes"] and list(before.display.columns) == [
+        "training data",
+        "itc",
+        "one tower",
+        "two heads",
+    ]
     for plan in smoke_runs(["grid.axes={data.max_objects: [1]}", "grid.seed=[0]"]):  # a second training-data setting
         if plan.variant in ("oner", "itc_two_heads"):
             shifted = {key: value + 1.0 for key, value in logged[f"{plan.variant}/seed0"].items()}
@@ -260,7 +299,9 @@ def test_gap_table_has_the_final_gap_and_alignment(uri: str, logged: dict) -> No
     frame = analysis.gap_table(analysis.load_runs(uri, EXPERIMENT)).frame
     assert list(frame.index) == VARIANTS
     mean, std = mean_std([logged[f"itc/seed{seed}"]["eval/shapes/modality_gap"] for seed in SEEDS])
-    assert frame.at["itc", "modality gap"] == pytest.approx(mean) and frame.at["itc", "modality gap std"] == pytest.approx(std)
+    assert frame.at["itc", "modality gap"] == pytest.approx(mean) and frame.at[
+        "itc", "modality gap std"
+    ] == pytest.approx(std)
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -282,7 +323,9 @@ def test_loss_and_gap_curves_plot_every_term_and_evaluation(uri: str) -> None:
     assert {"train/loss_cmc", "train/loss_itc", "train/loss_mlm"} <= set(terms)
     gap = analysis.modality_gap_curves(uri, runs)
     panel = next(axis for axis in gap.axes if axis.get_title() == "eval/shapes/modality_gap")
-    assert sorted(list(line.get_xdata()) for line in panel.get_lines() if len(line.get_xdata())) == [[2, 4, 5]] * len(VARIANTS)
+    assert sorted(list(line.get_xdata()) for line in panel.get_lines() if len(line.get_xdata())) == [[2, 4, 5]] * len(
+        VARIANTS
+    )
 
 
 def test_every_run_logs_the_same_embedding_sample_early_and_final(uri: str) -> None:
@@ -290,16 +333,23 @@ def test_every_run_logs_the_same_embedding_sample_early_and_final(uri: str) -> N
     items = set()
     for run in runs.to_dict("records"):
         samples = tsne.logged_samples(uri, run["run_id"])
-        assert {when: sample.step for when, sample in samples.items()} == {"early": 1, "final": 5}  # a tenth of 5 steps, at least 1
+        assert {when: sample.step for when, sample in samples.items()} == {
+            "early": 1,
+            "final": 5,
+        }  # a tenth of 5 steps, at least 1
         for sample in samples.values():
-            assert sample.eval_set == "shapes" and len(sample.item) == 32  # the smoke spec's 32 eval images, all sampled
+            assert (
+                sample.eval_set == "shapes" and len(sample.item) == 32
+            )  # the smoke spec's 32 eval images, all sampled
             for part in (sample.image, sample.text, sample.joint):
                 assert part.shape == (32, 128) and np.allclose(np.linalg.norm(part, axis=1), 1, atol=1e-5)
             items.add(tuple(sample.item))
     assert len(items) == 1  # one fixed sample: every run embeds the same images
 
 
-def test_the_logged_final_sample_is_the_final_weights_embedding(store: Path, uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_logged_final_sample_is_the_final_weights_embedding(
+    store: Path, uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Re-embedding with the final checkpoint (through the trainer) gives the logged artifact, for both head kinds."""
     monkeypatch.chdir(store)  # the run's relative data cache
     runs = analysis.load_runs(uri, EXPERIMENT).set_index("run_name")
@@ -319,12 +369,20 @@ def test_the_logged_final_sample_is_the_final_weights_embedding(store: Path, uri
 
 
 def test_a_run_that_logged_no_sample_gets_a_panel_saying_so(store_copy: str) -> None:
-    add_run(store_copy, smoke_runs(["grid.variants.xmc={objective: {variant: xmc}}"])[-1], {"eval/shapes/tr_r1": 1.0}, tracking.FINISHED)
+    add_run(
+        store_copy,
+        smoke_runs(["grid.variants.xmc={objective: {variant: xmc}}"])[-1],
+        {"eval/shapes/tr_r1": 1.0},
+        tracking.FINISHED,
+    )
     runs = analysis.load_runs(store_copy, EXPERIMENT)
     figure = analysis.tsne_figure(store_copy, runs[runs["variant"].isin(["xmc", "itc"])], max_points=10)
     said = [text.get_text() for axis in figure.axes for text in axis.texts]
     assert any(text.startswith("xmc/seed") and "no artifact embeddings/final.npz" in text for text in said), said
-    assert [axis.get_title() for axis in figure.axes if axis.get_title()] == ["itc/seed0: step 1", "itc/seed0: step 5 (final)"]
+    assert [axis.get_title() for axis in figure.axes if axis.get_title()] == [
+        "itc/seed0: step 1",
+        "itc/seed0: step 5 (final)",
+    ]
 
 
 def test_tsne_figure_has_early_and_final_panels_of_three_modalities(uri: str, store: Path) -> None:
@@ -345,14 +403,21 @@ def test_outputs_are_logged_to_one_analysis_run_that_no_table_counts(store_copy:
     assert first == again
     client = MlflowClient(tracking_uri=store_copy)
     logged_files = sorted(item.path for item in client.list_artifacts(first, "analysis"))
-    assert logged_files == sorted(f"analysis/{name}" for name in ("bars.png", "gap.csv", "gap.md", "gap.tex", "gap.html"))
+    assert logged_files == sorted(
+        f"analysis/{name}" for name in ("bars.png", "gap.csv", "gap.md", "gap.tex", "gap.html")
+    )
     run = client.get_run(first)
     assert run.info.run_name == "analysis/ablation" and run.info.status == tracking.FINISHED
     companion = client.get_experiment_by_name(f"{EXPERIMENT}/analysis")  # not among the training runs
     assert run.info.experiment_id == companion.experiment_id
-    assert companion.tags["mlflow.experimentKind"] == "custom_model_development" and EXPERIMENT in companion.tags["mlflow.note.content"]
+    assert (
+        companion.tags["mlflow.experimentKind"] == "custom_model_development"
+        and EXPERIMENT in companion.tags["mlflow.note.content"]
+    )
     training = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    assert companion.artifact_location == client.get_experiment(training).artifact_location + "-analysis"  # not under cwd
+    assert (
+        companion.artifact_location == client.get_experiment(training).artifact_location + "-analysis"
+    )  # not under cwd
     assert all(not name.startswith("analysis/") for name in (r.info.run_name for r in client.search_runs([training])))
     assert first not in set(analysis.load_runs(store_copy, EXPERIMENT)["run_id"])
     assert analysis.log_outputs(store_copy, "no-such-experiment", "ablation", [png]) is None
@@ -371,10 +436,16 @@ def kernel() -> str:
     return "python3"
 
 
-def execute(notebook: str, uri: str, experiment: str, output_dir: Path, kernel: str, tmp_path: Path) -> nbformat.NotebookNode:
+def execute(
+    notebook: str, uri: str, experiment: str, output_dir: Path, kernel: str, tmp_path: Path
+) -> nbformat.NotebookNode:
     executed = tmp_path / f"{notebook}.out.ipynb"
     papermill.execute_notebook(
-        str(NOTEBOOKS / f"{notebook}.ipynb"), str(executed), kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,
+        str(NOTEBOOKS / f"{notebook}.ipynb"),
+        str(executed),
+        kernel_name=kernel,
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
         parameters={"tracking_uri": uri, "experiment": experiment, "output_dir": str(output_dir)},
     )
     return nbformat.read(executed, as_version=4)
@@ -383,7 +454,9 @@ def execute(notebook: str, uri: str, experiment: str, output_dir: Path, kernel: 
 def text_of(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(
         output.get("text", "") + output.get("data", {}).get("text/html", "")
-        for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
     )
 
 
@@ -399,13 +472,23 @@ def test_ablation_notebook(store_copy: str, kernel: str, tmp_path: Path) -> None
     out = tmp_path / "out"
     executed = execute("ablation", store_copy, EXPERIMENT, out, kernel, tmp_path)
     finite_table(out / "ablation.csv", VARIANTS, ["n", *ABLATION_LABELS])
-    assert {path.name for path in out.glob("*.png")} == {"ablation_metrics.png", "ablation_losses.png", "ablation_findings.png"}
+    assert {path.name for path in out.glob("*.png")} == {
+        "ablation_metrics.png",
+        "ablation_losses.png",
+        "ablation_findings.png",
+    }
     assert "**Findings:" in (out / "ablation.md").read_text()
     assert f"Experiment '{EXPERIMENT}'" in text_of(executed) and "+ CMC (OneR)" in text_of(executed)
     client = MlflowClient(tracking_uri=store_copy)
-    assert not client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`oner.analysis` LIKE '%'")
-    analysis_run = client.search_runs([client.get_experiment_by_name(f"{EXPERIMENT}/analysis").experiment_id], "tags.`oner.analysis` = 'ablation'")
-    assert {item.path for item in client.list_artifacts(analysis_run[0].info.run_id, "analysis")} >= {"analysis/ablation_metrics.png"}
+    assert not client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`oner.analysis` LIKE '%'"
+    )
+    analysis_run = client.search_runs(
+        [client.get_experiment_by_name(f"{EXPERIMENT}/analysis").experiment_id], "tags.`oner.analysis` = 'ablation'"
+    )
+    assert {item.path for item in client.list_artifacts(analysis_run[0].info.run_id, "analysis")} >= {
+        "analysis/ablation_metrics.png"
+    }
 
 
 def test_modality_gap_notebook(store_copy: str, kernel: str, tmp_path: Path) -> None:
@@ -418,13 +501,19 @@ def test_modality_gap_notebook(store_copy: str, kernel: str, tmp_path: Path) -> 
 def test_retrieval_notebook(store_copy: str, kernel: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     execute("retrieval", store_copy, EXPERIMENT, out, kernel, tmp_path)
-    finite_table(out / "retrieval.csv", VARIANTS, ["n", "zero-shot TR@1", "zero-shot TR@10", "zero-shot IR@1", "zero-shot IR@10"])
+    finite_table(
+        out / "retrieval.csv", VARIANTS, ["n", "zero-shot TR@1", "zero-shot TR@10", "zero-shot IR@1", "zero-shot IR@10"]
+    )
 
 
 def test_transfer_notebook(store_copy: str, kernel: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     execute("transfer", store_copy, EXPERIMENT, out, kernel, tmp_path)
-    columns = [f"{column} {metric}" for column in ("itc", "one tower", "two heads") for metric in ("n", "top-1", "TR@1", "IR@1")]
+    columns = [
+        f"{column} {metric}"
+        for column in ("itc", "one tower", "two heads")
+        for metric in ("n", "top-1", "TR@1", "IR@1")
+    ]
     finite_table(out / "transfer.csv", ["shapes"], columns)
 
 
@@ -441,10 +530,21 @@ def test_notebooks_are_committed_without_outputs_and_paired_with_their_twins() -
         notebook = nbformat.read(path, as_version=4)
         code = [cell for cell in notebook.cells if cell.cell_type == "code"]
         assert all(not cell.get("outputs") and cell.get("execution_count") is None for cell in code), path
-        assert notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent" and notebook.metadata["kernelspec"]["name"] == "python3"
+        assert (
+            notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+            and notebook.metadata["kernelspec"]["name"] == "python3"
+        )
         assert notebook.cells[1].metadata.get("tags") == ["parameters"]
         parameters = {line.split("=")[0].strip() for line in notebook.cells[1].source.splitlines() if "=" in line}
         assert {"tracking_uri", "experiment"} <= parameters, path
         twin = jupytext.read(path.with_suffix(".py"))
-        assert [cell.source for cell in twin.cells] == [cell.source for cell in notebook.cells], f"{path} and its .py twin differ"
-    assert {path.stem for path in NOTEBOOKS.glob("*.ipynb")} == {"ablation", "modality_gap", "retrieval", "transfer", "sweep"}
+        assert [cell.source for cell in twin.cells] == [cell.source for cell in notebook.cells], (
+            f"{path} and its .py twin differ"
+        )
+    assert {path.stem for path in NOTEBOOKS.glob("*.ipynb")} == {
+        "ablation",
+        "modality_gap",
+        "retrieval",
+        "transfer",
+        "sweep",
+    }

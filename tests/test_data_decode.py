@@ -38,13 +38,17 @@ def encoded(pixels: np.ndarray, fmt: str, **options: object) -> bytes:
 
 
 def test_a_box_on_the_fit_square_is_cut_from_the_centre_square_at_source_resolution() -> None:
-    noise = np.random.default_rng(0).integers(0, 256, (2 * SIZE, 3 * SIZE, 3), dtype=np.uint8)  # centre square: columns 12..60
+    noise = np.random.default_rng(0).integers(
+        0, 256, (2 * SIZE, 3 * SIZE, 3), dtype=np.uint8
+    )  # centre square: columns 12..60
     out = torch.empty(2, 3, SIZE, SIZE, dtype=torch.uint8)
-    quarter = torch.tensor([[0, 0, SIZE / 2, SIZE / 2], [SIZE / 2, SIZE / 2, SIZE, SIZE]])  # 2x source pixels: no resampling
+    quarter = torch.tensor(
+        [[0, 0, SIZE / 2, SIZE / 2], [SIZE / 2, SIZE / 2, SIZE, SIZE]]
+    )  # 2x source pixels: no resampling
     resized_crops(noise, quarter, torch.tensor([False, True]), out)
     half = SIZE // 2
-    assert torch.equal(out[0], torch.from_numpy(noise[:SIZE, half:half + SIZE]).permute(2, 0, 1))
-    flipped = noise[SIZE:, half + SIZE:half + 2 * SIZE][:, ::-1]
+    assert torch.equal(out[0], torch.from_numpy(noise[:SIZE, half : half + SIZE]).permute(2, 0, 1))
+    flipped = noise[SIZE:, half + SIZE : half + 2 * SIZE][:, ::-1]
     assert torch.equal(out[1], torch.from_numpy(flipped.copy()).permute(2, 0, 1))
 
 
@@ -74,7 +78,10 @@ def test_streamed_views_are_the_fit_then_crop_views_up_to_resampling(tmp_path: P
     sizes = [(60, 40), (40, 64), (24, 24), (100, 30), (33, 90), (48, 48)]
     images = [smooth_image(w, h, phase=i) for i, (w, h) in enumerate(sizes)]
     (tmp_path / "wds").mkdir()
-    samples = [{"__key__": f"{i:04d}", "png": encoded(image, "PNG"), "txt": f"sample {i}".encode()} for i, image in enumerate(images)]
+    samples = [
+        {"__key__": f"{i:04d}", "png": encoded(image, "PNG"), "txt": f"sample {i}".encode()}
+        for i, image in enumerate(images)
+    ]
     write_shards(tmp_path / "wds", samples, 4)
     captions = [f"sample {i}" for i in range(len(images))]
     source = TarSource(str(tmp_path / "wds" / "*.tar"), tmp_path / "cache", "fail")

@@ -48,7 +48,11 @@ SHAPES = ("square", "stripe", "dot")
 def picture(colour: str, shape: str, size: tuple[int, int] = (SIZE, SIZE)) -> Image.Image:
     image = Image.new("RGB", size, (20, 20, 20))
     w, h = size
-    box = {"square": (w // 4, h // 4, 3 * w // 4, 3 * h // 4), "stripe": (0, h // 3, w, 2 * h // 3), "dot": (w // 3, h // 3, 2 * w // 3, 2 * h // 3)}[shape]
+    box = {
+        "square": (w // 4, h // 4, 3 * w // 4, 3 * h // 4),
+        "stripe": (0, h // 3, w, 2 * h // 3),
+        "dot": (w // 3, h // 3, 2 * w // 3, 2 * h // 3),
+    }[shape]
     image.paste(COLOURS[colour], box)
     return image
 
@@ -94,15 +98,28 @@ def write_coco_style(directory: Path, count: int) -> tuple[Path, Path, list[tupl
         picture(colour, shape).save(directory / "val2014" / name)
         # Distinct across images: a caption shared by two images ties exactly, and float noise would
         # decide the tie differently in the eval's batches and in the brute-force reference.
-        captions = [f"a {colour} {shape}", f"{colour} {shape} on dark", f"the {shape} is {colour}", f"one {shape} {i}", f"a {colour} thing {i}"]
+        captions = [
+            f"a {colour} {shape}",
+            f"{colour} {shape} on dark",
+            f"the {shape} is {colour}",
+            f"one {shape} {i}",
+            f"a {colour} thing {i}",
+        ]
         entries.append((f"val2014/{name}", captions))
     albef = directory / "coco_test.json"
     albef.write_text(json.dumps([{"image": image, "caption": captions} for image, captions in entries]))
     karpathy_images = [
-        {"filepath": "val2014", "filename": image.split("/")[1], "split": "test", "sentences": [{"raw": c} for c in captions]}
+        {
+            "filepath": "val2014",
+            "filename": image.split("/")[1],
+            "split": "test",
+            "sentences": [{"raw": c} for c in captions],
+        }
         for image, captions in entries
     ]
-    karpathy_images.append({"filepath": "val2014", "filename": "unused.jpg", "split": "train", "sentences": [{"raw": "x"}]})
+    karpathy_images.append(
+        {"filepath": "val2014", "filename": "unused.jpg", "split": "train", "sentences": [{"raw": "x"}]}
+    )
     karpathy = directory / "dataset_coco.json"
     karpathy.write_text(json.dumps({"images": karpathy_images, "dataset": "coco"}))
     return albef, karpathy, entries
@@ -124,7 +141,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def micro_run_config(cache: Path, data: dict, eval_sets: list[str], **train_settings: object) -> RunConfig:
@@ -133,7 +152,14 @@ def micro_run_config(cache: Path, data: dict, eval_sets: list[str], **train_sett
             "model": {"width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16},
             "objective": {"variant": "oner"},
             "data": {"cache_dir": str(cache), "vocab_size": 120, "workers": 2, "shuffle_buffer": 8, **data},
-            "train": {"batch_size": 8, "steps": 4, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, **train_settings},
+            "train": {
+                "batch_size": 8,
+                "steps": 4,
+                "warmup_steps": 1,
+                "checkpoint_every": 2,
+                "log_every": 1,
+                **train_settings,
+            },
             "eval": {"sets": eval_sets, "batch_size": 64},
         }
     )
@@ -160,9 +186,16 @@ def test_urls_expand_braces_and_globs_and_name_what_is_missing(tmp_path: Path) -
 # ---- the streaming training source ----
 
 
-def test_every_epoch_visits_each_sample_once_across_ranks_and_batches_are_pure_functions_of_step(tmp_path: Path) -> None:
+def test_every_epoch_visits_each_sample_once_across_ranks_and_batches_are_pure_functions_of_step(
+    tmp_path: Path,
+) -> None:
     write_webdataset(tmp_path / "wds", 24, 7)  # shards of 7, 7, 7, 3
-    config = DataConfig(source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}, cache_dir=str(tmp_path / "cache"), shuffle_buffer=5, workers=2)
+    config = DataConfig(
+        source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")},
+        cache_dir=str(tmp_path / "cache"),
+        shuffle_buffer=5,
+        workers=2,
+    )
     data = prepare(config, SIZE, 16, [])
     assert data.train.num_samples == 24
     seen = []
@@ -187,7 +220,7 @@ def test_epoch_order_keeps_shards_together_up_to_the_shuffle_window() -> None:
     starts = np.array([0, 10, 20, 30])
     order = epoch_order(starts, 40, window=10, seed=0, source=0, epoch=0)
     assert sorted(order.tolist()) == list(range(40))
-    windows = [set((order[i:i + 10] // 10).tolist()) for i in range(0, 40, 10)]
+    windows = [set((order[i : i + 10] // 10).tolist()) for i in range(0, 40, 10)]
     assert all(len(w) == 1 for w in windows)  # a window of one shard's size reads one shard
     assert len({min(w) for w in windows}) == 4
     assert not np.array_equal(order, epoch_order(starts, 40, 10, seed=0, source=0, epoch=1))
@@ -197,9 +230,15 @@ def test_sources_are_mixed_by_weight_in_every_batch(tmp_path: Path) -> None:
     write_webdataset(tmp_path / "cc", 30, 10, tag="cc")
     write_webdataset(tmp_path / "sbu", 6, 3, tag="sbu")
     urls = [str(tmp_path / "cc" / "shard-{000000..000002}.tar"), str(tmp_path / "sbu" / "*.tar")]
-    config = DataConfig(source={"kind": "webdataset", "urls": urls, "weights": [3, 1]}, cache_dir=str(tmp_path / "cache"), workers=2)
+    config = DataConfig(
+        source={"kind": "webdataset", "urls": urls, "weights": [3, 1]}, cache_dir=str(tmp_path / "cache"), workers=2
+    )
     data = prepare(config, SIZE, 16, [])
-    assert batch_quotas([3, 1], 8) == [6, 2] and batch_quotas([30, 6], 8) == [7, 1] and batch_quotas([1, 1, 1], 8) == [3, 3, 2]
+    assert (
+        batch_quotas([3, 1], 8) == [6, 2]
+        and batch_quotas([30, 6], 8) == [7, 1]
+        and batch_quotas([1, 1, 1], 8) == [3, 3, 2]
+    )
     drawn = []
     for step in range(6):
         rows = sample_numbers(data.tokenizer, data.train.batch(step, 8, seed=0).text_ids)
@@ -212,16 +251,24 @@ def test_sources_are_mixed_by_weight_in_every_batch(tmp_path: Path) -> None:
 
 def test_csv_source_reads_open_clip_columns_relative_to_the_file(tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "csv", 10, separator=",")
-    config = DataConfig(source={"kind": "csv", "urls": str(csv), "separator": ","}, cache_dir=str(tmp_path / "cache"), workers=2)
+    config = DataConfig(
+        source={"kind": "csv", "urls": str(csv), "separator": ","}, cache_dir=str(tmp_path / "cache"), workers=2
+    )
     data = prepare(config, SIZE, 16, [])
     assert data.train.num_samples == 10
     batch = data.train.batch(0, 10, seed=0)
     numbers = [n for _, n in sample_numbers(data.tokenizer, batch.text_ids)]
     assert sorted(numbers) == list(range(10))
-    config_whole = DataConfig(source={"kind": "csv", "urls": str(csv), "separator": ","}, cache_dir=str(tmp_path / "cache"), crop_scale=(1.0, 1.0))
+    config_whole = DataConfig(
+        source={"kind": "csv", "urls": str(csv), "separator": ","},
+        cache_dir=str(tmp_path / "cache"),
+        crop_scale=(1.0, 1.0),
+    )
     whole = prepare(config_whole, SIZE, 16, []).train.batch(0, 10, seed=0)
     row = numbers.index(4)
-    stored = torch.from_numpy(np.array(Image.open(tmp_path / "csv" / "images" / "4.png").convert("RGB"))).permute(2, 0, 1)
+    stored = torch.from_numpy(np.array(Image.open(tmp_path / "csv" / "images" / "4.png").convert("RGB"))).permute(
+        2, 0, 1
+    )
     assert torch.allclose(whole.images[row], stored.float() * 2 / 255 - 1, atol=1e-5)  # the file at the relative path
 
 
@@ -284,9 +331,16 @@ def corrupt_samples() -> dict[str, dict[str, bytes]]:
 
 
 def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_and_key(tmp_path: Path) -> None:
-    good = [{"__key__": f"good{i:03d}", "png": encoded(picture("blue", SHAPES[i % 3])), "txt": f"item {i} fine".encode()} for i in range(10)]
+    good = [
+        {"__key__": f"good{i:03d}", "png": encoded(picture("blue", SHAPES[i % 3])), "txt": f"item {i} fine".encode()}
+        for i in range(10)
+    ]
     odd = [
-        {"__key__": "cmyk", "jpg": encoded(Image.new("CMYK", (SIZE, SIZE), (0, 255, 255, 0)), "JPEG"), "txt": b"item 10 cmyk"},
+        {
+            "__key__": "cmyk",
+            "jpg": encoded(Image.new("CMYK", (SIZE, SIZE), (0, 255, 255, 0)), "JPEG"),
+            "txt": b"item 10 cmyk",
+        },
         {"__key__": "grey16", "png": encoded(Image.fromarray(np.full((8, 8), 999, np.uint16))), "txt": b"item 11 grey"},
         {"__key__": "rgba", "png": encoded(Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))), "txt": b"item 12 rgba"},
         {"__key__": "longcap", "png": encoded(picture("red", "dot")), "txt": ("item 13 " + "long " * 250_000).encode()},
@@ -294,7 +348,11 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_
     bad = [{"__key__": key, **fields} for key, fields in corrupt_samples().items()]
     (tmp_path / "wds").mkdir()
     write_shards(tmp_path / "wds", good[:5] + bad[:4] + odd + bad[4:] + good[5:], 8)
-    config = DataConfig(source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}, cache_dir=str(tmp_path / "cache"), workers=2)
+    config = DataConfig(
+        source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")},
+        cache_dir=str(tmp_path / "cache"),
+        workers=2,
+    )
     data = prepare(config, SIZE, 16, [])
     assert data.train.num_samples == 14 + 5  # "nocap" and "noimage" are left out (and counted) while indexing
     assert data.skipped_samples == 2
@@ -309,7 +367,13 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted_or_fail_naming_shard_
         prepare(DataConfig(**{**strict, "cache_dir": str(tmp_path / "strict")}), SIZE, 16, [])
     (tmp_path / "one_bad").mkdir()
     write_shards(tmp_path / "one_bad", good[:3] + bad[1:2], 8)
-    strict_stream = DataConfig(**{**strict, "source": {"kind": "webdataset", "urls": str(tmp_path / "one_bad" / "*.tar")}, "cache_dir": str(tmp_path / "strict")})
+    strict_stream = DataConfig(
+        **{
+            **strict,
+            "source": {"kind": "webdataset", "urls": str(tmp_path / "one_bad" / "*.tar")},
+            "cache_dir": str(tmp_path / "strict"),
+        }
+    )
     stream = prepare(strict_stream, SIZE, 16, []).train
     with pytest.raises(CorruptSampleError, match=r"shard-000000\.tar: sample 'trunc': image \.jpg cannot be decoded"):
         stream.batch(0, 4, seed=0)
@@ -337,7 +401,9 @@ def test_corrupt_csv_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     assert set(numbers) == set(range(7))  # the six rows and the absolute-path CMYK image, never 90 or 91
     assert data.skipped_samples == 3 + 2  # plus the missing and the zero-byte image files
     strict = DataConfig(**{**config.model_dump(), "on_corrupt": "fail"})
-    with pytest.raises(ConfigError, match=r"train\.tsv: row 10: caption column 'title' is empty"):  # found by validation
+    with pytest.raises(
+        ConfigError, match=r"train\.tsv: row 10: caption column 'title' is empty"
+    ):  # found by validation
         prepare(strict, SIZE, 16, [])
 
 
@@ -359,27 +425,107 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[dict, list[str], str, str
     (tmp_path / "vocabless").mkdir()
     wds = {"source": {"kind": "webdataset", "urls": str(tmp_path / "wds" / "*.tar")}}
     return {
-        "glob-matches-nothing": ({"source": {"kind": "webdataset", "urls": str(tmp_path / "nowhere" / "*.tar")}}, [], "data.source.urls", r"nowhere/\*\.tar: the glob matches no file"),
-        "brace-part-missing": ({"source": {"kind": "webdataset", "urls": str(tmp_path / "wds" / "shard-{000000..000001}.tar")}}, [], "data.source.urls", r"shard-000001\.tar: no such file"),
-        "empty-shard": ({"source": {"kind": "webdataset", "urls": str(tmp_path / "empty.tar")}}, [], "data.source.urls", r"empty\.tar.*an empty file; expected a webdataset tar shard"),
+        "glob-matches-nothing": (
+            {"source": {"kind": "webdataset", "urls": str(tmp_path / "nowhere" / "*.tar")}},
+            [],
+            "data.source.urls",
+            r"nowhere/\*\.tar: the glob matches no file",
+        ),
+        "brace-part-missing": (
+            {"source": {"kind": "webdataset", "urls": str(tmp_path / "wds" / "shard-{000000..000001}.tar")}},
+            [],
+            "data.source.urls",
+            r"shard-000001\.tar: no such file",
+        ),
+        "empty-shard": (
+            {"source": {"kind": "webdataset", "urls": str(tmp_path / "empty.tar")}},
+            [],
+            "data.source.urls",
+            r"empty\.tar.*an empty file; expected a webdataset tar shard",
+        ),
         "no-urls": ({"source": {"kind": "csv"}}, [], "data.source.urls", "for data.source.kind: csv"),
-        "weights-count": ({"source": {**wds["source"], "weights": [1.0, 2.0]}}, [], "data.source.weights", r"one weight per data\.source\.urls entry \(1\)"),
-        "csv-column": ({"source": {"kind": "csv", "urls": str(csv), "caption_key": "caption"}}, [], "data.source.urls", r"no column 'caption' \(header has \['filepath', 'title'\]"),
-        "json-missing-key": ({"eval_sources": {"coco": {"format": "retrieval_json", "path": str(broken)}}}, ["coco"], "data.eval_sources.coco", r"broken\.json: entry 1 lacks key 'image'"),
-        "json-missing-image": ({"eval_sources": {"coco": {"format": "retrieval_json", "path": str(albef), "image_root": str(tmp_path)}}}, ["coco"], "data.eval_sources.coco", r"val2014/COCO_val2014_000000000000\.png does not exist"),
-        "karpathy-split": ({"eval_sources": {"coco": {"format": "karpathy", "path": str(karpathy), "split": "val"}}}, ["coco"], "data.eval_sources.coco", r"no image in split 'val' \(splits present: \['test', 'train'\]\)"),
-        "class-folder-without-images": ({"eval_sources": {"inet": {"format": "class_folders", "path": str(tmp_path / "classes")}}}, ["inet"], "data.eval_sources.inet", r"n00000009: class folder holds no image"),
-        "class-names-count": ({"eval_sources": {"inet": {"format": "class_folders", "path": str(tmp_path / "classes_ok"), "class_names": str(csv)}}}, ["inet"], "data.eval_sources.inet", r"train\.tsv: 3 names for 4 class folders"),
-        "unknown-eval-set": ({"eval_sources": {"coco": {"format": "karpathy", "path": str(karpathy)}}}, ["flickr"], "eval.sets", r"data\.eval_sources defines coco"),
-        "built-in-name-taken": ({"eval_sources": {"shapes": {"format": "karpathy", "path": str(karpathy)}}}, [], "data.eval_sources.shapes", "taken"),
-        "tokenizer-without-vocab": ({"tokenizer": str(tmp_path / "vocabless")}, [], "data.tokenizer", "neither tokenizer.json nor vocab.txt"),
+        "weights-count": (
+            {"source": {**wds["source"], "weights": [1.0, 2.0]}},
+            [],
+            "data.source.weights",
+            r"one weight per data\.source\.urls entry \(1\)",
+        ),
+        "csv-column": (
+            {"source": {"kind": "csv", "urls": str(csv), "caption_key": "caption"}},
+            [],
+            "data.source.urls",
+            r"no column 'caption' \(header has \['filepath', 'title'\]",
+        ),
+        "json-missing-key": (
+            {"eval_sources": {"coco": {"format": "retrieval_json", "path": str(broken)}}},
+            ["coco"],
+            "data.eval_sources.coco",
+            r"broken\.json: entry 1 lacks key 'image'",
+        ),
+        "json-missing-image": (
+            {"eval_sources": {"coco": {"format": "retrieval_json", "path": str(albef), "image_root": str(tmp_path)}}},
+            ["coco"],
+            "data.eval_sources.coco",
+            r"val2014/COCO_val2014_000000000000\.png does not exist",
+        ),
+        "karpathy-split": (
+            {"eval_sources": {"coco": {"format": "karpathy", "path": str(karpathy), "split": "val"}}},
+            ["coco"],
+            "data.eval_sources.coco",
+            r"no image in split 'val' \(splits present: \['test', 'train'\]\)",
+        ),
+        "class-folder-without-images": (
+            {"eval_sources": {"inet": {"format": "class_folders", "path": str(tmp_path / "classes")}}},
+            ["inet"],
+            "data.eval_sources.inet",
+            r"n00000009: class folder holds no image",
+        ),
+        "class-names-count": (
+            {
+                "eval_sources": {
+                    "inet": {"format": "class_folders", "path": str(tmp_path / "classes_ok"), "class_names": str(csv)}
+                }
+            },
+            ["inet"],
+            "data.eval_sources.inet",
+            r"train\.tsv: 3 names for 4 class folders",
+        ),
+        "unknown-eval-set": (
+            {"eval_sources": {"coco": {"format": "karpathy", "path": str(karpathy)}}},
+            ["flickr"],
+            "eval.sets",
+            r"data\.eval_sources defines coco",
+        ),
+        "built-in-name-taken": (
+            {"eval_sources": {"shapes": {"format": "karpathy", "path": str(karpathy)}}},
+            [],
+            "data.eval_sources.shapes",
+            "taken",
+        ),
+        "tokenizer-without-vocab": (
+            {"tokenizer": str(tmp_path / "vocabless")},
+            [],
+            "data.tokenizer",
+            "neither tokenizer.json nor vocab.txt",
+        ),
     }
 
 
 BAD_INPUT_NAMES = [
-    "glob-matches-nothing", "brace-part-missing", "empty-shard", "no-urls", "weights-count", "csv-column",
-    "json-missing-key", "json-missing-image", "karpathy-split", "class-folder-without-images", "class-names-count",
-    "unknown-eval-set", "built-in-name-taken", "tokenizer-without-vocab",
+    "glob-matches-nothing",
+    "brace-part-missing",
+    "empty-shard",
+    "no-urls",
+    "weights-count",
+    "csv-column",
+    "json-missing-key",
+    "json-missing-image",
+    "karpathy-split",
+    "class-folder-without-images",
+    "class-names-count",
+    "unknown-eval-set",
+    "built-in-name-taken",
+    "tokenizer-without-vocab",
 ]
 
 
@@ -399,7 +545,9 @@ def test_a_tar_without_samples_stops_prepare_naming_the_shard(tmp_path: Path) ->
     with tarfile.open(tmp_path / "wds" / "notes.tar", "w") as archive:
         info = tarfile.TarInfo("README")
         archive.addfile(info, io.BytesIO(b""))
-    config = DataConfig(source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "notes.tar")}, cache_dir=str(tmp_path / "cache"))
+    config = DataConfig(
+        source={"kind": "webdataset", "urls": str(tmp_path / "wds" / "notes.tar")}, cache_dir=str(tmp_path / "cache")
+    )
     with pytest.raises(ConfigError, match=r"notes\.tar: holds no usable sample \(expected webdataset members"):
         prepare(config, SIZE, 16, [])  # found by validation, before any run is created
 
@@ -445,7 +593,9 @@ def training_data(tmp_path: Path, kind: str) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["webdataset", "csv"])
-def test_training_runs_through_each_loader_and_evaluation_matches_a_brute_force_reference(tmp_path: Path, kind: str) -> None:
+def test_training_runs_through_each_loader_and_evaluation_matches_a_brute_force_reference(
+    tmp_path: Path, kind: str
+) -> None:
     albef, karpathy, entries = write_coco_style(tmp_path / "coco", 10)
     folders = write_class_folders(tmp_path / "inet")
     names = tmp_path / "names.txt"
@@ -455,9 +605,18 @@ def test_training_runs_through_each_loader_and_evaluation_matches_a_brute_force_
     eval_sources = {
         "coco5k": {"format": "retrieval_json", "path": str(albef)},
         "coco_karpathy": {"format": "karpathy", "path": str(karpathy), "image_root": str(tmp_path / "coco")},
-        "inet": {"format": "class_folders", "path": str(tmp_path / "inet"), "class_names": str(names), "templates": str(templates)},
+        "inet": {
+            "format": "class_folders",
+            "path": str(tmp_path / "inet"),
+            "class_names": str(names),
+            "templates": str(templates),
+        },
     }
-    config = micro_run_config(tmp_path / "cache", {**training_data(tmp_path, kind), "eval_sources": eval_sources}, ["coco5k", "coco_karpathy", "inet"])
+    config = micro_run_config(
+        tmp_path / "cache",
+        {**training_data(tmp_path, kind), "eval_sources": eval_sources},
+        ["coco5k", "coco_karpathy", "inet"],
+    )
     final = train.run(config, tmp_path / "run")
     assert final["train/steps"] == 4 and final["data/skipped_samples"] == 0
     assert all(np.isfinite(final[f"train/loss_{term}"]) for term in ("itc", "mlm", "mim"))
@@ -467,7 +626,9 @@ def test_training_runs_through_each_loader_and_evaluation_matches_a_brute_force_
     captions = [c for _, image_captions in entries for c in image_captions]
     owner = [i for i, (_, image_captions) in enumerate(entries) for _ in image_captions]
     with torch.no_grad():
-        image_emb = F.normalize(model.encode_image(stored_pixels([tmp_path / "coco" / image for image, _ in entries])), dim=-1)
+        image_emb = F.normalize(
+            model.encode_image(stored_pixels([tmp_path / "coco" / image for image, _ in entries])), dim=-1
+        )
         text_emb = F.normalize(model.encode_text(*tokenizer.encode(captions, model.cfg.max_text_len)), dim=-1)
     sim = (image_emb @ text_emb.T).tolist()
     for k in (1, 5, 10):
@@ -481,7 +642,9 @@ def test_training_runs_through_each_loader_and_evaluation_matches_a_brute_force_
     with torch.no_grad():
         prompt_emb = F.normalize(model.encode_text(*tokenizer.encode(prompts, model.cfg.max_text_len)), dim=-1)
         class_emb = F.normalize(prompt_emb.view(len(COLOURS), 2, -1).mean(1), dim=-1)
-        pixels = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in images])).permute(0, 3, 1, 2)
+        pixels = torch.from_numpy(np.stack([np.array(Image.open(p).convert("RGB")) for p in images])).permute(
+            0, 3, 1, 2
+        )
         predicted = (F.normalize(model.encode_image(pixels.float() / 127.5 - 1), dim=-1) @ class_emb.T).argmax(1)
     labels = torch.tensor([folders.index(p.parent.name) for p in images])
     assert final["eval/inet/top1"] == pytest.approx(100 * (predicted == labels).float().mean().item())
@@ -499,12 +662,17 @@ class StopAfter:
 
 
 def test_a_resumed_webdataset_run_ends_with_the_same_parameters(tmp_path: Path) -> None:
-    config = micro_run_config(tmp_path / "cache", training_data(tmp_path, "webdataset"), [], steps=5, checkpoint_every=5)
+    config = micro_run_config(
+        tmp_path / "cache", training_data(tmp_path, "webdataset"), [], steps=5, checkpoint_every=5
+    )
     train.run(config, tmp_path / "straight")
     with pytest.raises(train.Interrupted):
         train.run(config, tmp_path / "resumed", control=StopAfter(2))
     train.run(config, tmp_path / "resumed")
-    straight, resumed = load(tmp_path / "straight" / "checkpoints" / "last.pt"), load(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    straight, resumed = (
+        load(tmp_path / "straight" / "checkpoints" / "last.pt"),
+        load(tmp_path / "resumed" / "checkpoints" / "last.pt"),
+    )
     assert straight is not None and resumed is not None and straight["step"] == resumed["step"] == 5
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
@@ -519,6 +687,10 @@ def test_class_folder_names_from_imagenet_ids_and_slip_templates_by_default(tmp_
     config = DataConfig(cache_dir=str(tmp_path / "cache"), train_size=16, eval_sources={"inet": source})
     data = prepare(config, SIZE, 16, ["inet"])
     inet = data.eval_sets["inet"]
-    assert inet.class_names == ["tench", "goldfish"] and inet.templates == list(SLIP_TEMPLATES) and len(SLIP_TEMPLATES) == 7
+    assert (
+        inet.class_names == ["tench", "goldfish"]
+        and inet.templates == list(SLIP_TEMPLATES)
+        and len(SLIP_TEMPLATES) == 7
+    )
     assert inet.labels.tolist() == [0, 1] and data.skipped_samples == 1
     assert data.tokenizer.decode(inet.prompt_ids[7:8]) == ["itap of a goldfish."]

@@ -19,7 +19,11 @@ BATCH, DIM = 8, 6
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(BATCH, DIM, generator=g), torch.randn(BATCH, DIM, generator=g), torch.randn(DIM, DIM, generator=g)
+    return (
+        torch.randn(BATCH, DIM, generator=g),
+        torch.randn(BATCH, DIM, generator=g),
+        torch.randn(DIM, DIM, generator=g),
+    )
 
 
 def loss_and_grad(x: torch.Tensor, y: torch.Tensor, weight: torch.nn.Parameter) -> torch.Tensor:

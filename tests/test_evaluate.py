@@ -72,8 +72,10 @@ def test_retrieval_ties_count_against_the_model():
     caption_image = varying_captions(30, gen)
     sim = torch.randint(0, 4, (30, len(caption_image)), generator=gen).float()  # many ties
     got = retrieval_recall(sim, caption_image, ks=KS)
-    tr = [pessimistic_rank(sim[i].tolist(), {m for m, g in enumerate(caption_image.tolist()) if g == i})
-          for i in range(30)]
+    tr = [
+        pessimistic_rank(sim[i].tolist(), {m for m, g in enumerate(caption_image.tolist()) if g == i})
+        for i in range(30)
+    ]
     ir = [pessimistic_rank(sim[:, m].tolist(), {int(caption_image[m])}) for m in range(len(caption_image))]
     for k in KS:
         assert got[f"tr_r{k}"] == pytest.approx(100 * sum(r < k for r in tr) / len(tr))
@@ -82,19 +84,27 @@ def test_retrieval_ties_count_against_the_model():
 
 def test_retrieval_hand_built_three_images_six_captions():
     caption_image = torch.tensor([0, 0, 1, 1, 2, 2])
-    sim = torch.tensor([
-        # captions: 0a   0b   1a   1b   2a   2b
-        [0.9, 0.1, 0.8, 0.0, 0.0, 0.0],  # image 0: own caption first -> tr rank 0
-        [0.7, 0.0, 0.2, 0.3, 0.6, 0.0],  # image 1: best own (0.3) behind 0.7, 0.6 -> rank 2
-        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],  # image 2: all tied -> 4 non-gt ties -> rank 4
-    ])
+    sim = torch.tensor(
+        [
+            # captions: 0a   0b   1a   1b   2a   2b
+            [0.9, 0.1, 0.8, 0.0, 0.0, 0.0],  # image 0: own caption first -> tr rank 0
+            [0.7, 0.0, 0.2, 0.3, 0.6, 0.0],  # image 1: best own (0.3) behind 0.7, 0.6 -> rank 2
+            [0.5, 0.5, 0.5, 0.5, 0.5, 0.5],  # image 2: all tied -> 4 non-gt ties -> rank 4
+        ]
+    )
     # ir ranks (column-wise, other images >= gt): 0a:0, 0b:1, 1a:2, 1b:1, 2a:1, 2b:0
     got = retrieval_recall(sim, caption_image, ks=(1, 3, 5))
-    assert got == pytest.approx({
-        "tr_r1": 100 / 3, "tr_r3": 200 / 3, "tr_r5": 100.0,
-        "ir_r1": 200 / 6, "ir_r3": 100.0, "ir_r5": 100.0,
-        "rsum": 100 / 3 + 200 / 3 + 100 + 200 / 6 + 100 + 100,
-    })
+    assert got == pytest.approx(
+        {
+            "tr_r1": 100 / 3,
+            "tr_r3": 200 / 3,
+            "tr_r5": 100.0,
+            "ir_r1": 200 / 6,
+            "ir_r3": 100.0,
+            "ir_r5": 100.0,
+            "rsum": 100 / 3 + 200 / 3 + 100 + 200 / 6 + 100 + 100,
+        }
+    )
 
 
 def test_constant_similarity_gets_no_hits_at_one():
@@ -102,12 +112,15 @@ def test_constant_similarity_gets_no_hits_at_one():
     assert got["tr_r1"] == 0 and got["ir_r1"] == 0
 
 
-@pytest.mark.parametrize("sim, caption_image, match", [
-    (torch.zeros(3, 4), torch.tensor([0, 1, 1, 1]), "images \\[2\\]"),
-    (torch.zeros(3, 4), torch.tensor([0, 1, 2, 3]), "values in \\[0, 3\\)"),
-    (torch.zeros(3, 4), torch.tensor([0, 1, 2]), "expected sim"),
-    (torch.tensor([[0.0, float("nan")], [0.0, 0.0]]), torch.tensor([0, 1]), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "sim, caption_image, match",
+    [
+        (torch.zeros(3, 4), torch.tensor([0, 1, 1, 1]), "images \\[2\\]"),
+        (torch.zeros(3, 4), torch.tensor([0, 1, 2, 3]), "values in \\[0, 3\\)"),
+        (torch.zeros(3, 4), torch.tensor([0, 1, 2]), "expected sim"),
+        (torch.tensor([[0.0, float("nan")], [0.0, 0.0]]), torch.tensor([0, 1]), "non-finite"),
+    ],
+)
 def test_retrieval_rejects_bad_input(sim, caption_image, match):
     with pytest.raises(ValueError, match=match):
         retrieval_recall(sim, caption_image)
@@ -124,7 +137,8 @@ def test_classification_accuracy_matches_loop():
     logits = torch.randn(200, 12, generator=gen)
     topk = logits.topk(5, dim=1).indices
     assert classification_accuracy(logits, labels)["top5"] == pytest.approx(
-        100 * sum(int(y) in row for y, row in zip(labels, topk.tolist())) / 200)
+        100 * sum(int(y) in row for y, row in zip(labels, topk.tolist())) / 200
+    )
 
 
 def test_class_embeddings_ensemble_by_hand():
@@ -166,8 +180,9 @@ def retrieval_set(image_code: list[int], caption_code: torch.Tensor, caption_ima
     n = len(image_code)
     images = torch.tensor(image_code, dtype=torch.float32)[:, None, None, None].expand(n, 3, 2, 2)
     ids = torch.stack([caption_code, torch.zeros_like(caption_code)], dim=1)
-    return RetrievalSet("r", images, ids, torch.ones_like(ids, dtype=torch.bool), caption_image,
-                        [""] * len(caption_image))
+    return RetrievalSet(
+        "r", images, ids, torch.ones_like(ids, dtype=torch.bool), caption_image, [""] * len(caption_image)
+    )
 
 
 def classification_set(image_code: list[int], labels: list[int], n_classes: int, n_templates: int):
@@ -175,8 +190,16 @@ def classification_set(image_code: list[int], labels: list[int], n_classes: int,
     images = torch.tensor(image_code, dtype=torch.float32)[:, None, None, None].expand(n, 3, 2, 2)
     prompt_class = torch.arange(n_classes).repeat_interleave(n_templates)
     ids = torch.stack([prompt_class, torch.arange(len(prompt_class))], dim=1)
-    return ClassificationSet("c", images, torch.tensor(labels), [str(c) for c in range(n_classes)],
-                             ["{}"] * n_templates, ids, torch.ones_like(ids, dtype=torch.bool), prompt_class)
+    return ClassificationSet(
+        "c",
+        images,
+        torch.tensor(labels),
+        [str(c) for c in range(n_classes)],
+        ["{}"] * n_templates,
+        ids,
+        torch.ones_like(ids, dtype=torch.bool),
+        prompt_class,
+    )
 
 
 def test_evaluate_one_hot_encoders_end_to_end():
@@ -189,13 +212,19 @@ def test_evaluate_one_hot_encoders_end_to_end():
     labels = [0, 1, 2, 3, 4, 5, 0, 1]
     cls = classification_set([0, 1, 2, 3, 4, 5, 1, 2], labels, n_classes=6, n_templates=3)  # last two wrong
 
-    got = evaluate(one_hot_image, one_hot_text, {"shapes": perfect, "swapped": confused, "shapes_cls": cls},
-                   batch_size=4, device="cpu")
+    got = evaluate(
+        one_hot_image,
+        one_hot_text,
+        {"shapes": perfect, "swapped": confused, "shapes_cls": cls},
+        batch_size=4,
+        device="cpu",
+    )
 
     recall_keys = ["tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10"]
-    assert set(got) == ({f"eval/{s}/{m}" for s in ("shapes", "swapped")
-                         for m in [*recall_keys, "rsum", "modality_gap", "alignment"]}
-                        | {"eval/shapes_cls/top1", "eval/shapes_cls/top5"})
+    assert set(got) == (
+        {f"eval/{s}/{m}" for s in ("shapes", "swapped") for m in [*recall_keys, "rsum", "modality_gap", "alignment"]}
+        | {"eval/shapes_cls/top1", "eval/shapes_cls/top5"}
+    )
     assert all(isinstance(v, float) for v in got.values())
     assert [got[f"eval/shapes/{k}"] for k in recall_keys] == [100.0] * 6
     assert got["eval/shapes/rsum"] == 600.0

@@ -124,7 +124,9 @@ def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def straight_params(stopped_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+def straight_params(
+    stopped_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, torch.Tensor]:
     cache, _ = stopped_run
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     train.run(micro_config(cache, checkpoint_every=2), run_dir)
@@ -148,8 +150,11 @@ def _garbage(path: Path) -> None:
 
 @pytest.mark.parametrize("corrupt", [_truncate, _garbage], ids=["truncated", "garbage"])
 def test_corrupt_newest_checkpoint_resumes_from_the_older_one(
-    stopped_run: tuple[Path, Path], straight_params: dict[str, torch.Tensor], tmp_path: Path,
-    caplog: pytest.LogCaptureFixture, corrupt,
+    stopped_run: tuple[Path, Path],
+    straight_params: dict[str, torch.Tensor],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    corrupt,
 ) -> None:
     cache, _ = stopped_run
     run_dir = _copy(stopped_run, tmp_path)
@@ -191,7 +196,9 @@ def test_only_the_newest_k_checkpoints_stay(tmp_path: Path) -> None:
 
 def test_lr_1e12_stops_naming_step_and_term_and_leaves_no_bad_checkpoint(tmp_path: Path) -> None:
     # lr warms up towards 1e12 by 100 per step: a few steps in, the weights give a non-finite loss
-    config = micro_config(tmp_path / "cache", lr=1e12, min_lr=0.0, warmup_steps=10**10, grad_clip=None, checkpoint_every=1, steps=20)
+    config = micro_config(
+        tmp_path / "cache", lr=1e12, min_lr=0.0, warmup_steps=10**10, grad_clip=None, checkpoint_every=1, steps=20
+    )
     with pytest.raises(train.NonFiniteLossError) as error:
         train.run(config, tmp_path / "run")
     message = str(error.value)
@@ -225,7 +232,9 @@ def test_non_finite_parameters_are_never_saved(stopped_run: tuple[Path, Path], t
 
 def test_loss_spike_guard_stops_naming_step_and_term(tmp_path: Path) -> None:
     # lr warms up to a value that makes the loss jump; the guard stops before a spiked state is saved
-    config = micro_config(tmp_path / "cache", lr=50.0, min_lr=0.0, warmup_steps=40, steps=40, checkpoint_every=1, loss_spike_factor=1.5)
+    config = micro_config(
+        tmp_path / "cache", lr=50.0, min_lr=0.0, warmup_steps=40, steps=40, checkpoint_every=1, loss_spike_factor=1.5
+    )
     with pytest.raises(train.LossSpikeError) as error:
         train.run(config, tmp_path / "run")
     message = str(error.value)
@@ -243,7 +252,9 @@ def test_loss_spike_guard_stops_naming_step_and_term(tmp_path: Path) -> None:
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A real small file system at `path` (needs root, as in CI); unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=700", "tmpfs", str(path)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=700", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root and can")
     try:
@@ -258,7 +269,9 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_temp_files_of_dead_writers_are_swept_at_start_and_live_ones_kept(stopped_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_temp_files_of_dead_writers_are_swept_at_start_and_live_ones_kept(
+    stopped_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     cache, _ = stopped_run
     run_dir = _copy(stopped_run, tmp_path)
     folder = run_dir / "checkpoints"
@@ -350,7 +363,10 @@ def test_sigkill_around_checkpoints_leaves_every_step_in_mlflow_exactly_once(
     for kill_at, when in kills:
         done = subprocess.run(
             [sys.executable, str(script), uri, run_id, str(run_dir), str(cache), str(kill_at), when],
-            env=subprocess_env(), capture_output=True, text=True, timeout=600,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         expected = 0 if when == "never" else -signal.SIGKILL
         assert done.returncode == expected, (kill_at, when, done.stderr[-2000:])
@@ -368,14 +384,17 @@ def test_environment_variables_and_home_are_expanded_in_every_path_field(monkeyp
     monkeypatch.setenv("ONER_SCRATCH", "/scratch/alice")
     monkeypatch.setenv("HOME", "/home/alice")
     smoke = Path(__file__).resolve().parent.parent / "experiments" / "smoke.yaml"
-    spec = load_spec(smoke, overrides=[
-        "launcher.runs_dir=$ONER_SCRATCH/oner-runs",
-        "tracking.uri=sqlite:///~/mlflow.db",
-        "base.data.cache_dir=${ONER_SCRATCH}/cache",
-        "base.data.tokenizer=~/tok",
-        "base.train.init_from=$ONER_SCRATCH/parent.pt",
-        "base.data.eval_sources={coco: {format: karpathy, path: $ONER_SCRATCH/coco.json, image_root: ~/coco}}",
-    ])
+    spec = load_spec(
+        smoke,
+        overrides=[
+            "launcher.runs_dir=$ONER_SCRATCH/oner-runs",
+            "tracking.uri=sqlite:///~/mlflow.db",
+            "base.data.cache_dir=${ONER_SCRATCH}/cache",
+            "base.data.tokenizer=~/tok",
+            "base.train.init_from=$ONER_SCRATCH/parent.pt",
+            "base.data.eval_sources={coco: {format: karpathy, path: $ONER_SCRATCH/coco.json, image_root: ~/coco}}",
+        ],
+    )
     assert spec.launcher.runs_dir == "/scratch/alice/oner-runs"
     assert spec.tracking.uri == "sqlite:////home/alice/mlflow.db"
     config = expand(spec)[0].config
@@ -383,14 +402,18 @@ def test_environment_variables_and_home_are_expanded_in_every_path_field(monkeyp
     assert config.train.init_from == "/scratch/alice/parent.pt"
     assert config.data.eval_sources["coco"].path == "/scratch/alice/coco.json"
     assert config.data.eval_sources["coco"].image_root == "/home/alice/coco"
-    urls = RunConfig.model_validate({"data": {"source": {"kind": "webdataset", "urls": ["$ONER_SCRATCH/a-{0..3}.tar", "~/b.tar"]}}}).data.source.urls
+    urls = RunConfig.model_validate(
+        {"data": {"source": {"kind": "webdataset", "urls": ["$ONER_SCRATCH/a-{0..3}.tar", "~/b.tar"]}}}
+    ).data.source.urls
     assert urls == ["/scratch/alice/a-{0..3}.tar", "/home/alice/b.tar"]
 
 
 @pytest.mark.parametrize(
     ("setting", "key"),
-    [("launcher.runs_dir=/scratch/$ONER_UNSET_VAR/runs", "launcher.runs_dir"),
-     ("base.data.cache_dir=${ONER_UNSET_VAR}/cache", "data.cache_dir")],
+    [
+        ("launcher.runs_dir=/scratch/$ONER_UNSET_VAR/runs", "launcher.runs_dir"),
+        ("base.data.cache_dir=${ONER_UNSET_VAR}/cache", "data.cache_dir"),
+    ],
 )
 def test_an_unset_variable_is_refused_naming_key_and_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], setting: str, key: str
@@ -433,11 +456,16 @@ def test_uint8_eval_sets_give_the_metrics_of_float32_ones(stopped_run: tuple[Pat
     cache, _ = stopped_run
     trainer = train.Trainer(micro_config(cache), tmp_path / "run", DistInfo(0, 1, 0))
     sets = trainer.data.eval_sets
-    assert {name: data.images.dtype for name, data in sets.items()} == {"shapes": torch.uint8, "shapes_cls": torch.uint8}
+    assert {name: data.images.dtype for name, data in sets.items()} == {
+        "shapes": torch.uint8,
+        "shapes_cls": torch.uint8,
+    }
     as_float = {name: dataclasses.replace(data, images=normalise(data.images)) for name, data in sets.items()}
     for encoders in (_toy_encoders(), (trainer.model.encode_image, trainer.model.encode_text)):
         # the same pixels; only the last float32 digit of gap/alignment may differ (BLAS blocking of other buffers)
-        assert evaluate(*encoders, sets, batch_size=5) == pytest.approx(evaluate(*encoders, as_float, batch_size=5), rel=1e-5, abs=1e-6)
+        assert evaluate(*encoders, sets, batch_size=5) == pytest.approx(
+            evaluate(*encoders, as_float, batch_size=5), rel=1e-5, abs=1e-6
+        )
 
 
 def test_class_folder_set_is_decoded_per_batch_with_the_same_metrics(tmp_path: Path) -> None:
@@ -474,7 +502,9 @@ def test_only_rank_0_prepares_and_evaluates_the_eval_sets(stopped_run: tuple[Pat
     assert not [key for key in other.evaluate() if key.startswith("eval/")]
 
 
-def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(stopped_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(
+    stopped_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     # jobs running when the lab is upgraded: their checkpoints lack the fields added since (with defaults)
     cache, _ = stopped_run
     run_dir = _copy(stopped_run, tmp_path)

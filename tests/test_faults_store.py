@@ -166,8 +166,17 @@ def test_an_owner_is_its_pid_and_start_time_so_a_reused_pid_is_not_taken_for_it(
 
 def debug_args(data_cache: Path, steps: int, *extra: str) -> list[str]:
     return [
-        "--set", "launcher.backend=debug", "--only", "variant=itc", "--set", f"base.data.cache_dir={data_cache}",
-        "--set", f"base.train.steps={steps}", "--set", "base.train.checkpoint_every=10", *extra,
+        "--set",
+        "launcher.backend=debug",
+        "--only",
+        "variant=itc",
+        "--set",
+        f"base.data.cache_dir={data_cache}",
+        "--set",
+        f"base.train.steps={steps}",
+        "--set",
+        "base.train.checkpoint_every=10",
+        *extra,
     ]
 
 
@@ -314,8 +323,9 @@ def test_two_invocations_at_once_train_each_run_once_and_name_the_owner(
     waited = next(cli for cli in clis if cli.poll() is not None)
     trainer = clis[1 - clis.index(waited)]
     assert waited.returncode == 0, output(waited)
-    assert f"Being trained by another invocation, left alone: itc/seed0 (PID {trainer.pid} on {socket.gethostname()})" in " ".join(
-        output(waited).split()
+    assert (
+        f"Being trained by another invocation, left alone: itc/seed0 (PID {trainer.pid} on {socket.gethostname()})"
+        in " ".join(output(waited).split())
     ), output(waited)
     wait_for_steps(tmp_path, trainer, at_least=1)
     trainer.send_signal(signal.SIGTERM)
@@ -330,7 +340,9 @@ def test_two_invocations_at_once_train_each_run_once_and_name_the_owner(
 
 
 @pytest.mark.slow
-def test_a_second_invocation_leaves_a_run_in_training_alone(mlflow_template: Path, tmp_path: Path, data_cache: Path) -> None:
+def test_a_second_invocation_leaves_a_run_in_training_alone(
+    mlflow_template: Path, tmp_path: Path, data_cache: Path
+) -> None:
     copy_store(mlflow_template, tmp_path)
     args = debug_args(data_cache, 100_000)  # trains until stopped below
     first = start_cli(tmp_path, *args)
@@ -401,7 +413,9 @@ def cli_error(workdir: Path, capsys: pytest.CaptureFixture[str], *sets: str) -> 
     return capsys.readouterr().err
 
 
-def test_on_corrupt_fail_fails_on_an_index_a_skip_run_cached(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_on_corrupt_fail_fails_on_an_index_a_skip_run_cached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from oner_lab.data import CorruptSampleError, prepare
     from oner_lab.data.sources import TarSource
     from oner_lab.spec.config import DataConfig
@@ -415,7 +429,11 @@ def test_on_corrupt_fail_fails_on_an_index_a_skip_run_cached(tmp_path: Path, cap
     with pytest.raises(CorruptSampleError, match=r"shard-000000\.tar: sample 'cc3m0000005': missing \.txt caption"):
         TarSource(pattern, cache, "fail")  # the job's own path, even past validation
     error = cli_error(
-        tmp_path, capsys, "base.data.source.kind=webdataset", f"base.data.source.urls={pattern}", f"base.data.cache_dir={cache}",
+        tmp_path,
+        capsys,
+        "base.data.source.kind=webdataset",
+        f"base.data.source.urls={pattern}",
+        f"base.data.cache_dir={cache}",
         "base.data.on_corrupt=fail",
     )
     assert "data.source.urls" in error and "sample 'cc3m0000005': missing .txt caption" in error, error
@@ -428,7 +446,10 @@ def test_a_truncated_tar_is_refused_before_any_run_exists(tmp_path: Path, capsys
     whole = shards[1].read_bytes()
     shards[1].write_bytes(whole[: len(whole) // 2])  # an interrupted copy
     error = cli_error(
-        tmp_path, capsys, "base.data.source.kind=webdataset", f"base.data.source.urls={tmp_path / 'cc3m' / '*.tar'}",
+        tmp_path,
+        capsys,
+        "base.data.source.kind=webdataset",
+        f"base.data.source.urls={tmp_path / 'cc3m' / '*.tar'}",
         f"base.data.cache_dir={tmp_path / 'cache'}",
     )
     assert f"{shards[1]}: truncated" in error or f"{shards[1]}: unreadable tar stream" in error, error
@@ -438,5 +459,11 @@ def test_a_truncated_tar_is_refused_before_any_run_exists(tmp_path: Path, capsys
 def test_a_header_only_csv_is_refused_before_any_run_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "train.tsv"
     csv.write_text("filepath\ttitle\n")
-    error = cli_error(tmp_path, capsys, "base.data.source.kind=csv", f"base.data.source.urls={csv}", f"base.data.cache_dir={tmp_path / 'cache'}")
+    error = cli_error(
+        tmp_path,
+        capsys,
+        "base.data.source.kind=csv",
+        f"base.data.source.urls={csv}",
+        f"base.data.cache_dir={tmp_path / 'cache'}",
+    )
     assert f"{csv}: a header but no data row" in error, error

@@ -32,12 +32,23 @@ SCORES = {
 def log_ablation(uri: str, seeds: tuple[int, ...]) -> Spec:
     client = tracking.connect(uri)
     spec = Spec(
-        name="findings-test", tracking={"uri": uri},
-        grid={"variants": {v: {"objective": {"variant": v}, **({"model": {"head": "per_modality"}} if v == "itc_two_heads" else {})}
-                           for v in VARIANTS}, "seed": list(seeds)},
+        name="findings-test",
+        tracking={"uri": uri},
+        grid={
+            "variants": {
+                v: {
+                    "objective": {"variant": v},
+                    **({"model": {"head": "per_modality"}} if v == "itc_two_heads" else {}),
+                }
+                for v in VARIANTS
+            },
+            "seed": list(seeds),
+        },
     )
     for run in expand(spec):
-        run_id = tracking.create_run(client, spec.experiment_name, run, spec, Path(uri[len("sqlite:///"):]).parent / run.config_hash)
+        run_id = tracking.create_run(
+            client, spec.experiment_name, run, spec, Path(uri[len("sqlite:///") :]).parent / run.config_hash
+        )
         with tracking.MlflowRunLogger(client, run_id) as logger:
             logger.log_metrics({key: SCORES[run.variant][run.seed] for key in METRICS}, 300)
         tracking.end_run(client, run_id, tracking.FINISHED)
@@ -73,7 +84,9 @@ def test_three_seeds_give_intervals_and_verdicts(mlflow_template: Path, tmp_path
     }
     # The paper's difference is the same mean over its published columns (here all five).
     two_heads, itc = (findings.paper.ABLATION_ROWS[r] for r in ("ITC (two heads)", "ITC"))
-    assert frame.loc["two heads vs one head under ITC", "paper"] == pytest.approx(sum(two_heads[:5]) / 5 - sum(itc[:5]) / 5)
+    assert frame.loc["two heads vs one head under ITC", "paper"] == pytest.approx(
+        sum(two_heads[:5]) / 5 - sum(itc[:5]) / 5
+    )
     assert math.isnan(frame.loc["cumulative reading (ITC+XMC+CIC+CMC) vs OneR", "paper"])
     markdown = table.to_markdown()
     assert "**Findings:" in markdown and "| +CIC over +XMC | +0.8 | +0.3 [" in markdown

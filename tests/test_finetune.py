@@ -59,7 +59,9 @@ def write_karpathy(root: Path, splits: dict[str, int], image_dir: Path | None = 
             name = f"COCO_{folder}_{index:012d}.png"
             write_image(image_dir / folder / name, index)
             sentences = [{"raw": text, "sentid": 5 * index + k} for k, text in enumerate(captions_of(split, index))]
-            images.append({"filepath": folder, "filename": name, "split": split, "sentences": sentences, "imgid": index})
+            images.append(
+                {"filepath": folder, "filename": name, "split": split, "sentences": sentences, "imgid": index}
+            )
             index += 1
     root.mkdir(parents=True, exist_ok=True)
     path = root / "dataset_coco.json"
@@ -72,7 +74,9 @@ def decoded_pairs(tokenizer: TextTokenizer, text_ids: torch.Tensor) -> list[tupl
 
 
 def data_config(tmp_path: Path, **settings: object) -> DataConfig:
-    return DataConfig.model_validate({"cache_dir": str(tmp_path / "cache"), "workers": 1, "shuffle_buffer": 8, **settings})
+    return DataConfig.model_validate(
+        {"cache_dir": str(tmp_path / "cache"), "workers": 1, "shuffle_buffer": 8, **settings}
+    )
 
 
 # ---- training sources ----
@@ -83,8 +87,12 @@ def test_karpathy_source_serves_every_caption_of_the_chosen_splits_once_per_epoc
     path = write_karpathy(tmp_path / "coco", {"train": 4, "restval": 2, "val": 1, "test": 2}, image_dir=images)
     config = data_config(tmp_path, source={"kind": "karpathy", "urls": str(path), "image_root": str(images)})
     data = prepare(config, SIZE, 16, [])
-    wanted = [(split, index, number) for split, first, count in (("train", 0, 4), ("restval", 4, 2))
-              for index in range(first, first + count) for number in range(5)]
+    wanted = [
+        (split, index, number)
+        for split, first, count in (("train", 0, 4), ("restval", 4, 2))
+        for index in range(first, first + count)
+        for number in range(5)
+    ]
     assert data.train.num_samples == len(wanted) == 30 and data.skipped_samples == 0
 
     epoch = data.train.batch(0, len(wanted), seed=3)
@@ -96,7 +104,14 @@ def test_karpathy_source_serves_every_caption_of_the_chosen_splits_once_per_epoc
     halves = [data.train.batch(2, 6, seed=3, rank=rank, world_size=2) for rank in (0, 1)]
     assert torch.equal(torch.cat([half.text_ids for half in halves]), again.text_ids)  # ranks slice the global batch
 
-    only_train = prepare(data_config(tmp_path, source={"kind": "karpathy", "urls": str(path), "image_root": str(images), "splits": ["train"]}), SIZE, 16, [])
+    only_train = prepare(
+        data_config(
+            tmp_path, source={"kind": "karpathy", "urls": str(path), "image_root": str(images), "splits": ["train"]}
+        ),
+        SIZE,
+        16,
+        [],
+    )
     assert only_train.train.num_samples == 20
 
 
@@ -104,7 +119,11 @@ def test_retrieval_json_source_reads_albef_lists_and_skips_empty_captions(tmp_pa
     for index in range(3):
         write_image(tmp_path / "coco" / "train2014" / f"{index}.png", index)
     entries = [
-        {"image": "train2014/0.png", "caption": "train 0 0 a red square", "image_id": "coco_0"},  # ALBEF's train file: one caption each
+        {
+            "image": "train2014/0.png",
+            "caption": "train 0 0 a red square",
+            "image_id": "coco_0",
+        },  # ALBEF's train file: one caption each
         {"image": "train2014/0.png", "caption": "train 0 1 a red square", "image_id": "coco_0"},
         {"image": "train2014/1.png", "caption": ["train 1 0 a green square", "   ", "train 1 2 a green square"]},
         {"image": "train2014/2.png", "caption": ["train 2 0 a blue square"]},
@@ -117,7 +136,9 @@ def test_retrieval_json_source_reads_albef_lists_and_skips_empty_captions(tmp_pa
     assert sorted(pairs) == [("train", 0, 0), ("train", 0, 1), ("train", 1, 0), ("train", 1, 2), ("train", 2, 0)]
 
     with pytest.raises(CorruptSampleError, match=r"coco_train\.json: image .*1\.png: caption 1 is empty"):
-        prepare(data_config(tmp_path, source={"kind": "retrieval_json", "urls": str(path)}, on_corrupt="fail"), SIZE, 16, [])
+        prepare(
+            data_config(tmp_path, source={"kind": "retrieval_json", "urls": str(path)}, on_corrupt="fail"), SIZE, 16, []
+        )
 
 
 def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str, str]]:
@@ -131,21 +152,61 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str, str]]:
     albef = tmp_path / "albef.json"
     albef.write_text(json.dumps([{"image": "train2014/COCO_train2014_000000000000.png"}]))
     return {
-        "missing-json": ({"source": {"kind": "karpathy", "urls": str(tmp_path / "nowhere.json")}}, "data.source.urls", r"nowhere\.json: no such file"),
-        "json-missing-key": ({"source": {"kind": "karpathy", "urls": str(broken)}}, "data.source.urls", r"broken/dataset_coco\.json: images\[1\] lacks key 'sentences'"),
-        "albef-missing-key": ({"source": {"kind": "retrieval_json", "urls": str(albef)}}, "data.source.urls", r"albef\.json: entry 0 lacks key 'caption'"),
-        "split-without-images": ({"source": {"kind": "karpathy", "urls": str(good)}}, "data.source.splits", r"dataset_coco\.json: no image in split 'restval' \(splits present: \['test', 'train'\]\)"),
-        "images-missing": ({"source": {"kind": "karpathy", "urls": str(good), "splits": ["train"], "image_root": str(tmp_path)}},
-                           "data.source.image_root", r"dataset_coco\.json: image .*train2014/COCO_train2014_000000000000\.png does not exist"),
-        "two-files": ({"source": {"kind": "karpathy", "urls": str(tmp_path / "*" / "dataset_coco.json")}}, "data.source.urls", r"matches 2 files; a karpathy source is one JSON file"),
-        "no-urls": ({"source": {"kind": "retrieval_json"}}, "data.source.urls", r"such as /data/albef/coco_train\.json"),
+        "missing-json": (
+            {"source": {"kind": "karpathy", "urls": str(tmp_path / "nowhere.json")}},
+            "data.source.urls",
+            r"nowhere\.json: no such file",
+        ),
+        "json-missing-key": (
+            {"source": {"kind": "karpathy", "urls": str(broken)}},
+            "data.source.urls",
+            r"broken/dataset_coco\.json: images\[1\] lacks key 'sentences'",
+        ),
+        "albef-missing-key": (
+            {"source": {"kind": "retrieval_json", "urls": str(albef)}},
+            "data.source.urls",
+            r"albef\.json: entry 0 lacks key 'caption'",
+        ),
+        "split-without-images": (
+            {"source": {"kind": "karpathy", "urls": str(good)}},
+            "data.source.splits",
+            r"dataset_coco\.json: no image in split 'restval' \(splits present: \['test', 'train'\]\)",
+        ),
+        "images-missing": (
+            {"source": {"kind": "karpathy", "urls": str(good), "splits": ["train"], "image_root": str(tmp_path)}},
+            "data.source.image_root",
+            r"dataset_coco\.json: image .*train2014/COCO_train2014_000000000000\.png does not exist",
+        ),
+        "two-files": (
+            {"source": {"kind": "karpathy", "urls": str(tmp_path / "*" / "dataset_coco.json")}},
+            "data.source.urls",
+            r"matches 2 files; a karpathy source is one JSON file",
+        ),
+        "no-urls": (
+            {"source": {"kind": "retrieval_json"}},
+            "data.source.urls",
+            r"such as /data/albef/coco_train\.json",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["missing-json", "json-missing-key", "albef-missing-key", "split-without-images", "images-missing", "two-files", "no-urls"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing-json",
+        "json-missing-key",
+        "albef-missing-key",
+        "split-without-images",
+        "images-missing",
+        "two-files",
+        "no-urls",
+    ],
+)
 def test_bad_retrieval_json_training_input_is_a_config_error_before_training(tmp_path: Path, case: str) -> None:
     settings, key, message = bad_sources(tmp_path)[case]
-    config = RunConfig.model_validate({"objective": {"variant": "itc"}, "data": {"cache_dir": str(tmp_path / "cache"), **settings}})
+    config = RunConfig.model_validate(
+        {"objective": {"variant": "itc"}, "data": {"cache_dir": str(tmp_path / "cache"), **settings}}
+    )
     with pytest.raises(ConfigError) as error:
         train.validate(config)
     assert error.value.key == key
@@ -160,7 +221,13 @@ def micro_config(tmp_path: Path, **sections: dict) -> RunConfig:
     base = {
         "model": {"width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16},
         "objective": {"variant": "oner"},
-        "data": {"train_size": 64, "eval_images": 8, "cls_images_per_class": 1, "cache_dir": str(tmp_path / "cache"), "workers": 1},
+        "data": {
+            "train_size": 64,
+            "eval_images": 8,
+            "cls_images_per_class": 1,
+            "cache_dir": str(tmp_path / "cache"),
+            "workers": 1,
+        },
         "train": {"batch_size": 8, "steps": 2, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1},
         "eval": {"sets": ["shapes"], "batch_size": 64},
     }
@@ -173,7 +240,9 @@ def single_process() -> DistInfo:
     return DistInfo(rank=0, local_rank=0, world_size=1)
 
 
-def test_a_run_started_from_a_checkpoint_has_its_weights_and_tokenizer_at_step_0_and_resumes_its_own(tmp_path: Path) -> None:
+def test_a_run_started_from_a_checkpoint_has_its_weights_and_tokenizer_at_step_0_and_resumes_its_own(
+    tmp_path: Path,
+) -> None:
     train.run(micro_config(tmp_path), tmp_path / "parent")
     parent_path = tmp_path / "parent" / "checkpoints" / "last.pt"
     parent = load(parent_path)
@@ -181,7 +250,9 @@ def test_a_run_started_from_a_checkpoint_has_its_weights_and_tokenizer_at_step_0
 
     coco = write_karpathy(tmp_path / "coco", {"train": 4})
     child_config = micro_config(
-        tmp_path, objective={"variant": "itc"}, train={"init_from": str(parent_path), "seed": 5, "steps": 3, "checkpoint_every": 1},
+        tmp_path,
+        objective={"variant": "itc"},
+        train={"init_from": str(parent_path), "seed": 5, "steps": 3, "checkpoint_every": 1},
         data={"source": {"kind": "karpathy", "urls": str(coco), "splits": ["train"]}, "shuffle_buffer": 8},
     )
     child = train.Trainer(child_config, tmp_path / "child", single_process())
@@ -226,10 +297,14 @@ def test_a_parent_of_another_shape_or_tokenizer_is_refused(tmp_path: Path) -> No
     other = tmp_path / "other_tokenizer"
     TextTokenizer.train(["a completely different vocabulary"], 40).save(other)
     with pytest.raises(ConfigError) as error:
-        train.run(micro_config(tmp_path, train={"init_from": parent_path}, data={"tokenizer": str(other)}), tmp_path / "retok")
+        train.run(
+            micro_config(tmp_path, train={"init_from": parent_path}, data={"tokenizer": str(other)}), tmp_path / "retok"
+        )
     assert error.value.key == "data.tokenizer" and "the tokenizer of" in str(error.value)
 
-    with pytest.raises(ConfigError, match=r"train\.init_from: '.*nowhere\.pt' is not allowed; allowed: an existing \.pt checkpoint"):
+    with pytest.raises(
+        ConfigError, match=r"train\.init_from: '.*nowhere\.pt' is not allowed; allowed: an existing \.pt checkpoint"
+    ):
         train.validate(micro_config(tmp_path, train={"init_from": str(tmp_path / "nowhere.pt")}))
     with pytest.raises(ConfigError, match="a variant name is resolved by `python -m oner_lab.run SPEC`"):
         train.run(micro_config(tmp_path, train={"init_from": "pretrain"}), tmp_path / "named")
@@ -246,7 +321,11 @@ def micro_spec(tmp_path: Path, coco: Path, **variants: dict) -> dict:
             "model": {"preset": "tiny", "width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16},
             "objective": {"variant": "oner"},
             "data": {
-                "train_size": 64, "eval_images": 8, "cls_images_per_class": 1, "workers": 1, "shuffle_buffer": 8,
+                "train_size": 64,
+                "eval_images": 8,
+                "cls_images_per_class": 1,
+                "workers": 1,
+                "shuffle_buffer": 8,
                 "cache_dir": str(tmp_path / "cache"),
                 "eval_sources": {"coco5k": {"format": "karpathy", "path": str(coco)}},
             },
@@ -254,7 +333,8 @@ def micro_spec(tmp_path: Path, coco: Path, **variants: dict) -> dict:
             "eval": {"sets": ["coco5k"], "batch_size": 64},
         },
         "grid": {
-            "variants": variants or {
+            "variants": variants
+            or {
                 "pretrain": {},
                 "finetune": {  # COCO train with ITC; lr so small that its weights stay the parent's to the bit
                     "objective": {"variant": "itc"},
@@ -311,7 +391,9 @@ def test_the_cli_runs_the_parent_then_its_fine_tuning_run_linked_by_tag_and_a_re
     assert child_state["tokenizer"] == parent_state["tokenizer"]  # the shapes vocabulary, not one trained on COCO
     assert TextTokenizer.load(Path(child.data.tags["oner.run_dir"]) / "tokenizer").to_str() == parent_state["tokenizer"]
 
-    table = analysis.retrieval_table(analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", EXPERIMENT), eval_set="coco5k")
+    table = analysis.retrieval_table(
+        analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", EXPERIMENT), eval_set="coco5k"
+    )
     assert list(table.frame.index) == ["pretrain"]  # the child is no row of its own
     assert table.frame.at["pretrain", "fine-tuned n"] == 1
     assert table.frame.at["pretrain", "fine-tuned TR@1"] == pytest.approx(child.data.metrics["eval/coco5k/tr_r1"])
@@ -328,9 +410,13 @@ def test_the_parents_config_is_part_of_the_childs_hash(tmp_path: Path) -> None:
     after = {run.variant: run for run in expand(load_spec(spec, overrides=["grid.variants.pretrain.train.lr=3e-4"]))}
     assert before["finetune"].config == after["finetune"].config  # the child's own config is unchanged ...
     assert before["finetune"].config_hash != after["finetune"].config_hash  # ... its hash is not
-    assert after["finetune"].parent is not None and after["finetune"].parent.config_hash == after["pretrain"].config_hash
+    assert (
+        after["finetune"].parent is not None and after["finetune"].parent.config_hash == after["pretrain"].config_hash
+    )
     only = expand(load_spec(spec), {"variant": "finetune"})
-    assert [run.run_name for run in only] == ["finetune/seed0"] and only[0].config_hash == before["finetune"].config_hash
+    assert [run.run_name for run in only] == ["finetune/seed0"] and only[0].config_hash == before[
+        "finetune"
+    ].config_hash
 
 
 def spec_error(tmp_path: Path, variants: dict) -> SpecError:
@@ -343,39 +429,61 @@ def spec_error(tmp_path: Path, variants: dict) -> SpecError:
 @pytest.mark.parametrize(
     ("variants", "key", "message"),
     [
-        ({"pretrain": {}, "finetune": {"train": {"init_from": "pretrian"}}}, "grid.variants.finetune.train.init_from",
-         r"'pretrian' is not a variant of this spec.*Did you mean 'pretrain'"),
-        ({"finetune": {"train": {"init_from": "finetune"}}}, "grid.variants.finetune.train.init_from", "variant 'finetune' starts from itself"),
-        ({"a": {"train": {"init_from": "b"}}, "b": {"train": {"init_from": "a"}}}, "grid.variants.b.train.init_from",
-         r"in a cycle \(a -> b -> a\)"),
+        (
+            {"pretrain": {}, "finetune": {"train": {"init_from": "pretrian"}}},
+            "grid.variants.finetune.train.init_from",
+            r"'pretrian' is not a variant of this spec.*Did you mean 'pretrain'",
+        ),
+        (
+            {"finetune": {"train": {"init_from": "finetune"}}},
+            "grid.variants.finetune.train.init_from",
+            "variant 'finetune' starts from itself",
+        ),
+        (
+            {"a": {"train": {"init_from": "b"}}, "b": {"train": {"init_from": "a"}}},
+            "grid.variants.b.train.init_from",
+            r"in a cycle \(a -> b -> a\)",
+        ),
     ],
     ids=["unknown-variant", "self-reference", "cycle"],
 )
-def test_init_from_naming_no_variant_itself_or_a_cycle_is_a_spec_error(tmp_path: Path, variants: dict, key: str, message: str) -> None:
+def test_init_from_naming_no_variant_itself_or_a_cycle_is_a_spec_error(
+    tmp_path: Path, variants: dict, key: str, message: str
+) -> None:
     error = spec_error(tmp_path, variants)
     assert error.key == key
     assert re.search(message, str(error)), str(error)
 
 
-def test_only_the_child_of_an_unfinished_parent_is_refused_naming_what_to_run(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_only_the_child_of_an_unfinished_parent_is_refused_naming_what_to_run(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     coco = write_karpathy(workdir / "coco", {"train": 2, "test": 1})
     spec = write_spec(workdir, micro_spec(workdir, coco, pretrain={}, finetune={"train": {"init_from": "pretrain"}}))
     assert main([str(spec), "--only", "variant=finetune"]) == 2
     error = capsys.readouterr().err
-    assert "run finetune/seed0 starts from pretrain/seed0 (train.init_from), which has not FINISHED (never run)" in error
+    assert (
+        "run finetune/seed0 starts from pretrain/seed0 (train.init_from), which has not FINISHED (never run)" in error
+    )
     assert "--only variant=pretrain" in error
     assert runs_by_name(workdir) == {}
 
 
-def test_a_child_of_another_tower_shape_is_refused_before_anything_runs(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_child_of_another_tower_shape_is_refused_before_anything_runs(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     coco = write_karpathy(workdir / "coco", {"train": 2, "test": 1})
     variants = {"pretrain": {}, "finetune": {"train": {"init_from": "pretrain"}, "model": {"depth": 2}}}
     assert main([str(write_spec(workdir, micro_spec(workdir, coco, **variants)))]) == 2
-    assert "run finetune/seed0: model.depth: 2 is not allowed; allowed: 1, as in pretrain/seed0" in capsys.readouterr().err
+    assert (
+        "run finetune/seed0: model.depth: 2 is not allowed; allowed: 1, as in pretrain/seed0" in capsys.readouterr().err
+    )
     assert runs_by_name(workdir) == {}
 
 
-def test_a_failed_parent_leaves_its_child_unstarted_and_says_why(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_parent_leaves_its_child_unstarted_and_says_why(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     coco = write_karpathy(workdir / "coco", {"train": 2, "test": 1})
     variants = {"pretrain": {"train": {"lr": 1.0e30}}, "finetune": {"train": {"init_from": "pretrain"}}}
     assert main([str(write_spec(workdir, micro_spec(workdir, coco, **variants)))]) == 1
@@ -389,7 +497,12 @@ def test_local_backend_no_wait_dispatches_the_parent_only_and_a_later_run_starts
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     coco = write_karpathy(workdir / "coco", {"train": 2, "test": 2})
-    spec = micro_spec(workdir, coco, pretrain={}, finetune={"objective": {"variant": "itc"}, "train": {"init_from": "pretrain", "steps": 1}})
+    spec = micro_spec(
+        workdir,
+        coco,
+        pretrain={},
+        finetune={"objective": {"variant": "itc"}, "train": {"init_from": "pretrain", "steps": 1}},
+    )
     spec["launcher"] = {"backend": "local"}
     path = write_spec(workdir, spec)
     assert main([str(path), "--no-wait"]) == 0
@@ -409,9 +522,16 @@ def test_local_backend_no_wait_dispatches_the_parent_only_and_a_later_run_starts
 
 
 @pytest.mark.slurm
-def test_on_slurm_the_child_is_submitted_after_its_parent_finished(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_on_slurm_the_child_is_submitted_after_its_parent_finished(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     coco = write_karpathy(workdir / "coco", {"train": 2, "test": 2})
-    spec = micro_spec(workdir, coco, pretrain={}, finetune={"objective": {"variant": "itc"}, "train": {"init_from": "pretrain", "steps": 1}})
+    spec = micro_spec(
+        workdir,
+        coco,
+        pretrain={},
+        finetune={"objective": {"variant": "itc"}, "train": {"init_from": "pretrain", "steps": 1}},
+    )
     spec["launcher"] = {"backend": "slurm", "runs_dir": str(workdir / "runs"), "slurm": {"cluster": "local"}}
     assert main([str(write_spec(workdir, spec))]) == 0
     assert "Parents FINISHED; starting finetune/seed0" in capsys.readouterr().out

@@ -34,7 +34,9 @@ from oner_lab.objectives import info_nce
     ],
 )
 def test_device_for_every_task_layout(requested: str, local_rank: int, world: int, visible: int, expected: str) -> None:
-    device = select_device(requested, local_rank=local_rank, world_size=world, visible=visible, gpus_requested=visible > 0)
+    device = select_device(
+        requested, local_rank=local_rank, world_size=world, visible=visible, gpus_requested=visible > 0
+    )
     assert device == torch.device(expected)
 
 
@@ -80,7 +82,9 @@ def _rank(rank: int, port: int, out: multiprocessing.Queue) -> None:
     from oner_lab.spec.config import RunConfig
     from oner_lab.train import NonFiniteLossError, Trainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     config = RunConfig.model_validate(
         {
@@ -133,7 +137,9 @@ def test_eval_scores_are_fp32_under_bf16_autocast() -> None:
     # images close to each other and captions closer still to their image: every score is near 1,
     # where bf16 resolves only 2^-8, so bf16 scores would tie and flip ranks
     image_emb = F.normalize(torch.ones(dim) + 0.05 * torch.randn(n_images, dim, generator=g), dim=-1)
-    text_emb = F.normalize(image_emb.repeat_interleave(per_image, 0) + 0.01 * torch.randn(n_images * per_image, dim, generator=g), dim=-1)
+    text_emb = F.normalize(
+        image_emb.repeat_interleave(per_image, 0) + 0.01 * torch.randn(n_images * per_image, dim, generator=g), dim=-1
+    )
 
     class Set:
         task = "retrieval"  # scored by oner_lab/evaluators/retrieval.py
@@ -152,7 +158,9 @@ def test_eval_scores_are_fp32_under_bf16_autocast() -> None:
         enc_image, enc_text, {"s": Set()}, batch_size=32
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_bf16 = evaluate(lambda x: enc_image(x).float(), lambda i, m: enc_text(i, m).float(), {"s": Set()}, batch_size=32)
+        under_bf16 = evaluate(
+            lambda x: enc_image(x).float(), lambda i, m: enc_text(i, m).float(), {"s": Set()}, batch_size=32
+        )
         scale = torch.tensor(math.log(1 / 0.07))
         loss_bf16 = info_nce(image_emb, text_emb[::per_image], scale)
     loss_fp32 = info_nce(image_emb, text_emb[::per_image], scale)
@@ -173,7 +181,12 @@ def test_activation_checkpointing_gives_identical_losses_and_gradients(tmp_path)
             {
                 "model": {"drop_path": 0.1},  # drop-path randomness must replay in the recomputation
                 "objective": {"variant": "oner_cumulative"},
-                "data": {"train_size": 256, "eval_images": 16, "cls_images_per_class": 2, "cache_dir": str(tmp_path / "c")},
+                "data": {
+                    "train_size": 256,
+                    "eval_images": 16,
+                    "cls_images_per_class": 2,
+                    "cache_dir": str(tmp_path / "c"),
+                },
                 "train": {"steps": 2, "batch_size": 16, "device": "cpu", "activation_checkpointing": checkpointing},
                 "eval": {"sets": ["shapes"]},
             }

@@ -30,8 +30,16 @@ from oner_lab.spec.identity import Baseline, canonical_text, config_hash, field_
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 OPERATIONAL_KEYS = {
-    "data.workers", "data.cache_dir", "data.on_corrupt", "train.device", "train.checkpoint_every",
-    "train.log_every", "train.threads", "eval.batch_size", "train.keep_checkpoints", "train.activation_checkpointing",
+    "data.workers",
+    "data.cache_dir",
+    "data.on_corrupt",
+    "train.device",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.threads",
+    "eval.batch_size",
+    "train.keep_checkpoints",
+    "train.activation_checkpointing",
 }
 
 
@@ -48,7 +56,9 @@ def test_golden_baselines_are_the_fields_baselines() -> None:
             f"purpose, keep `Baseline({value!r})` on the field so runs that wrote the old value keep their hashes"
         )
     added = set(now["baselines"]) - set(golden["baselines"])
-    assert not added, f"new identity fields {sorted(added)}: regenerate the golden file (python tests/golden_hashes.py --write)"
+    assert not added, (
+        f"new identity fields {sorted(added)}: regenerate the golden file (python tests/golden_hashes.py --write)"
+    )
 
 
 def test_golden_hashes_of_every_shipped_spec_and_profile() -> None:
@@ -58,7 +68,11 @@ def test_golden_hashes_of_every_shipped_spec_and_profile() -> None:
     for spec, profiles in golden.items():
         assert set(now[spec]) == set(profiles), f"{spec}: profiles changed: regenerate the golden file"
         for profile, hashes in profiles.items():
-            changed = {name: (old, now[spec][profile].get(name)) for name, old in hashes.items() if now[spec][profile].get(name) != old}
+            changed = {
+                name: (old, now[spec][profile].get(name))
+                for name, old in hashes.items()
+                if now[spec][profile].get(name) != old
+            }
             assert not changed and now[spec][profile] == hashes, f"{spec} --profile {profile}: hashes changed {changed}"
 
 
@@ -66,7 +80,11 @@ def test_operational_fields_are_exactly_the_marked_ones_and_identity_the_rest() 
     roles = {role.key: role for role in field_roles(RunConfig)}
     assert {key for key, role in roles.items() if not role.identity} == OPERATIONAL_KEYS
     assert all(role.why for role in roles.values() if not role.identity), "say on each operational field why"
-    assert roles["train.precision"].identity and roles["eval.every_steps"].identity and roles["data.shuffle_buffer"].identity
+    assert (
+        roles["train.precision"].identity
+        and roles["eval.every_steps"].identity
+        and roles["data.shuffle_buffer"].identity
+    )
 
 
 def _dry_run_hashes(tmp_path: Path, *sets: str) -> dict[str, str]:
@@ -74,7 +92,11 @@ def _dry_run_hashes(tmp_path: Path, *sets: str) -> dict[str, str]:
     arguments = [argument for item in sets for argument in ("--set", item)]
     done = subprocess.run(
         [sys.executable, "-m", "oner_lab.run", str(SMOKE), "--dry-run", *arguments],
-        cwd=tmp_path, env={**subprocess_env(), "COLUMNS": "200"}, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env={**subprocess_env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     hashes = dict(re.findall(r"│ (\w+/seed\d+)\s+│ ([0-9a-f]{12}) │", done.stdout))
@@ -87,8 +109,14 @@ def test_dry_run_hashes_ignore_operational_settings_and_follow_science_ones(tmp_
     plain = _dry_run_hashes(tmp_path)
     operational = _dry_run_hashes(
         tmp_path,
-        "base.train.device=cpu", "base.data.workers=2", "base.train.log_every=1", "base.train.checkpoint_every=3",
-        "base.train.threads=1", "base.data.cache_dir=/elsewhere", "base.eval.batch_size=7", "base.data.on_corrupt=fail",
+        "base.train.device=cpu",
+        "base.data.workers=2",
+        "base.train.log_every=1",
+        "base.train.checkpoint_every=3",
+        "base.train.threads=1",
+        "base.data.cache_dir=/elsewhere",
+        "base.eval.batch_size=7",
+        "base.data.on_corrupt=fail",
     )
     assert operational == plain
     # one science setting per variant; precision is science: bf16 vs fp32 changes the numbers learned
@@ -145,8 +173,14 @@ def test_every_field_is_either_operational_or_hashed_when_it_differs_from_its_ba
     """Setting any identity leaf away from its baseline changes the hash; any operational one does not."""
     base = RunConfig()
     changes = {
-        "model.drop_path": 0.1, "objective.mim_ratio": 0.5, "data.shuffle_buffer": 7, "data.workers": 9,
-        "train.warmup_steps": 3, "train.device": "cpu", "eval.every_steps": 5, "eval.batch_size": 3,
+        "model.drop_path": 0.1,
+        "objective.mim_ratio": 0.5,
+        "data.shuffle_buffer": 7,
+        "data.workers": 9,
+        "train.warmup_steps": 3,
+        "train.device": "cpu",
+        "eval.every_steps": 5,
+        "eval.batch_size": 3,
     }
     for key, value in changes.items():
         section, name = key.split(".")
@@ -159,4 +193,6 @@ def test_docs_list_the_identity_and_operational_fields_the_markers_say() -> None
     """docs/spec.md's tables are the markers' (`python -m oner_lab.spec.identity` prints them to paste)."""
     docs = (ROOT / "docs" / "spec.md").read_text()
     shown = docs.split("<!-- identity-table:start -->\n")[1].split("<!-- identity-table:end -->")[0]
-    assert shown == roles_markdown(RunConfig), "docs/spec.md: paste `python -m oner_lab.spec.identity` between the markers"
+    assert shown == roles_markdown(RunConfig), (
+        "docs/spec.md: paste `python -m oner_lab.spec.identity` between the markers"
+    )

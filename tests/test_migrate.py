@@ -35,7 +35,9 @@ def _log_old_run(client: MlflowClient, spec, planned: PlannedRun, status: str, p
     run_id = tracking.create_run(client, spec.experiment_name, old, spec, spec.run_dir(old.config_hash).resolve())
     client.delete_tag(run_id, tracking.TAG_HASH_SCHEME)  # the one tag scheme 1 did not write
     if parent_id is not None:
-        tracking.set_tags(client, run_id, {tracking.TAG_PARENT_RUN: parent_id, tracking.TAG_PARENT: planned.parent.run_name})
+        tracking.set_tags(
+            client, run_id, {tracking.TAG_PARENT_RUN: parent_id, tracking.TAG_PARENT: planned.parent.run_name}
+        )
     tracking.end_run(client, run_id, status)
     return run_id
 
@@ -53,7 +55,9 @@ def _said(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.fixture
-def old_store(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, str]]:
+def old_store(
+    tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], dict[str, str]]:
     """A store of scheme-1 runs of the smoke spec plus a fine-tuning child: `--set` args and run name -> id.
 
     itc was launched with `train.device: cpu` (scheme 1 hashed it, so its old hash differs from the
@@ -63,7 +67,10 @@ def old_store(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyP
     uri = copy_store(mlflow_template, tmp_path)
     args = ["--set", f"tracking.uri={uri}", "--set", CHILD]
     spec = load_spec(SMOKE, overrides=args[1::2])
-    on_cpu = {planned.variant: planned for planned in expand(load_spec(SMOKE, overrides=[*args[1::2], "base.train.device=cpu"]))}
+    on_cpu = {
+        planned.variant: planned
+        for planned in expand(load_spec(SMOKE, overrides=[*args[1::2], "base.train.device=cpu"]))
+    }
     planned = {item.variant: item for item in expand(spec)}
     client = tracking.connect(uri)
     ids = {"itc/seed0": _log_old_run(client, spec, on_cpu["itc"], tracking.FINISHED)}

@@ -22,7 +22,9 @@ VOCAB = 50
 @pytest.fixture()
 def tower() -> OneTower:
     torch.manual_seed(0)
-    model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32))
+    model = OneTower(
+        tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32)
+    )
     return model.eval()
 
 
@@ -36,8 +38,12 @@ def inputs(seed: int, batch: int = 3):
 
 
 def run_view(model: OneTower, view: str, images, ids, mask):
-    return model(view, images=images if "I" in view else None,
-                 text_ids=ids if "T" in view else None, text_mask=mask if "T" in view else None)
+    return model(
+        view,
+        images=images if "I" in view else None,
+        text_ids=ids if "T" in view else None,
+        text_mask=mask if "T" in view else None,
+    )
 
 
 def test_context_tokens_ignore_the_other_modality_queries_do_not(tower: OneTower) -> None:
@@ -157,5 +163,12 @@ def test_cosine_momentum_schedule_endpoints() -> None:
 
 def test_presets_have_the_paper_scale() -> None:
     b16 = tower_config("vit_b16")
-    assert (b16.width, b16.depth, b16.num_heads, b16.image_size, b16.max_text_len, b16.patch_size) == (768, 12, 12, 224, 40, 16)
+    assert (b16.width, b16.depth, b16.num_heads, b16.image_size, b16.max_text_len, b16.patch_size) == (
+        768,
+        12,
+        12,
+        224,
+        40,
+        16,
+    )
     assert b16.num_patches == 196

@@ -35,7 +35,9 @@ def settings(terms, contrast_masked_views=True, targets="momentum") -> ViewSetti
 
 def make(head: str = "shared", batch: int = 6):
     torch.manual_seed(0)
-    model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, head=head, image_size=32))
+    model = OneTower(
+        tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, head=head, image_size=32)
+    )
     target = momentum_copy(model)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(batch, 3, 32, 32, generator=g)
@@ -102,7 +104,9 @@ def test_contrast_uses_clean_passes_when_configured_or_when_no_masked_term_runs(
 def test_cmc_left_side_is_the_mmm_pass_whatever_contrast_masked_views_says() -> None:
     model, target, inputs = make()
     scale = torch.tensor(math.log(1 / 0.07))
-    views = Views(model, target, inputs, settings({"cmc", "mmm"}, contrast_masked_views=False), scale, torch.Generator())
+    views = Views(
+        model, target, inputs, settings({"cmc", "mmm"}, contrast_masked_views=False), scale, torch.Generator()
+    )
     torch.testing.assert_close(views.contrast("I,T"), views.embed("I,T", masked=True))
     clean = Views(model, target, inputs, settings({"cmc"}, contrast_masked_views=False), scale, torch.Generator())
     torch.testing.assert_close(clean.contrast("I,T"), clean.embed("I,T", masked=False))

@@ -65,10 +65,18 @@ def eval_settings(fmt: str, root: Path) -> dict:
 
 
 def data_config(root: Path, cache: Path, **settings: object) -> DataConfig:
-    return DataConfig.model_validate({
-        "cache_dir": str(cache), "train_size": 24, "eval_images": 6, "cls_images_per_class": 1, "vocab_size": 100,
-        "workers": 1, "shuffle_buffer": 8, **settings,
-    })
+    return DataConfig.model_validate(
+        {
+            "cache_dir": str(cache),
+            "train_size": 24,
+            "eval_images": 6,
+            "cls_images_per_class": 1,
+            "vocab_size": 100,
+            "workers": 1,
+            "shuffle_buffer": 8,
+            **settings,
+        }
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TERMS))
@@ -101,14 +109,22 @@ def test_each_source_yields_batches_and_a_stable_fingerprint(kind: str, corpora:
 def test_each_evaluator_returns_exactly_its_declared_metrics(fmt: str, corpora: Path, tmp_path: Path) -> None:
     from oner_lab.evaluators import TASKS
 
-    cfg = data_config(corpora, tmp_path / "cache", eval_sources={} if fmt in EvalSourceConfig.builtin_sets() else {"set": eval_settings(fmt, corpora)})
+    cfg = data_config(
+        corpora,
+        tmp_path / "cache",
+        eval_sources={} if fmt in EvalSourceConfig.builtin_sets() else {"set": eval_settings(fmt, corpora)},
+    )
     name = fmt if fmt in EvalSourceConfig.builtin_sets() else "set"
     bundle = prepare(cfg, SIZE, 12, [name])
     generator = torch.Generator().manual_seed(0)
     project = torch.randn(3 * SIZE * SIZE, 8, generator=generator)
     vocab = torch.randn(200, 8, generator=generator)
-    metrics = evaluate.evaluate(lambda images: images.flatten(1) @ project, lambda ids, mask: vocab[ids % 200].mean(1),
-                                bundle.eval_sets, batch_size=16)
+    metrics = evaluate.evaluate(
+        lambda images: images.flatten(1) @ project,
+        lambda ids, mask: vocab[ids % 200].mean(1),
+        bundle.eval_sets,
+        batch_size=16,
+    )
     declared = TASKS[EvalSourceConfig.model_validate(eval_settings(fmt, corpora)).task].metric_names
     assert sorted(metrics) == sorted(f"eval/{name}/{metric}" for metric in declared)
     assert all(math.isfinite(value) for value in metrics.values())
@@ -137,22 +153,45 @@ grid:
 
 
 @pytest.mark.slow
-def test_a_term_a_source_and_an_evaluator_from_a_plugin_module_run_through_the_cli(corpora: Path, tmp_path: Path) -> None:
+def test_a_term_a_source_and_an_evaluator_from_a_plugin_module_run_through_the_cli(
+    corpora: Path, tmp_path: Path
+) -> None:
     spec = SPEC.format(size=SIZE, jsonl=corpora / "flickr30k" / "pairs.jsonl", cache=tmp_path / "cache")
     (tmp_path / "plugged.yaml").write_text(spec)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "oner_lab.run", "plugged.yaml"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "oner_lab.run", "plugged.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("plugged").experiment_id])
     assert run.info.status == "FINISHED"
-    assert {"train/loss_align", "train/loss_itc", "eval/cosine/mean_cosine", "eval/cosine/std_cosine", "eval/shapes/tr_r1"} <= set(run.data.metrics)
+    assert {
+        "train/loss_align",
+        "train/loss_itc",
+        "eval/cosine/mean_cosine",
+        "eval/cosine/std_cosine",
+        "eval/shapes/tr_r1",
+    } <= set(run.data.metrics)
     assert run.data.params["data.source.kind"] == "jsonl" and run.data.params["objective.options.align.scale"] == "2.0"
 
     (tmp_path / "typo.yaml").write_text(spec.replace("scale: 2.0", "scal: 2.0"))
-    refused = subprocess.run([sys.executable, "-m", "oner_lab.run", "typo.yaml"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(
+        [sys.executable, "-m", "oner_lab.run", "typo.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert refused.returncode == 2 and "objective.options.align.scal" in refused.stderr
 
 
@@ -168,7 +207,10 @@ def test_an_unknown_source_kind_lists_the_registered_ones(tmp_path: Path) -> Non
     from oner_lab.spec import SpecError, load_spec
 
     (tmp_path / "spec.yaml").write_text("name: x\nbase: {data: {source: {kind: jsonll}}}\ngrid: {variants: {a: {}}}\n")
-    with pytest.raises(SpecError, match=r"base\.data\.source\.kind: 'jsonll' is not allowed; allowed: one of: .*jsonl.*Did you mean 'jsonl'"):
+    with pytest.raises(
+        SpecError,
+        match=r"base\.data\.source\.kind: 'jsonll' is not allowed; allowed: one of: .*jsonl.*Did you mean 'jsonl'",
+    ):
         load_spec(tmp_path / "spec.yaml")
 
 

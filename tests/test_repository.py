@@ -15,7 +15,9 @@ OUTSIDE = ("../" + "shared", "PAPER" + ".md")  # spelt in two parts so this file
 
 
 def _tracked_files() -> list[Path]:
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True, check=True
+    )
     return [ROOT / name for name in listed.stdout.splitlines() if (ROOT / name).is_file()]
 
 
@@ -55,11 +57,13 @@ def test_docs_paper_tables_hold_the_numbers_the_lab_prints() -> None:
     assert retrieval == paper.RETRIEVAL_ROWS
 
     transfer = {
-        row[0]: {"two heads": tuple(map(float, row[1].split(" / "))), "one tower": tuple(map(float, row[2].split(" / ")))}
+        row[0]: {
+            "two heads": tuple(map(float, row[1].split(" / "))),
+            "one tower": tuple(map(float, row[2].split(" / "))),
+        }
         for row in _table("Cross-modal transfer")
     }
     assert transfer == paper.TRANSFER_ROWS
-
 
 
 def test_analysis_never_imports_the_model_the_objectives_or_training() -> None:

@@ -37,7 +37,11 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def runs_of(directory: Path) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    return [] if experiment is None else client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return (
+        []
+        if experiment is None
+        else client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    )
 
 
 def steps_of(directory: Path, run_id: str, key: str = "train/loss") -> list[int]:
@@ -104,7 +108,13 @@ def test_debug_backend_end_to_end_skip_and_force(
     assert sorted(run.info.run_name for run in first) == ["itc/seed0", "oner/seed0"]
     for run in first:
         assert run.info.status == "FINISHED"
-        for key in ("eval/shapes/tr_r1", "eval/shapes/tr_r5", "eval/shapes/ir_r1", "eval/shapes/ir_r5", "eval/shapes_cls/top1"):
+        for key in (
+            "eval/shapes/tr_r1",
+            "eval/shapes/tr_r5",
+            "eval/shapes/ir_r1",
+            "eval/shapes/ir_r5",
+            "eval/shapes_cls/top1",
+        ):
             assert key in run.data.metrics
         assert run.data.tags["oner.run_dir"] == str(workdir / "runs" / run.data.tags["oner.config_hash"])
         assert sorted(set(steps_of(workdir, run.info.run_id))) == steps_of(workdir, run.info.run_id) == [1, 2, 3, 4, 5]
@@ -146,7 +156,10 @@ def start_cli(directory: Path, *arguments: str, live_metrics: bool = True) -> su
     env = {**subprocess_env(), "ONER_MLFLOW_FLUSH_S": "0"} if live_metrics else subprocess_env()
     return subprocess.Popen(
         [sys.executable, "-m", "oner_lab.run", str(SMOKE), *arguments],
-        cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=directory,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -173,8 +186,18 @@ def test_killed_debug_run_resumes_into_the_same_mlflow_run_without_duplicate_ste
     mlflow_template: Path, tmp_path: Path, data_cache: Path
 ) -> None:
     copy_store(mlflow_template, tmp_path)
-    args = ["--set", "launcher.backend=debug", "--only", "variant=itc", "--set", f"base.data.cache_dir={data_cache}",
-            "--set", "base.train.steps=120", "--set", "base.train.checkpoint_every=50"]
+    args = [
+        "--set",
+        "launcher.backend=debug",
+        "--only",
+        "variant=itc",
+        "--set",
+        f"base.data.cache_dir={data_cache}",
+        "--set",
+        "base.train.steps=120",
+        "--set",
+        "base.train.checkpoint_every=50",
+    ]
     cli = start_cli(tmp_path, *args)
     run_id = wait_for_logged_steps(tmp_path, "itc/seed0", cli)
     run_dir = Path(runs_of(tmp_path)[0].data.tags["oner.run_dir"])
@@ -200,10 +223,20 @@ def test_killed_debug_run_resumes_into_the_same_mlflow_run_without_duplicate_ste
 
 
 @pytest.mark.slow
-def test_sigterm_stops_local_runs_and_a_rerun_resumes_them(mlflow_template: Path, tmp_path: Path, data_cache: Path) -> None:
+def test_sigterm_stops_local_runs_and_a_rerun_resumes_them(
+    mlflow_template: Path, tmp_path: Path, data_cache: Path
+) -> None:
     copy_store(mlflow_template, tmp_path)
-    args = ["--set", f"base.data.cache_dir={data_cache}", "--set", "base.train.steps=100",
-            "--set", "base.train.checkpoint_every=20", "--set", "launcher.local.max_parallel=1"]
+    args = [
+        "--set",
+        f"base.data.cache_dir={data_cache}",
+        "--set",
+        "base.train.steps=100",
+        "--set",
+        "base.train.checkpoint_every=20",
+        "--set",
+        "launcher.local.max_parallel=1",
+    ]
     cli = start_cli(tmp_path, *args)
     itc = wait_for_logged_steps(tmp_path, "itc/seed0", cli)
     cli.send_signal(signal.SIGTERM)
@@ -233,7 +266,9 @@ def test_sigterm_stops_local_runs_and_a_rerun_resumes_them(mlflow_template: Path
         steps = steps_of(tmp_path, run.info.run_id)
         assert len(steps) == len(set(steps)) and max(steps) == 100
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-        stamps = [m.timestamp for m in client.get_metric_history(run.info.run_id, "train/loss") if m.timestamp >= restart]
+        stamps = [
+            m.timestamp for m in client.get_metric_history(run.info.run_id, "train/loss") if m.timestamp >= restart
+        ]
         spans.append((min(stamps), max(stamps)))
     (first_start, first_end), (second_start, second_end) = sorted(spans)
     assert first_end <= second_start, "max_parallel=1 but the two runs trained at the same time"
@@ -244,8 +279,17 @@ def test_local_run_stops_itself_when_the_cli_is_killed(mlflow_template: Path, tm
     """A SIGKILLed CLI cannot stop its local jobs; they notice and stop after a checkpoint, so no orphan
     goes on training while a rerun resumes the same run directory."""
     copy_store(mlflow_template, tmp_path)
-    cli = start_cli(tmp_path, "--only", "variant=itc", "--set", f"base.data.cache_dir={data_cache}",
-                    "--set", "base.train.steps=100000", "--set", "base.train.checkpoint_every=100000")
+    cli = start_cli(
+        tmp_path,
+        "--only",
+        "variant=itc",
+        "--set",
+        f"base.data.cache_dir={data_cache}",
+        "--set",
+        "base.train.steps=100000",
+        "--set",
+        "base.train.checkpoint_every=100000",
+    )
     run_id = wait_for_logged_steps(tmp_path, "itc/seed0", cli)
     cli.send_signal(signal.SIGKILL)
     cli.wait(timeout=30)

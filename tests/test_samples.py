@@ -53,7 +53,9 @@ def test_retrieval_sets_read_as_karpathy_and_albef_with_five_captions(samples: P
     assert len(train) + len(restval) == sizes.coco_train_images
     assert all(len(captions) == 5 and path.is_file() for path, captions in test + train)
     assert not {path for path, _ in test} & {path for path, _ in train + restval}
-    flickr = EvalSourceConfig.model_validate({"format": "retrieval_json", "path": str(samples / "flickr30k" / "flickr30k_test.json")}).entries()
+    flickr = EvalSourceConfig.model_validate(
+        {"format": "retrieval_json", "path": str(samples / "flickr30k" / "flickr30k_test.json")}
+    ).entries()
     assert len(flickr) == sizes.flickr_test_images and all(len(c) == 5 for _, c in flickr)
 
 
@@ -83,4 +85,7 @@ def test_writing_again_keeps_a_complete_set_and_rewrites_a_different_one(tmp_pat
     assert marker.stat().st_mtime_ns == before
     assert main([str(root), "--scale", "0.03", "--image-size", "16"]) == 0
     assert json.loads((root / MANIFEST).read_text())["scale"] == 0.03
-    assert len((root / "cc3m_captions" / "captions.txt").read_text().splitlines()) == SampleSizes().scaled(0.03).text_only_captions
+    assert (
+        len((root / "cc3m_captions" / "captions.txt").read_text().splitlines())
+        == SampleSizes().scaled(0.03).text_only_captions
+    )

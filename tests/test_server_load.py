@@ -39,18 +39,35 @@ def wait_until(condition, timeout_s: float, what: str) -> None:  # noqa: ANN001 
 
 
 def test_sixteen_jobs_over_two_nodes_lose_no_metric_on_the_server(
-    tmp_path: Path, tracking_server, two_slurm_nodes: list[str], monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+    tmp_path: Path,
+    tracking_server,
+    two_slurm_nodes: list[str],
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     profile = (SMOKE.parent.parent / "slurm" / "local.yaml").read_text()
     (tmp_path / "wide.yaml").write_text(profile.replace("max_array_parallel: 8", f"max_array_parallel: {JOBS}"))
     experiment = f"load-{uuid.uuid4().hex[:8]}"
     arguments = [
-        str(SMOKE), "--set", "launcher.backend=slurm", "--set", f"launcher.slurm.cluster={tmp_path / 'wide.yaml'}",
-        "--set", f"tracking.uri={tracking_server.uri}", "--set", f"tracking.experiment={experiment}",
-        "--set", f"launcher.runs_dir={tmp_path / 'runs'}", "--set", f"base.data.cache_dir={tmp_path / 'data'}",
-        "--set", f"grid.seed={list(range(JOBS // 2))}", "--set", f"base.train.steps={STEPS}",
-        "--set", f"base.train.checkpoint_every={STEPS}",
+        str(SMOKE),
+        "--set",
+        "launcher.backend=slurm",
+        "--set",
+        f"launcher.slurm.cluster={tmp_path / 'wide.yaml'}",
+        "--set",
+        f"tracking.uri={tracking_server.uri}",
+        "--set",
+        f"tracking.experiment={experiment}",
+        "--set",
+        f"launcher.runs_dir={tmp_path / 'runs'}",
+        "--set",
+        f"base.data.cache_dir={tmp_path / 'data'}",
+        "--set",
+        f"grid.seed={list(range(JOBS // 2))}",
+        "--set",
+        f"base.train.steps={STEPS}",
+        "--set",
+        f"base.train.checkpoint_every={STEPS}",
     ]
     monkeypatch.setenv("ONER_MLFLOW_FLUSH_S", "0")
     client = MlflowClient(tracking_uri=tracking_server.uri)
@@ -64,22 +81,29 @@ def test_sixteen_jobs_over_two_nodes_lose_no_metric_on_the_server(
     def steps_of(run_id: str) -> int:
         return len(client.get_metric_history(run_id, "train/loss"))
 
-    wait_until(lambda: client.get_run(victim).info.status == "RUNNING" and steps_of(victim) >= CANCEL_AFTER,
-               TIMEOUT_S, "the job to cancel to train")
+    wait_until(
+        lambda: client.get_run(victim).info.status == "RUNNING" and steps_of(victim) >= CANCEL_AFTER,
+        TIMEOUT_S,
+        "the job to cancel to train",
+    )
     subprocess.run(["scancel", jobs[victim]], check=True)
 
     def all_ended() -> bool:
         states = scheduler.queue_states(list(jobs.values()))
         return all(states.get(job) not in scheduler.ALIVE_STATES for job in jobs.values()) and all(
-            client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED") for run_id in jobs)
+            client.get_run(run_id).info.status in ("FINISHED", "FAILED", "KILLED") for run_id in jobs
+        )
 
     wait_until(all_ended, TIMEOUT_S, "the 16 jobs to end")
     load_s = time.monotonic() - started
     runs = {run.info.run_id: run for run in runs_in(client, experiment)}
     assert {run_id: run.info.status for run_id, run in runs.items() if run_id != victim} == {
-        run_id: "FINISHED" for run_id in runs if run_id != victim}, {r.info.run_name: r.data.tags.get("oner.error") for r in runs.values()}
+        run_id: "FINISHED" for run_id in runs if run_id != victim
+    }, {r.info.run_name: r.data.tags.get("oner.error") for r in runs.values()}
     assert runs[victim].info.status == "KILLED"
-    assert {run.data.tags["oner.slurm.nodes"] for run in runs.values()} >= set(two_slurm_nodes[:2]), "not spread over both nodes"
+    assert {run.data.tags["oner.slurm.nodes"] for run in runs.values()} >= set(two_slurm_nodes[:2]), (
+        "not spread over both nodes"
+    )
 
     written = found = 0
     spans = []
@@ -95,10 +119,14 @@ def test_sixteen_jobs_over_two_nodes_lose_no_metric_on_the_server(
         if run_id != victim:  # it stopped early
             stamps = [metric.timestamp for metric in client.get_metric_history(run_id, "train/loss")]
             spans.append((min(stamps), max(stamps)))
-    assert max(start for start, _ in spans) < min(end for _, end in spans), "the 15 runs did not all log at the same time"
+    assert max(start for start, _ in spans) < min(end for _, end in spans), (
+        "the 15 runs did not all log at the same time"
+    )
     with capsys.disabled():
-        print(f"\nload: {JOBS} jobs on {sorted(two_slurm_nodes[:2])}, {found} train/ metric values found of {written} "
-              f"logged, {load_s:.0f}s from submission to the last job's end")
+        print(
+            f"\nload: {JOBS} jobs on {sorted(two_slurm_nodes[:2])}, {found} train/ metric values found of {written} "
+            f"logged, {load_s:.0f}s from submission to the last job's end"
+        )
 
     # the CLI's lookups against the server: 15 skipped as FINISHED, the cancelled run resumed in place
     assert main(arguments) == 0
@@ -122,4 +150,6 @@ def test_sixteen_jobs_over_two_nodes_lose_no_metric_on_the_server(
     assert table.main(arguments) == 0
     shown = capsys.readouterr().out
     for variant in ("itc", "oner"):
-        assert any(line.split("│")[1:3] == [f" {variant:7s} ", f" {JOBS // 2} "] for line in shown.splitlines() if "│" in line), shown
+        assert any(
+            line.split("│")[1:3] == [f" {variant:7s} ", f" {JOBS // 2} "] for line in shown.splitlines() if "│" in line
+        ), shown

@@ -91,8 +91,15 @@ def live_metrics() -> Iterator[None]:
 def spec_arguments(store: str, runs_dir: Path, data_cache: Path, *arguments: str) -> list[str]:
     """The smoke spec on the local cluster profile, with this test's store, run and data directories."""
     return [
-        str(SMOKE), *ON_SLURM, "--set", f"tracking.uri={store}", "--set", f"launcher.runs_dir={runs_dir}",
-        "--set", f"base.data.cache_dir={data_cache}", *arguments,
+        str(SMOKE),
+        *ON_SLURM,
+        "--set",
+        f"tracking.uri={store}",
+        "--set",
+        f"launcher.runs_dir={runs_dir}",
+        "--set",
+        f"base.data.cache_dir={data_cache}",
+        *arguments,
     ]
 
 
@@ -109,11 +116,17 @@ BAD_INPUTS = [
     ([], BAD_PROFILE, ["partition: 'h100' is not a partition", "allowed: a100"]),
     ([], BAD_PROFILE.replace("partition: h100", "partion: a100"), ["partion", "Did you mean 'partition'?"]),
     ([], BAD_PROFILE.replace("extra_sbatch: {}", "extra_sbatch: {time: 5}"), ["extra_sbatch", "'time'"]),
-    (["--set", "launcher.slurm.cluster=a100", "--set", "launcher.slurm.gpus_per_node=16"], None,
-     ["launcher.slurm.gpus_per_node: 16", "allowed: 0 to 8"]),
+    (
+        ["--set", "launcher.slurm.cluster=a100", "--set", "launcher.slurm.gpus_per_node=16"],
+        None,
+        ["launcher.slurm.gpus_per_node: 16", "allowed: 0 to 8"],
+    ),
     (["--set", "launcher.slurm.cluster=a100"], None, ["launcher.slurm.gpus_per_node: 8", "have 0 (sinfo GRES)"]),
-    (["--set", "launcher.slurm.cluster=a100", "--set", "launcher.slurm.tasks_per_node=2"], None,
-     ["launcher.slurm.tasks_per_node: 2", "8 GPUs"]),
+    (
+        ["--set", "launcher.slurm.cluster=a100", "--set", "launcher.slurm.tasks_per_node=2"],
+        None,
+        ["launcher.slurm.tasks_per_node: 2", "8 GPUs"],
+    ),
     (["--set", "launcher.slurm.time_min=1"], None, ["launcher.slurm.time_min: 1 min", "signal_lead_s 60"]),
     (["--set", "launcher.slurm.tasks_per_node=3"], None, ["train.batch_size 16", "3 DDP ranks"]),
     (["--set", "launcher.slurm.nodes=16"], None, ["launcher.slurm.nodes: 16", "is more than partition 'a100' has ("]),
@@ -131,8 +144,17 @@ def test_bad_slurm_input_exits_2_before_anything_is_queued(
         arguments = [*arguments, "--set", f"launcher.slurm.cluster={tmp_path / 'site.yaml'}"]
     queued_before = job_ids_in_queue()
 
-    code = main([str(SMOKE), *ON_SLURM, *arguments, "--set", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
-                 "--set", f"launcher.runs_dir={workdir / 'runs'}"])
+    code = main(
+        [
+            str(SMOKE),
+            *ON_SLURM,
+            *arguments,
+            "--set",
+            f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+            "--set",
+            f"launcher.runs_dir={workdir / 'runs'}",
+        ]
+    )
 
     error = capsys.readouterr().err
     assert code == 2, error
@@ -145,13 +167,23 @@ def test_bad_slurm_input_exits_2_before_anything_is_queued(
 
 # --- the smoke grid as one job array, eight tasks writing one SQLite store at once ----------------
 
+
 def test_smoke_grid_is_one_job_array_and_eight_concurrent_tasks_lose_no_metric(
     tmp_path: Path, mlflow_template: Path, data_cache: Path, live_metrics: None
 ) -> None:
     store = copy_store(mlflow_template, tmp_path)
     steps = 80  # enough that the tasks' logging overlaps although they start up to seconds apart
-    code = submit(store, tmp_path / "runs", data_cache, "--set", "grid.seed=[0,1,2,3]", "--set", f"base.train.steps={steps}",
-                  "--set", f"base.train.checkpoint_every={steps}")
+    code = submit(
+        store,
+        tmp_path / "runs",
+        data_cache,
+        "--set",
+        "grid.seed=[0,1,2,3]",
+        "--set",
+        f"base.train.steps={steps}",
+        "--set",
+        f"base.train.checkpoint_every={steps}",
+    )
     assert code == 0
 
     client = client_of(store)
@@ -171,11 +203,19 @@ def test_smoke_grid_is_one_job_array_and_eight_concurrent_tasks_lose_no_metric(
     last_start, first_end = max(start for start, _ in spans), min(end for _, end in spans)
     assert last_start < first_end, "the eight runs did not all log at the same time"
     (script,) = (tmp_path / "runs" / "submitit").glob("*/*_submission.sh")
-    for line in ("--array=0-7%8", "--partition=a100", "--signal=USR2@60", "--requeue", "--time=30", "--ntasks-per-node=1"):
+    for line in (
+        "--array=0-7%8",
+        "--partition=a100",
+        "--signal=USR2@60",
+        "--requeue",
+        "--time=30",
+        "--ntasks-per-node=1",
+    ):
         assert f"#SBATCH {line}\n" in script.read_text(), line
 
 
 # --- preemption, requeue budget, DDP: five jobs at once, interrupted while they run ---------------
+
 
 @dataclass
 class Scenario:
@@ -191,8 +231,16 @@ class Scenario:
     """The step of the run's checkpoint after each interruption (read while it waited to come back, or once it ended)."""
 
 
-PREEMPTION_RUN = ["--only", "variant=itc", "--set", "base.objective.masked_terms=false",
-                  "--set", f"base.train.steps={STEPS}", "--set", f"base.train.checkpoint_every={CHECKPOINT_EVERY}"]
+PREEMPTION_RUN = [
+    "--only",
+    "variant=itc",
+    "--set",
+    "base.objective.masked_terms=false",
+    "--set",
+    f"base.train.steps={STEPS}",
+    "--set",
+    f"base.train.checkpoint_every={CHECKPOINT_EVERY}",
+]
 SCENARIOS = {
     "reference": [],
     "usr2": [],
@@ -227,8 +275,18 @@ def preemption(
     store = copy_store(mlflow_template, root)
     client = client_of(store)
     scenarios = {
-        name: Scenario(name, spec_arguments(store, root / name, data_cache, *PREEMPTION_RUN, *arguments,
-                                            "--set", f"tracking.experiment=slurm-{name}"))
+        name: Scenario(
+            name,
+            spec_arguments(
+                store,
+                root / name,
+                data_cache,
+                *PREEMPTION_RUN,
+                *arguments,
+                "--set",
+                f"tracking.experiment=slurm-{name}",
+            ),
+        )
         for name, arguments in SCENARIOS.items()
     }
     no_wait_s = 0.0
@@ -264,7 +322,10 @@ def preemption(
         for name in list(waiting_requeue):
             scenario = scenarios[name]
             run = client.get_run(scenario.run.info.run_id)
-            if run.info.status in ("SCHEDULED", *TERMINAL):  # stopped after its checkpoint; waiting to come back, or ended
+            if run.info.status in (
+                "SCHEDULED",
+                *TERMINAL,
+            ):  # stopped after its checkpoint; waiting to come back, or ended
                 state = checkpoint.load(Path(run.data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")
                 scenario.stopped_at_step.append(state["step"])
                 waiting_requeue.discard(name)
@@ -272,9 +333,12 @@ def preemption(
 
     for scenario in scenarios.values():
         wait_until(
-            lambda scenario=scenario: client.get_run(scenario.run.info.run_id).info.status in TERMINAL
-            and scheduler.queue_states([scenario.job_id]).get(scenario.job_id) not in scheduler.ALIVE_STATES,
-            SCENARIO_TIMEOUT_S, f"scenario {scenario.name} to end",
+            lambda scenario=scenario: (
+                client.get_run(scenario.run.info.run_id).info.status in TERMINAL
+                and scheduler.queue_states([scenario.job_id]).get(scenario.job_id) not in scheduler.ALIVE_STATES
+            ),
+            SCENARIO_TIMEOUT_S,
+            f"scenario {scenario.name} to end",
         )
         scenario.run = client.get_run(scenario.run.info.run_id)
     return Preemption(client, scenarios, no_wait_s, alive_after_no_wait)
@@ -331,7 +395,10 @@ def test_two_task_ddp_run_matches_the_one_process_run(preemption: Preemption) ->
     keys = sorted(key for key in reference.data.metrics if key.startswith("train/") and key not in VOLATILE)
     assert keys == sorted(key for key in ddp.data.metrics if key.startswith("train/") and key not in VOLATILE)
     for key in keys:
-        got, want = history(preemption.client, ddp.info.run_id, key), history(preemption.client, reference.info.run_id, key)
+        got, want = (
+            history(preemption.client, ddp.info.run_id, key),
+            history(preemption.client, reference.info.run_id, key),
+        )
         assert [step for step, _ in got] == [step for step, _ in want] == list(range(1, STEPS + 1)), key
         values, expected = [value for _, value in got], [value for _, value in want]
         assert values[:20] == pytest.approx(expected[:20], rel=1e-4), key

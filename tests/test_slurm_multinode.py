@@ -45,8 +45,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 STEPS, CHECKPOINT_EVERY = 60, 50
 """Half test_slurm_launch's preemption run: long enough to interrupt mid-way, the signal's checkpoint
 long before the periodic one."""
-RUN = ["--only", "variant=itc", "--set", "base.objective.masked_terms=false",
-       "--set", f"base.train.steps={STEPS}", "--set", f"base.train.checkpoint_every={CHECKPOINT_EVERY}"]
+RUN = [
+    "--only",
+    "variant=itc",
+    "--set",
+    "base.objective.masked_terms=false",
+    "--set",
+    f"base.train.steps={STEPS}",
+    "--set",
+    f"base.train.checkpoint_every={CHECKPOINT_EVERY}",
+]
 TWO_NODES = ["--set", "launcher.slurm.nodes=2", "--set", "launcher.slurm.tasks_per_node=1"]
 SCENARIOS = {"reference": [], "nodes2": TWO_NODES, "nodes2_requeue": TWO_NODES}
 
@@ -65,9 +73,7 @@ class MultiNode:
 
 
 @pytest.fixture(scope="module")
-def multinode(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path, two_slurm_nodes: list[str]
-) -> MultiNode:
+def multinode(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path, two_slurm_nodes: list[str]) -> MultiNode:
     """Submits the three jobs with --no-wait, requeues one two-node job once it has logged SIGNAL_AFTER
     steps, records the step of the checkpoint it stopped at, and waits for all three to end; then runs
     the node-down job alone the same way. Jobs inherit ONER_MLFLOW_FLUSH_S=0 (every metric written at
@@ -78,15 +84,30 @@ def multinode(
 
 
 def submit(store: str, root: Path, name: str, *arguments: str) -> None:
-    code = main([*spec_arguments(store, root / name, root / "data_cache", *RUN, *arguments,
-                                 "--set", f"tracking.experiment=multinode-{name}"), "--no-wait"])
+    code = main(
+        [
+            *spec_arguments(
+                store,
+                root / name,
+                root / "data_cache",
+                *RUN,
+                *arguments,
+                "--set",
+                f"tracking.experiment=multinode-{name}",
+            ),
+            "--no-wait",
+        ]
+    )
     assert code == 0
 
 
 def wait_stopped_after_signal(client: MlflowClient, run_id: str) -> int:
     """Waits for the run to checkpoint and wait to come back (or end); the step of that checkpoint."""
-    wait_until(lambda: client.get_run(run_id).info.status in ("SCHEDULED", *TERMINAL), SCENARIO_TIMEOUT_S,
-               "the interrupted two-node job to checkpoint and stop")
+    wait_until(
+        lambda: client.get_run(run_id).info.status in ("SCHEDULED", *TERMINAL),
+        SCENARIO_TIMEOUT_S,
+        "the interrupted two-node job to checkpoint and stop",
+    )
     return checkpoint.load(Path(client.get_run(run_id).data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")["step"]
 
 
@@ -105,8 +126,11 @@ def _run_scenarios(root: Path, mlflow_template: Path, second_node: str) -> Multi
         job_ids[name] = client.get_run(runs[name].info.run_id).data.tags["oner.slurm.job_id"]
 
     target = runs["nodes2_requeue"].info.run_id
-    wait_until(lambda: client.get_run(target).info.status == "RUNNING" and last_step(client, target) >= SIGNAL_AFTER,
-               SCENARIO_TIMEOUT_S, "the two-node job to train")
+    wait_until(
+        lambda: client.get_run(target).info.status == "RUNNING" and last_step(client, target) >= SIGNAL_AFTER,
+        SCENARIO_TIMEOUT_S,
+        "the two-node job to train",
+    )
     subprocess.run(["scontrol", "requeue", job_ids["nodes2_requeue"]], check=True)
     requeued_at_step = wait_stopped_after_signal(client, target)
     wait_for_end(client, runs, job_ids, list(SCENARIOS))
@@ -116,27 +140,47 @@ def _run_scenarios(root: Path, mlflow_template: Path, second_node: str) -> Multi
     (runs[down],) = runs_in(client, f"multinode-{down}")
     target = runs[down].info.run_id
     job_ids[down] = client.get_run(target).data.tags["oner.slurm.job_id"]
-    wait_until(lambda: client.get_run(target).info.status == "RUNNING" and last_step(client, target) >= SIGNAL_AFTER,
-               SCENARIO_TIMEOUT_S, "the two-node job to train")
+    wait_until(
+        lambda: client.get_run(target).info.status == "RUNNING" and last_step(client, target) >= SIGNAL_AFTER,
+        SCENARIO_TIMEOUT_S,
+        "the two-node job to train",
+    )
     pid_file = Path(f"/run/slurmd-{second_node}.pid")  # where slurm/local-cluster.sh's slurm.conf puts it
     states: set[str] = set()
     try:
         subprocess.run(["kill", "-KILL", pid_file.read_text().strip()], check=True)
         # SLURM would mark the node DOWN by itself SlurmdTimeout (20 s) after its slurmd stopped answering,
         # which a short job on an idle machine can outlive: say at once what it would find out
-        subprocess.run(["scontrol", "update", f"NodeName={second_node}", "State=DOWN", "Reason=slurmd killed by a test"],
-                       check=True)
-        wait_until(lambda: states.add(node_state(second_node)) or any("down" in state for state in states),
-                   SCENARIO_TIMEOUT_S, f"SLURM to mark {second_node} down")
+        subprocess.run(
+            ["scontrol", "update", f"NodeName={second_node}", "State=DOWN", "Reason=slurmd killed by a test"],
+            check=True,
+        )
+        wait_until(
+            lambda: states.add(node_state(second_node)) or any("down" in state for state in states),
+            SCENARIO_TIMEOUT_S,
+            f"SLURM to mark {second_node} down",
+        )
         node_down_at_step = wait_stopped_after_signal(client, target)
     finally:
-        subprocess.run(["bash", str(REPO / "slurm" / "local-cluster.sh"), "start-node", second_node.removeprefix("node")],
-                       check=True)
-    wait_until(lambda: node_state(second_node) in ("idle", "mixed", "allocated"), SCENARIO_TIMEOUT_S,
-               f"{second_node} to come back")
+        subprocess.run(
+            ["bash", str(REPO / "slurm" / "local-cluster.sh"), "start-node", second_node.removeprefix("node")],
+            check=True,
+        )
+    wait_until(
+        lambda: node_state(second_node) in ("idle", "mixed", "allocated"),
+        SCENARIO_TIMEOUT_S,
+        f"{second_node} to come back",
+    )
     wait_for_end(client, runs, job_ids, [down])
-    return MultiNode(client, runs, job_ids, {name: root / name for name in (*SCENARIOS, down)}, requeued_at_step,
-                     node_down_at_step, states)
+    return MultiNode(
+        client,
+        runs,
+        job_ids,
+        {name: root / name for name in (*SCENARIOS, down)},
+        requeued_at_step,
+        node_down_at_step,
+        states,
+    )
 
 
 def wait_for_end(client: MlflowClient, runs: dict[str, Run], job_ids: dict[str, str], names: list[str]) -> None:
@@ -144,9 +188,12 @@ def wait_for_end(client: MlflowClient, runs: dict[str, Run], job_ids: dict[str, 
     for name in names:
         run_id, job_id = runs[name].info.run_id, job_ids[name]
         wait_until(
-            lambda run_id=run_id, job_id=job_id: client.get_run(run_id).info.status in TERMINAL
-            and scheduler.queue_states([job_id]).get(job_id) not in scheduler.ALIVE_STATES,
-            SCENARIO_TIMEOUT_S, f"scenario {name} to end",
+            lambda run_id=run_id, job_id=job_id: (
+                client.get_run(run_id).info.status in TERMINAL
+                and scheduler.queue_states([job_id]).get(job_id) not in scheduler.ALIVE_STATES
+            ),
+            SCENARIO_TIMEOUT_S,
+            f"scenario {name} to end",
         )
         runs[name] = client.get_run(run_id)
 
@@ -180,8 +227,10 @@ def test_two_node_run_matches_the_one_process_run(multinode: MultiNode, two_slur
         if key == "train/loss":
             worst = max(abs(a - b) / abs(b) for a, b in zip(values, expected))
             first20 = max(abs(a - b) / abs(b) for a, b in zip(values[:20], expected[:20]))
-    print(f"\n2-node vs 1-process train/loss: max relative difference {first20:.2e} over steps 1-20, "
-          f"{worst:.2e} over all {STEPS} steps")
+    print(
+        f"\n2-node vs 1-process train/loss: max relative difference {first20:.2e} over steps 1-20, "
+        f"{worst:.2e} over all {STEPS} steps"
+    )
 
 
 def final_model(run: Run) -> dict[str, torch.Tensor]:
@@ -206,5 +255,7 @@ def test_requeued_two_node_job_resumes_bit_exactly_into_the_same_run(
     same_training(multinode.client, run, uninterrupted)
     for key, tensor in final_model(uninterrupted).items():
         assert torch.equal(final_model(run)[key], tensor), key
-    print(f"\n{name}: stopped at step {stopped_at}, requeued, resumed and finished bit-exactly"
-          + (f" (second node states seen: {sorted(multinode.node_states_seen)})" if name == "nodes2_nodedown" else ""))
+    print(
+        f"\n{name}: stopped at step {stopped_at}, requeued, resumed and finished bit-exactly"
+        + (f" (second node states seen: {sorted(multinode.node_states_seen)})" if name == "nodes2_nodedown" else "")
+    )

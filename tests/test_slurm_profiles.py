@@ -37,8 +37,17 @@ def test_the_a100_profile_asks_one_rank_per_gpu() -> None:
 
 @pytest.mark.parametrize(
     ("limit", "expected"),
-    [("infinite", None), ("UNLIMITED", None), ("30", 30), ("30:00", 30), ("2:00:00", 120), ("1-00:00:00", 1440),
-     ("2-12", 3600), ("1-02:30", 1590), ("0:10:30", 11)],
+    [
+        ("infinite", None),
+        ("UNLIMITED", None),
+        ("30", 30),
+        ("30:00", 30),
+        ("2:00:00", 120),
+        ("1-00:00:00", 1440),
+        ("2-12", 3600),
+        ("1-02:30", 1590),
+        ("0:10:30", 11),
+    ],
 )
 def test_sinfo_time_limits_in_minutes(limit: str, expected: int | None) -> None:
     assert minutes(limit) == expected
@@ -46,8 +55,14 @@ def test_sinfo_time_limits_in_minutes(limit: str, expected: int | None) -> None:
 
 @pytest.mark.parametrize(
     ("gres", "expected"),
-    [("(null)", 0), ("gpu:8", 8), ("gpu:a100:8(S:0-1)", 8), ("gpu:a100:4,shard:16", 4), ("shard:8", 0),
-     ("mps:100,gpu:2", 2)],
+    [
+        ("(null)", 0),
+        ("gpu:8", 8),
+        ("gpu:a100:8(S:0-1)", 8),
+        ("gpu:a100:4,shard:16", 4),
+        ("shard:8", 0),
+        ("mps:100,gpu:2", 2),
+    ],
 )
 def test_gpus_per_node_from_sinfo_gres(gres: str, expected: int) -> None:
     assert gpus_in(gres) == expected

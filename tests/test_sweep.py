@@ -40,11 +40,23 @@ from oner_lab.spec import load_spec
 ROOT = Path(__file__).resolve().parent.parent
 
 BAD_SWEEPS = [
-    ("sweep.space={train.lrr: {type: float, low: 1.0e-4, high: 1.0e-2}}", "sweep.space.train.lrr", "did you mean 'train.lr'"),
+    (
+        "sweep.space={train.lrr: {type: float, low: 1.0e-4, high: 1.0e-2}}",
+        "sweep.space.train.lrr",
+        "did you mean 'train.lr'",
+    ),
     ("sweep.space={train.lr: {type: float, low: 1.0e-2, high: 1.0e-4}}", "sweep.space.train.lr.low", "at most 0.0001"),
-    ("sweep.space={train.lr: {type: float, low: 0, high: 1.0e-2, log: true}}", "sweep.space.train.lr.low", "a number > 0"),
+    (
+        "sweep.space={train.lr: {type: float, low: 0, high: 1.0e-2, log: true}}",
+        "sweep.space.train.lr.low",
+        "a number > 0",
+    ),
     ("sweep.space={train.steps: {type: float, low: 10, high: 20}}", "sweep.space.train.steps.type", "type: int"),
-    ("sweep.space={model.head: {type: categorical, choices: [shared, two]}}", "sweep.space.model.head.choices.1", "per_modality"),
+    (
+        "sweep.space={model.head: {type: categorical, choices: [shared, two]}}",
+        "sweep.space.model.head.choices.1",
+        "per_modality",
+    ),
     ("sweep.space={train.lr: {type: uniform, low: 1, high: 2}}", "sweep.space.train.lr", "'categorical'"),
     ("sweep.metric=eval/shapes/top1", "sweep.metric", "eval/shapes/rsum"),
     ("sweep.metric=eval/coco/rsum", "sweep.metric", "eval/shapes/tr_r1"),
@@ -65,17 +77,26 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("override", "key", "allowed"), BAD_SWEEPS, ids=[key for _, key, _ in BAD_SWEEPS])
 def test_a_bad_sweep_exits_2_naming_the_key_before_anything_is_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], override: str, key: str, allowed: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    override: str,
+    key: str,
+    allowed: str,
 ) -> None:
     spec = write_spec(tmp_path, tmp_path / "data_cache")
     monkeypatch.chdir(tmp_path)
     assert main([str(spec), "--set", override]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: {spec}: {key}:") and allowed in error and len(error.strip().splitlines()) == 1, error
+    assert error.startswith(f"error: {spec}: {key}:") and allowed in error and len(error.strip().splitlines()) == 1, (
+        error
+    )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["sweep.yaml"]  # no store, no study, no job
 
 
-def test_force_and_no_wait_are_refused_for_a_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_force_and_no_wait_are_refused_for_a_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write_spec(tmp_path, tmp_path / "data_cache")
     monkeypatch.chdir(tmp_path)
     for flag in ("--force", "--no-wait"):
@@ -86,7 +107,9 @@ def test_force_and_no_wait_are_refused_for_a_sweep(tmp_path: Path, monkeypatch: 
 
 def test_the_shipped_sweep_spec_loads_with_its_slurm_profile() -> None:
     spec = load_spec(ROOT / "experiments" / "sweep.yaml", profile="slurm")
-    assert spec.sweep is not None and spec.sweep.storage == "journal:optuna.journal" and spec.launcher.backend == "slurm"
+    assert (
+        spec.sweep is not None and spec.sweep.storage == "journal:optuna.journal" and spec.launcher.backend == "slurm"
+    )
     studies.check_sweep_run(spec, spec.base)
 
 
@@ -118,7 +141,7 @@ def killed_study(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path
     resumed = {trial.number: (trial.user_attrs["mlflow_run_id"], trial.user_attrs["run_dir"]) for trial in left}
     restarted_ms = int(time.time() * 1000)
     again = start_driver(directory, spec)
-    assert again.wait(timeout=300) == 0, (directory / "driver.log")
+    assert again.wait(timeout=300) == 0, directory / "driver.log"
     return KilledStudy(directory, spec, resumed, restarted_ms)
 
 
@@ -128,11 +151,18 @@ def test_a_killed_study_ends_with_four_finished_trials_one_pruned(killed_study: 
     assert [trial.number for trial in trials] == [0, 1, 2, 3]  # no trial lost, none asked twice
     assert [trial.params["train.lr"] for trial in trials] == LEARNING_RATES  # the enqueued ones, in order
     states = {trial.number: trial.state for trial in trials}
-    assert states == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE, 2: TrialState.COMPLETE, PRUNED_TRIAL: TrialState.PRUNED}
+    assert states == {
+        0: TrialState.COMPLETE,
+        1: TrialState.COMPLETE,
+        2: TrialState.COMPLETE,
+        PRUNED_TRIAL: TrialState.PRUNED,
+    }
     pruned = trials[PRUNED_TRIAL]
     assert pruned.last_step == EVAL_EVERY and list(pruned.intermediate_values) == [EVAL_EVERY]
     for trial in trials[:3]:
-        assert sorted(trial.intermediate_values) == [EVAL_EVERY, STEPS] and trial.value == trial.intermediate_values[STEPS]
+        assert (
+            sorted(trial.intermediate_values) == [EVAL_EVERY, STEPS] and trial.value == trial.intermediate_values[STEPS]
+        )
 
 
 @pytest.mark.slow
@@ -145,7 +175,9 @@ def test_every_trial_is_one_mlflow_run_nested_under_the_study_run(killed_study: 
     assert sorted(by_trial) == [0, 1, 2, 3]
     trials = {trial.number: trial for trial in study_in(killed_study.directory).get_trials(deepcopy=False)}
     for number, run in by_trial.items():
-        assert run.data.tags["oner.sweep.study"] == STUDY and run.data.params["train.lr"] == repr(LEARNING_RATES[number])
+        assert run.data.tags["oner.sweep.study"] == STUDY and run.data.params["train.lr"] == repr(
+            LEARNING_RATES[number]
+        )
         assert run.data.tags["oner.sweep.state"] == trials[number].state.name
         assert run.info.status == ("KILLED" if number == PRUNED_TRIAL else "FINISHED")
         assert run.info.run_id == trials[number].user_attrs["mlflow_run_id"]
@@ -207,7 +239,9 @@ def test_table_prints_the_best_trials_and_importances(
     assert len(values) == 3 and values == sorted(values, reverse=True)
 
 
-def test_table_of_a_sweep_that_never_ran_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_of_a_sweep_that_never_ran_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write_spec(tmp_path, tmp_path / "data_cache")
     monkeypatch.chdir(tmp_path)
     assert table.main([str(spec)]) == 0
@@ -221,20 +255,38 @@ def test_sweep_notebook(killed_study: KilledStudy, tmp_path: Path) -> None:
     out, executed = tmp_path / "out", tmp_path / "sweep.out.ipynb"
     uri = f"sqlite:///{killed_study.directory / 'mlflow.db'}"
     papermill.execute_notebook(
-        str(ROOT / "analysis" / "sweep.ipynb"), str(executed), kernel_name="python3", cwd=str(ROOT / "analysis"),
+        str(ROOT / "analysis" / "sweep.ipynb"),
+        str(executed),
+        kernel_name="python3",
+        cwd=str(ROOT / "analysis"),
         progress_bar=False,
-        parameters={"tracking_uri": uri, "experiment": EXPERIMENT, "storage": f"sqlite:///{killed_study.directory / 'optuna.db'}",
-                    "study_name": STUDY, "output_dir": str(out)},
+        parameters={
+            "tracking_uri": uri,
+            "experiment": EXPERIMENT,
+            "storage": f"sqlite:///{killed_study.directory / 'optuna.db'}",
+            "study_name": STUDY,
+            "output_dir": str(out),
+        },
     )
-    assert {path.name for path in out.glob("*.png")} == {"sweep_history.png", "sweep_parallel.png", "sweep_intermediate.png"}
-    text = "\n".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", []))
+    assert {path.name for path in out.glob("*.png")} == {
+        "sweep_history.png",
+        "sweep_parallel.png",
+        "sweep_intermediate.png",
+    }
+    text = "\n".join(
+        o.get("text", "") for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])
+    )
     assert f"Study {STUDY!r}: 4 trials (3 COMPLETE, 1 PRUNED)" in text
     client = client_of(killed_study.directory)
     training = client.get_experiment_by_name(EXPERIMENT).experiment_id
     assert not client.search_runs([training], "tags.`oner.analysis` = 'sweep'")  # outputs never sit among training runs
-    [run] = client.search_runs([client.get_experiment_by_name(f"{EXPERIMENT}/analysis").experiment_id], "tags.`oner.analysis` = 'sweep'")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name(f"{EXPERIMENT}/analysis").experiment_id], "tags.`oner.analysis` = 'sweep'"
+    )
     assert {item.path for item in client.list_artifacts(run.info.run_id, "analysis")} == {
-        "analysis/sweep_history.png", "analysis/sweep_parallel.png", "analysis/sweep_intermediate.png"
+        "analysis/sweep_history.png",
+        "analysis/sweep_parallel.png",
+        "analysis/sweep_intermediate.png",
     }
 
 

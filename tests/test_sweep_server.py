@@ -44,7 +44,9 @@ def wait_mid_study(client: MlflowClient, storage: str, study: str, driver, timeo
         except KeyError:  # not created yet
             trials = []
         training = [t for t in trials if t.state == TrialState.RUNNING and "slurm_job" in t.user_attrs]
-        steps = [[m.step for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "train/loss")] for t in training]
+        steps = [
+            [m.step for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "train/loss")] for t in training
+        ]
         if len(training) == TRIALS and all(s and max(s) < STEPS for s in steps):
             return
         time.sleep(0.5)
@@ -52,16 +54,30 @@ def wait_mid_study(client: MlflowClient, storage: str, study: str, driver, timeo
 
 
 def test_a_study_in_postgresql_over_two_nodes_survives_a_killed_driver(
-    tmp_path: Path, tracking_server, two_slurm_nodes: list[str]  # noqa: ANN001
+    tmp_path: Path,
+    tracking_server,
+    two_slurm_nodes: list[str],  # noqa: ANN001
 ) -> None:
     if not tracking_server.optuna_storage:
         pytest.skip("ONER_TEST_OPTUNA_STORAGE is not set (bash slurm/local-tracking.sh optuna-uri)")
     name = f"sweep-pg-{uuid.uuid4().hex[:8]}"
     arguments = [
-        "--set", "launcher.backend=slurm", "--set", "launcher.slurm.cluster=local",
-        "--set", f"tracking.uri={tracking_server.uri}", "--set", f"tracking.experiment={name}",
-        "--set", f"sweep.storage={tracking_server.optuna_storage}", "--set", f"sweep.study={name}",
-        "--set", f"sweep.parallel={TRIALS}", "--set", f"launcher.runs_dir={tmp_path / 'runs'}",
+        "--set",
+        "launcher.backend=slurm",
+        "--set",
+        "launcher.slurm.cluster=local",
+        "--set",
+        f"tracking.uri={tracking_server.uri}",
+        "--set",
+        f"tracking.experiment={name}",
+        "--set",
+        f"sweep.storage={tracking_server.optuna_storage}",
+        "--set",
+        f"sweep.study={name}",
+        "--set",
+        f"sweep.parallel={TRIALS}",
+        "--set",
+        f"launcher.runs_dir={tmp_path / 'runs'}",
     ]
     spec = write_spec(tmp_path, tmp_path / "data_cache")
     client = MlflowClient(tracking_uri=tracking_server.uri)
@@ -79,7 +95,9 @@ def test_a_study_in_postgresql_over_two_nodes_survives_a_killed_driver(
     runs = runs_of(client, name)
     [parent] = [run for run in runs if "oner.sweep.trial" not in run.data.tags]
     children = {run.data.tags["oner.sweep.trial"]: run for run in runs if "oner.sweep.trial" in run.data.tags}
-    assert sorted(children) == [str(n) for n in range(TRIALS)] and len(runs) == TRIALS + 1, "not one MLflow run per trial"
+    assert sorted(children) == [str(n) for n in range(TRIALS)] and len(runs) == TRIALS + 1, (
+        "not one MLflow run per trial"
+    )
     assert parent.info.status == "FINISHED"
     nodes = set()
     for trial in trials:
@@ -94,4 +112,6 @@ def test_a_study_in_postgresql_over_two_nodes_survives_a_killed_driver(
         nodes.add(run.data.tags["oner.slurm.nodes"])
     assert nodes >= set(two_slurm_nodes[:2]), f"the trials did not run on both nodes: {nodes}"
     states = [trial.state.name for trial in trials]
-    print(f"\nsweep on PostgreSQL: driver SIGKILLed with {TRIALS} trials training, rerun: {states}, nodes {sorted(nodes)}")
+    print(
+        f"\nsweep on PostgreSQL: driver SIGKILLed with {TRIALS} trials training, rerun: {states}, nodes {sorted(nodes)}"
+    )

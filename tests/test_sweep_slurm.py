@@ -41,13 +41,15 @@ def test_a_study_on_slurm_interrupted_and_rerun_ends_with_four_finished_trials(
     interrupted = study_in(tmp_path).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     assert interrupted, "no trial was running when the driver stopped"
     first_jobs = {trial.number: trial.user_attrs["slurm_job"] for trial in interrupted}
-    stopped = {run.data.tags["oner.sweep.trial"]: run for run in runs_in(tmp_path) if "oner.sweep.trial" in run.data.tags}
+    stopped = {
+        run.data.tags["oner.sweep.trial"]: run for run in runs_in(tmp_path) if "oner.sweep.trial" in run.data.tags
+    }
     for trial in interrupted:
         assert stopped[str(trial.number)].info.status == "KILLED"
 
     restarted_ms = int(time.time() * 1000)
     again = start_driver(tmp_path, spec, *ON_SLURM)
-    assert again.wait(timeout=300) == 0, (tmp_path / "driver.log")
+    assert again.wait(timeout=300) == 0, tmp_path / "driver.log"
 
     trials = study_in(tmp_path).get_trials(deepcopy=False)
     assert [trial.number for trial in trials] == [0, 1, 2, 3]
@@ -60,7 +62,10 @@ def test_a_study_on_slurm_interrupted_and_rerun_ends_with_four_finished_trials(
     for trial in trials:
         run = children[str(trial.number)]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.info.run_id == trial.user_attrs["mlflow_run_id"] and run.data.tags["oner.slurm.job_id"] == trial.user_attrs["slurm_job"]
+        assert (
+            run.info.run_id == trial.user_attrs["mlflow_run_id"]
+            and run.data.tags["oner.slurm.job_id"] == trial.user_attrs["slurm_job"]
+        )
     client = client_of(tmp_path)
     for number, job in first_jobs.items():
         trial = trials[number]
@@ -68,5 +73,7 @@ def test_a_study_on_slurm_interrupted_and_rerun_ends_with_four_finished_trials(
         history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "train/loss")
         steps = [metric.step for metric in history]
         assert len(steps) == len(set(steps)) and max(steps) <= STEPS
-        assert any(metric.timestamp >= restarted_ms for metric in history), "the resumed trial logged nothing after the restart"
+        assert any(metric.timestamp >= restarted_ms for metric in history), (
+            "the resumed trial logged nothing after the restart"
+        )
         assert Path(trial.user_attrs["run_dir"], "checkpoints", "last.pt").exists()

@@ -13,7 +13,13 @@ from oner_lab import analysis, table, tracking
 from oner_lab.analysis import paper
 from oner_lab.spec import Spec, expand
 
-EVAL = {"eval/shapes/tr_r1": 0, "eval/shapes/tr_r5": 1, "eval/shapes/ir_r1": 2, "eval/shapes/ir_r5": 3, "eval/shapes_cls/top1": 4}
+EVAL = {
+    "eval/shapes/tr_r1": 0,
+    "eval/shapes/tr_r5": 1,
+    "eval/shapes/ir_r1": 2,
+    "eval/shapes/ir_r5": 3,
+    "eval/shapes_cls/top1": 4,
+}
 
 
 @pytest.fixture
@@ -26,7 +32,11 @@ def logged(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         name="table-test",
         tracking={"uri": uri},
         grid={
-            "variants": {"itc": {"objective": {"variant": "itc"}}, "oner": None, "xmc": {"objective": {"variant": "xmc"}}},
+            "variants": {
+                "itc": {"objective": {"variant": "itc"}},
+                "oner": None,
+                "xmc": {"objective": {"variant": "xmc"}},
+            },
             "seed": [0, 1],
         },
     )
@@ -38,7 +48,9 @@ def logged(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             logger.log_metrics({key: base + offset for key, offset in EVAL.items()}, 5)
         if run.variant != "xmc":
             tracking.end_run(client, run_id, tracking.FINISHED)
-    stale = Spec(name="table-test", tracking={"uri": uri}, base={"train": {"steps": 7}}, grid={"variants": {"oner": None}})
+    stale = Spec(
+        name="table-test", tracking={"uri": uri}, base={"train": {"steps": 7}}, grid={"variants": {"oner": None}}
+    )
     old = expand(stale)[0]
     old_id = tracking.create_run(client, spec.experiment_name, old, stale, tmp_path / "old")
     with tracking.MlflowRunLogger(client, old_id) as logger:
@@ -53,7 +65,18 @@ def test_one_row_per_variant_with_mean_std_n_of_this_plan_only(logged: tuple[str
     assert list(result.index) == ["itc", "oner"]  # xmc has no FINISHED run; spec order kept
     assert list(result["n"]) == [2, 2]
     assert list(result.columns) == [
-        "n", "top-1", "top-1 std", "TR@1", "TR@1 std", "TR@5", "TR@5 std", "IR@1", "IR@1 std", "IR@5", "IR@5 std", "paper row"
+        "n",
+        "top-1",
+        "top-1 std",
+        "TR@1",
+        "TR@1 std",
+        "TR@5",
+        "TR@5 std",
+        "IR@1",
+        "IR@1 std",
+        "IR@5",
+        "IR@5 std",
+        "paper row",
     ]
     assert result.loc["oner", "TR@1"] == pytest.approx(10.5)  # the older config's 1000.0 is not mixed in
     assert result.loc["oner", "top-1"] == pytest.approx(14.5)
@@ -70,11 +93,15 @@ def test_without_a_plan_runs_of_different_configs_are_never_averaged(logged: tup
     assert result.frame.loc["oner", "n"] == 1
     assert result.frame.loc["oner", "TR@1"] == pytest.approx(1000.0)
     change = f"train.steps: {spec.base.train.steps} -> 7"
-    assert any("oner: 2 run(s) of an earlier config left out" in note and change in note for note in result.footnotes), result.footnotes
+    assert any(
+        "oner: 2 run(s) of an earlier config left out" in note and change in note for note in result.footnotes
+    ), result.footnotes
 
 
 def test_two_sets_of_one_kind_are_named_in_their_columns() -> None:
-    columns = analysis.metric_columns(["coco", "flickr", "inet"], {"eval/coco/tr_r1", "eval/flickr/tr_r1", "eval/inet/top1"})
+    columns = analysis.metric_columns(
+        ["coco", "flickr", "inet"], {"eval/coco/tr_r1", "eval/flickr/tr_r1", "eval/inet/top1"}
+    )
     assert columns == {"eval/inet/top1": "top-1", "eval/coco/tr_r1": "coco TR@1", "eval/flickr/tr_r1": "flickr TR@1"}
     assert analysis.sets_note(columns) == "top-1: inet"
 
@@ -92,7 +119,9 @@ def test_printed_table_has_our_block_and_the_papers_block(logged: tuple[str, Spe
 
 
 def test_an_empty_experiment_says_so_and_still_shows_the_paper(tmp_path: Path) -> None:
-    spec = Spec(name="nothing-yet", tracking={"uri": f"sqlite:///{tmp_path / 'absent.db'}"}, grid={"variants": {"oner": None}})
+    spec = Spec(
+        name="nothing-yet", tracking={"uri": f"sqlite:///{tmp_path / 'absent.db'}"}, grid={"variants": {"oner": None}}
+    )
     console = Console(record=True, width=160)
     table.print_spec_table(spec, expand(spec), console)
     text = console.export_text()

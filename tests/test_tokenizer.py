@@ -37,7 +37,9 @@ def trained() -> TextTokenizer:
 
 def test_training_in_two_processes_writes_byte_identical_files(tmp_path: Path) -> None:
     directories = [tmp_path / "first", tmp_path / "second"]
-    processes = [subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(d)], stderr=subprocess.PIPE) for d in directories]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(d)], stderr=subprocess.PIPE) for d in directories
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr.decode()
@@ -96,8 +98,16 @@ def test_count_ties_are_broken_by_the_token_strings() -> None:
 
 def test_batched_counting_matches_pre_tokenising_each_text() -> None:
     texts = [
-        "A Large RED circle.", "Café\u0301 naïve; déjà-vu", "日本語の猫", "tab\tseparated\nlines",
-        "x\x1cy control", "end.", "", "   ", "a,b,c", "(a) [b] {c}!",
+        "A Large RED circle.",
+        "Café\u0301 naïve; déjà-vu",
+        "日本語の猫",
+        "tab\tseparated\nlines",
+        "x\x1cy control",
+        "end.",
+        "",
+        "   ",
+        "a,b,c",
+        "(a) [b] {c}!",
     ] * 3
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()

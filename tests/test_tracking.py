@@ -42,7 +42,9 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_create_run_records_params_tags_config_and_is_found_by_hash(store: tuple[str, MlflowClient], tmp_path: Path) -> None:
+def test_create_run_records_params_tags_config_and_is_found_by_hash(
+    store: tuple[str, MlflowClient], tmp_path: Path
+) -> None:
     _, client = store
     spec = make_spec()
     planned = expand(spec)[2]  # itc/seed0
@@ -217,7 +219,12 @@ def test_concurrent_writers_lose_no_metric(store: tuple[str, MlflowClient], tmp_
     uri, client = store
     spec = make_spec()
     runs = [tracking.create_run(client, spec.experiment_name, planned, spec, tmp_path) for planned in expand(spec)]
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, uri, run_id], stderr=subprocess.PIPE, text=True, env=subprocess_env()) for run_id in runs]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, uri, run_id], stderr=subprocess.PIPE, text=True, env=subprocess_env()
+        )
+        for run_id in runs
+    ]
     for writer in writers:
         _, stderr = writer.communicate(timeout=300)
         assert writer.returncode == 0, stderr

@@ -51,7 +51,10 @@ def test_a_created_run_carries_user_source_datasets_and_a_model_training_link(st
     assert tags["mlflow.user"] == getpass.getuser()
     assert tags["mlflow.source.name"] == "experiments/ui-test.yaml" and tags["mlflow.source.type"] == "LOCAL"
     runs_list = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
-    assert runs_list in tags["mlflow.note.content"] and f"/runs/{run_id}?workflowType=machine_learning" in tags["mlflow.note.content"]
+    assert (
+        runs_list in tags["mlflow.note.content"]
+        and f"/runs/{run_id}?workflowType=machine_learning" in tags["mlflow.note.content"]
+    )
     inputs = {(item.dataset.name, item.tags[0].value): item.dataset for item in run.inputs.dataset_inputs}
     assert set(inputs) == {("shapes/train", "training"), ("shapes", "eval"), ("shapes_cls", "eval")}
     assert json.loads(inputs["shapes/train", "training"].profile)["num_rows"] == planned.config.data.train_size
@@ -137,7 +140,10 @@ def test_weights_export_holds_the_online_tower_only_and_loads_back(tmp_path: Pat
     tower = tower_config("tiny", vocab_size=40, width=32, depth=1, num_heads=2)
     trained = OneTower(tower)
     state = {
-        "step": 5, "model": trained.state_dict(), "tower": tower.__dict__ | {}, "optimizer": {},
+        "step": 5,
+        "model": trained.state_dict(),
+        "tower": tower.__dict__ | {},
+        "optimizer": {},
         "rng": {"numpy": __import__("numpy").random.get_state()},
     }
     from dataclasses import asdict

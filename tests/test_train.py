@@ -49,7 +49,13 @@ def micro_config(cache: Path, **train) -> RunConfig:
         {
             "model": {"width": 32, "depth": 1, "num_heads": 2, "proj_dim": 16},
             "objective": {"variant": "oner"},
-            "data": {"cache_dir": str(cache), "train_size": 96, "eval_images": 8, "cls_images_per_class": 1, "vocab_size": 120},
+            "data": {
+                "cache_dir": str(cache),
+                "train_size": 96,
+                "eval_images": 8,
+                "cls_images_per_class": 1,
+                "vocab_size": 120,
+            },
             "train": {"batch_size": 8, "steps": 6, "warmup_steps": 2, "checkpoint_every": 3, "log_every": 1, **train},
             "eval": {"batch_size": 64},
         }
@@ -111,7 +117,9 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
 
 def test_non_finite_loss_names_step_and_term_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     # lr grows 100 per step (warm-up towards 1e12): the loss goes non-finite a few steps in
-    config = micro_config(tmp_path / "cache", lr=1e12, min_lr=0.0, warmup_steps=10**10, grad_clip=None, checkpoint_every=1, steps=20)
+    config = micro_config(
+        tmp_path / "cache", lr=1e12, min_lr=0.0, warmup_steps=10**10, grad_clip=None, checkpoint_every=1, steps=20
+    )
     with pytest.raises(train.NonFiniteLossError, match=r"step \d+ in term") as error:
         train.run(config, tmp_path / "run")
     state = load(tmp_path / "run" / "checkpoints" / "last.pt.1")  # last.pt (the failing step's weights) was moved aside
@@ -129,8 +137,17 @@ def test_micro_run_loss_falls_and_reports_every_metric(tmp_path: Path) -> None:
     losses = [m["train/loss"] for _, m in logger.metrics if "train/loss" in m]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
-    for key in ("eval/shapes/tr_r1", "eval/shapes/ir_r5", "eval/shapes_cls/top1", "eval/shapes/modality_gap",
-                "train/loss_itc", "train/loss_mlm", "train/loss_mim", "train/samples_per_s", "data/skipped_samples"):
+    for key in (
+        "eval/shapes/tr_r1",
+        "eval/shapes/ir_r5",
+        "eval/shapes_cls/top1",
+        "eval/shapes/modality_gap",
+        "train/loss_itc",
+        "train/loss_mlm",
+        "train/loss_mim",
+        "train/samples_per_s",
+        "data/skipped_samples",
+    ):
         assert key in final
     assert logger.artifacts and logger.artifacts[0][1] == "tokenizer" and logger.artifacts[0][0].is_dir()
     tables = [path for path, where in logger.artifacts if where == "eval"]

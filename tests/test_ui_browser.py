@@ -37,8 +37,15 @@ RUN_NAMES = [f"{variant}/seed{seed}" for variant in ("itc", "oner") for seed in 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROME_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
 )
 SERVER_START_S = 180
 PAGE_WAIT_S = 60
@@ -87,8 +94,16 @@ def filled(browser_ready: None, tmp_path_factory: pytest.TempPathFactory, mlflow
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     command = [
-        sys.executable, "-m", "oner_lab.run", str(SMOKE), "--set", "launcher.backend=debug", "--set", "grid.seed=[0,1]",
-        "--set", "tracking.system_metrics_interval_s=1",
+        sys.executable,
+        "-m",
+        "oner_lab.run",
+        str(SMOKE),
+        "--set",
+        "launcher.backend=debug",
+        "--set",
+        "grid.seed=[0,1]",
+        "--set",
+        "tracking.system_metrics_interval_s=1",
     ]
     env = {**subprocess_env(), "ONER_MLFLOW_UI": base, "COLUMNS": "250"}
     done = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=600)
@@ -106,8 +121,18 @@ def server(filled: dict[str, str]) -> Iterator[str]:
     """`mlflow ui` over the filled store on a loopback port (one worker, no job runner)."""
     log = Path(filled["directory"]) / "mlflow_ui.log"
     command = [
-        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", filled["uri"], "--host", "127.0.0.1",
-        "--port", filled["port"], "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        filled["uri"],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        filled["port"],
+        "--workers",
+        "1",
     ]
     env = {**subprocess_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log.open("w") as output:
@@ -163,7 +188,9 @@ def wait_for_text(driver: object, *texts: str, timeout: float = PAGE_WAIT_S) -> 
             return body
         if time.monotonic() > deadline:
             missing = [text for text in texts if text not in body]
-            pytest.fail(f"{driver.current_url}: the page never showed {missing}; it showed:\n{body[:3000]}", pytrace=False)
+            pytest.fail(
+                f"{driver.current_url}: the page never showed {missing}; it showed:\n{body[:3000]}", pytrace=False
+            )
         time.sleep(0.5)
 
 

@@ -65,7 +65,10 @@ def write_image_folder(root: Path, numbers: range) -> Path:
 def write_image_shards(directory: Path, numbers: range, per_shard: int) -> list[Path]:
     """Webdataset shards of images; a caption where present is ignored."""
     directory.mkdir(parents=True, exist_ok=True)
-    samples = [{"__key__": f"im{n:04d}", "png": encoded(numbered_image(n)), **({"txt": b"ignored"} if n % 2 else {})} for n in numbers]
+    samples = [
+        {"__key__": f"im{n:04d}", "png": encoded(numbered_image(n)), **({"txt": b"ignored"} if n % 2 else {})}
+        for n in numbers
+    ]
     return write_shards(directory, samples, per_shard)
 
 
@@ -80,7 +83,15 @@ def caption_numbers(tokenizer, text_ids: torch.Tensor) -> list[int]:
 
 
 def shapes_data(tmp_path: Path, **unpaired: object) -> DataConfig:
-    return DataConfig(cache_dir=str(tmp_path / "cache"), train_size=32, vocab_size=150, workers=2, shuffle_buffer=4, crop_scale=(1.0, 1.0), **unpaired)
+    return DataConfig(
+        cache_dir=str(tmp_path / "cache"),
+        train_size=32,
+        vocab_size=150,
+        workers=2,
+        shuffle_buffer=4,
+        crop_scale=(1.0, 1.0),
+        **unpaired,
+    )
 
 
 # ---- reading ----
@@ -91,7 +102,9 @@ def test_text_only_captions_are_non_blank_lines_with_corrupt_ones_skipped_and_co
     path = write_captions(tmp_path / "caps" / "a.txt", range(12), (b"zebra 101 caf\xe9", long_line, b"\t\t"))
     data = prepare(shapes_data(tmp_path, text_only={"urls": str(path), "batch_size": 5}), SIZE, 16, [])
     text = data.unpaired.text
-    assert text is not None and text.num_samples == 14  # 12 + non-UTF-8 + long; blank and whitespace lines are not captions
+    assert (
+        text is not None and text.num_samples == 14
+    )  # 12 + non-UTF-8 + long; blank and whitespace lines are not captions
     assert data.unpaired.sample_counts() == {"text_only": 14}
     seen = []
     for step in range(6):  # 30 rows: two epochs of the 13 readable captions and more
@@ -110,7 +123,10 @@ def test_image_only_folders_and_shards_serve_every_image_with_corrupt_ones_skipp
     folder = write_image_folder(tmp_path / "folder", range(9))
     (folder / "class0" / "zero.png").write_bytes(b"")  # corrupt: met when drawn, skipped and counted
     write_image_shards(tmp_path / "shards", range(10, 16), per_shard=4)
-    bad = [{"__key__": "trunc", "jpg": encoded(numbered_image(30), "JPEG")[:100]}, {"__key__": "noimage", "json": b"{}"}]
+    bad = [
+        {"__key__": "trunc", "jpg": encoded(numbered_image(30), "JPEG")[:100]},
+        {"__key__": "noimage", "json": b"{}"},
+    ]
     (tmp_path / "bad").mkdir()
     write_shards(tmp_path / "bad", bad + [{"__key__": "good", "png": encoded(numbered_image(16))}], 8)
     urls = [str(folder), str(tmp_path / "shards" / "shard-{000000..000001}.tar"), str(tmp_path / "bad" / "*.tar")]
@@ -131,7 +147,9 @@ def test_image_only_folders_and_shards_serve_every_image_with_corrupt_ones_skipp
 def test_unpaired_batches_are_pure_functions_of_step_split_by_rank_and_cover_each_epoch_once(tmp_path: Path) -> None:
     captions = write_captions(tmp_path / "caps.txt", range(12))
     folder = write_image_folder(tmp_path / "folder", range(8))
-    config = shapes_data(tmp_path, text_only={"urls": str(captions), "batch_size": 6}, image_only={"urls": str(folder), "batch_size": 4})
+    config = shapes_data(
+        tmp_path, text_only={"urls": str(captions), "batch_size": 6}, image_only={"urls": str(folder), "batch_size": 4}
+    )
     data = prepare(config, SIZE, 16, [])
     texts, images = [], []
     for step in range(4):  # two epochs of each source
@@ -147,7 +165,11 @@ def test_unpaired_batches_are_pure_functions_of_step_split_by_rank_and_cover_eac
     fresh = prepare(config, SIZE, 16, [])  # a resumed process: new objects, the same batches
     for step in (3, 1):
         a, b = fresh.unpaired.batch(step, seed=5), data.unpaired.batch(step, seed=5)
-        assert torch.equal(a.text_ids, b.text_ids) and torch.equal(a.text_mask, b.text_mask) and torch.equal(a.images, b.images)
+        assert (
+            torch.equal(a.text_ids, b.text_ids)
+            and torch.equal(a.text_mask, b.text_mask)
+            and torch.equal(a.images, b.images)
+        )
     assert not torch.equal(data.unpaired.batch(0, seed=6).text_ids, data.unpaired.batch(0, seed=5).text_ids)
 
 
@@ -189,7 +211,9 @@ def step_inputs(batch: int, extra_text: int, extra_images: int) -> StepInputs:
 @pytest.mark.parametrize("contrast_masked_views", [False, True])
 def test_unpaired_rows_change_mlm_and_mim_but_no_contrastive_term_nor_mmm(contrast_masked_views: bool) -> None:
     torch.manual_seed(0)
-    model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32))
+    model = OneTower(
+        tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32)
+    )
     target = momentum_copy(model)
     terms = ("itc", "xmc", "cic", "cmc", "mlm", "mim", "mmm")
     settings = ViewSettings(masked_views(terms), contrast_masked_views, "momentum", 0.15, 0.6, 4, VOCAB, SPECIAL)
@@ -204,17 +228,27 @@ def test_unpaired_rows_change_mlm_and_mim_but_no_contrastive_term_nor_mmm(contra
     with_text = values(step_inputs(6, 5, 0))
     with_both = values(step_inputs(6, 5, 4))
     for name in ("itc", "xmc", "cic", "cmc", "mmm"):
-        assert with_text[name] == pytest.approx(paired[name], rel=1e-5) and with_both[name] == pytest.approx(paired[name], rel=1e-5), name
-    assert with_text["mlm"] != pytest.approx(paired["mlm"], rel=1e-3) and with_text["mim"] == pytest.approx(paired["mim"], rel=1e-5)
-    assert with_both["mlm"] == pytest.approx(with_text["mlm"], rel=1e-5) and with_both["mim"] != pytest.approx(paired["mim"], rel=1e-3)
+        assert with_text[name] == pytest.approx(paired[name], rel=1e-5) and with_both[name] == pytest.approx(
+            paired[name], rel=1e-5
+        ), name
+    assert with_text["mlm"] != pytest.approx(paired["mlm"], rel=1e-3) and with_text["mim"] == pytest.approx(
+        paired["mim"], rel=1e-5
+    )
+    assert with_both["mlm"] == pytest.approx(with_text["mlm"], rel=1e-5) and with_both["mim"] != pytest.approx(
+        paired["mim"], rel=1e-3
+    )
 
 
 def test_mlm_and_mim_with_unpaired_rows_are_the_losses_over_paired_and_unpaired_rows_together() -> None:
     torch.manual_seed(0)
-    model = OneTower(tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32))
+    model = OneTower(
+        tower_config("tiny", width=32, depth=2, num_heads=2, vocab_size=VOCAB, max_text_len=8, image_size=32)
+    )
     settings = ViewSettings(masked_views({"mlm", "mim"}), False, "momentum", 0.15, 0.6, 4, VOCAB, SPECIAL)
     inputs = step_inputs(6, 5, 4)
-    paired_only = Views(model, model, step_inputs(6, 0, 0), settings, torch.tensor(0.0), torch.Generator().manual_seed(7))
+    paired_only = Views(
+        model, model, step_inputs(6, 0, 0), settings, torch.tensor(0.0), torch.Generator().manual_seed(7)
+    )
     views = Views(model, model, inputs, settings, torch.tensor(0.0), torch.Generator().manual_seed(7))
     with torch.no_grad():
         mlm = views.mlm_loss(views.output("T", masked=True))
@@ -225,14 +259,18 @@ def test_mlm_and_mim_with_unpaired_rows_are_the_losses_over_paired_and_unpaired_
         assert (labels[6:][~inputs.extra_text_mask] == IGNORE).all()  # padding is never predicted
         tokens = model("T", text_ids=ids, text_mask=text_mask).text_tokens
         chosen = labels != IGNORE
-        assert mlm.item() == pytest.approx(F.cross_entropy(model.mlm_head(tokens[chosen]), labels[chosen]).item(), rel=1e-5)
+        assert mlm.item() == pytest.approx(
+            F.cross_entropy(model.mlm_head(tokens[chosen]), labels[chosen]).item(), rel=1e-5
+        )
 
         images, patch_mask = views.masked_images(10)
         assert torch.equal(images[6:], inputs.extra_images) and torch.equal(patch_mask[:6], paired_only.patch_mask())
         out = model("I", images=images, patch_mask=patch_mask).image_tokens
         p = model.cfg.patch_size
         pixels = images.reshape(10, 3, 32 // p, p, 32 // p, p).permute(0, 2, 4, 3, 5, 1).reshape(10, -1, p * p * 3)
-        assert mim.item() == pytest.approx(F.l1_loss(model.mim_head(out[patch_mask]), pixels[patch_mask]).item(), rel=1e-5)
+        assert mim.item() == pytest.approx(
+            F.l1_loss(model.mim_head(out[patch_mask]), pixels[patch_mask]).item(), rel=1e-5
+        )
 
 
 # ---- training ----
@@ -243,7 +281,10 @@ def unpaired_files(tmp_path: Path) -> dict:
     write_image_folder(tmp_path / "folder", range(6))
     write_image_shards(tmp_path / "imshards", range(6, 12), per_shard=3)
     image_urls = [str(tmp_path / "folder"), str(tmp_path / "imshards" / "*.tar")]
-    return {"text_only": {"urls": str(captions.parent / "*.txt"), "batch_size": 4}, "image_only": {"urls": image_urls, "batch_size": 4}}
+    return {
+        "text_only": {"urls": str(captions.parent / "*.txt"), "batch_size": 4},
+        "image_only": {"urls": image_urls, "batch_size": 4},
+    }
 
 
 def paired_data(tmp_path: Path, kind: str) -> dict:
@@ -257,7 +298,9 @@ def paired_data(tmp_path: Path, kind: str) -> dict:
 
 @pytest.mark.parametrize("kind", ["shapes", "webdataset", "csv"])
 def test_training_mixes_unpaired_sources_with_each_paired_source(tmp_path: Path, kind: str) -> None:
-    config = micro_run_config(tmp_path / "cache", {**paired_data(tmp_path, kind), **unpaired_files(tmp_path)}, [], steps=3)
+    config = micro_run_config(
+        tmp_path / "cache", {**paired_data(tmp_path, kind), **unpaired_files(tmp_path)}, [], steps=3
+    )
     final = train.run(config, tmp_path / "run")
     assert final["train/steps"] == 3 and final["data/skipped_samples"] == 0
     assert final["data/text_only_samples"] == 20 and final["data/image_only_samples"] == 12
@@ -271,7 +314,10 @@ def test_a_resumed_run_with_unpaired_sources_ends_with_the_same_parameters(tmp_p
     with pytest.raises(train.Interrupted):
         train.run(config, tmp_path / "resumed", control=StopAfter(2))
     train.run(config, tmp_path / "resumed")
-    straight, resumed = load(tmp_path / "straight" / "checkpoints" / "last.pt"), load(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    straight, resumed = (
+        load(tmp_path / "straight" / "checkpoints" / "last.pt"),
+        load(tmp_path / "resumed" / "checkpoints" / "last.pt"),
+    )
     assert straight is not None and resumed is not None and straight["step"] == resumed["step"] == 4
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
@@ -279,7 +325,9 @@ def test_a_resumed_run_with_unpaired_sources_ends_with_the_same_parameters(tmp_p
     train.run(without, tmp_path / "paired_only")
     paired_only = load(tmp_path / "paired_only" / "checkpoints" / "last.pt")
     assert paired_only is not None
-    assert not torch.equal(paired_only["model"]["mlm_head.bias"], straight["model"]["mlm_head.bias"])  # the unpaired rows trained
+    assert not torch.equal(
+        paired_only["model"]["mlm_head.bias"], straight["model"]["mlm_head.bias"]
+    )  # the unpaired rows trained
 
 
 # ---- bad input: one clear error before training ----
@@ -295,26 +343,80 @@ def bad_unpaired_cases(tmp_path: Path) -> dict[str, tuple[dict, dict, str, str]]
     folder = write_image_folder(tmp_path / "folder", range(2))
     oner = {"variant": "oner"}
     return {
-        "text-without-mlm": ({"text_only": {"urls": str(captions), "batch_size": 2}}, {"terms": {"itc": 1.0, "mim": 1.0}}, "data.text_only", r"mlm term only"),
-        "text-with-masked-terms-off": ({"text_only": {"urls": str(captions), "batch_size": 2}}, {**oner, "masked_terms": False}, "data.text_only", r"mlm term only"),
-        "images-without-mim": ({"image_only": {"urls": str(folder), "batch_size": 2}}, {"terms": {"itc": 1.0, "mlm": 1.0}}, "data.image_only", r"mim term only"),
-        "text-file-missing": ({"text_only": {"urls": str(tmp_path / "gone.txt"), "batch_size": 2}}, oner, "data.text_only.urls", r"gone\.txt: no such file"),
-        "text-glob-matches-nothing": ({"text_only": {"urls": str(tmp_path / "cc3m" / "*.txt"), "batch_size": 2}}, oner, "data.text_only.urls", r"cc3m/\*\.txt: the glob matches no file"),
-        "text-file-empty": ({"text_only": {"urls": [str(captions), str(tmp_path / "empty.txt")], "batch_size": 2}}, oner, "data.text_only.urls", r"empty\.txt.*an empty file; expected captions, one per line"),
-        "folder-without-images": ({"image_only": {"urls": str(tmp_path / "no_images"), "batch_size": 2}}, oner, "data.image_only.urls", r"no_images'.*a directory holding image files"),
-        "image-path-missing": ({"image_only": {"urls": str(tmp_path / "imagenet" / "train"), "batch_size": 2}}, oner, "data.image_only.urls", r"imagenet/train: no such file"),
-        "image-shard-empty": ({"image_only": {"urls": str(tmp_path / "empty.tar"), "batch_size": 2}}, oner, "data.image_only.urls", r"empty\.tar.*an empty file; expected a webdataset tar shard"),
+        "text-without-mlm": (
+            {"text_only": {"urls": str(captions), "batch_size": 2}},
+            {"terms": {"itc": 1.0, "mim": 1.0}},
+            "data.text_only",
+            r"mlm term only",
+        ),
+        "text-with-masked-terms-off": (
+            {"text_only": {"urls": str(captions), "batch_size": 2}},
+            {**oner, "masked_terms": False},
+            "data.text_only",
+            r"mlm term only",
+        ),
+        "images-without-mim": (
+            {"image_only": {"urls": str(folder), "batch_size": 2}},
+            {"terms": {"itc": 1.0, "mlm": 1.0}},
+            "data.image_only",
+            r"mim term only",
+        ),
+        "text-file-missing": (
+            {"text_only": {"urls": str(tmp_path / "gone.txt"), "batch_size": 2}},
+            oner,
+            "data.text_only.urls",
+            r"gone\.txt: no such file",
+        ),
+        "text-glob-matches-nothing": (
+            {"text_only": {"urls": str(tmp_path / "cc3m" / "*.txt"), "batch_size": 2}},
+            oner,
+            "data.text_only.urls",
+            r"cc3m/\*\.txt: the glob matches no file",
+        ),
+        "text-file-empty": (
+            {"text_only": {"urls": [str(captions), str(tmp_path / "empty.txt")], "batch_size": 2}},
+            oner,
+            "data.text_only.urls",
+            r"empty\.txt.*an empty file; expected captions, one per line",
+        ),
+        "folder-without-images": (
+            {"image_only": {"urls": str(tmp_path / "no_images"), "batch_size": 2}},
+            oner,
+            "data.image_only.urls",
+            r"no_images'.*a directory holding image files",
+        ),
+        "image-path-missing": (
+            {"image_only": {"urls": str(tmp_path / "imagenet" / "train"), "batch_size": 2}},
+            oner,
+            "data.image_only.urls",
+            r"imagenet/train: no such file",
+        ),
+        "image-shard-empty": (
+            {"image_only": {"urls": str(tmp_path / "empty.tar"), "batch_size": 2}},
+            oner,
+            "data.image_only.urls",
+            r"empty\.tar.*an empty file; expected a webdataset tar shard",
+        ),
     }
 
 
 BAD_UNPAIRED = [
-    "text-without-mlm", "text-with-masked-terms-off", "images-without-mim", "text-file-missing", "text-glob-matches-nothing",
-    "text-file-empty", "folder-without-images", "image-path-missing", "image-shard-empty",
+    "text-without-mlm",
+    "text-with-masked-terms-off",
+    "images-without-mim",
+    "text-file-missing",
+    "text-glob-matches-nothing",
+    "text-file-empty",
+    "folder-without-images",
+    "image-path-missing",
+    "image-shard-empty",
 ]
 
 
 @pytest.mark.parametrize("case", BAD_UNPAIRED)
-def test_bad_unpaired_input_is_a_config_error_naming_the_key_and_path_before_training(tmp_path: Path, case: str) -> None:
+def test_bad_unpaired_input_is_a_config_error_naming_the_key_and_path_before_training(
+    tmp_path: Path, case: str
+) -> None:
     data, objective, key, message = bad_unpaired_cases(tmp_path)[case]
     config = micro_run_config(tmp_path / "cache", data, [])
     config = config.model_copy(update={"objective": config.objective.model_validate({**objective})})

@@ -59,8 +59,10 @@ def runs_summary(runs: pd.DataFrame) -> str:
         return f"No runs: there is no MLflow store at {uri}. Only the paper's published numbers can be shown."
     if not runs.attrs.get("experiment_found", True):
         held = ", ".join(runs.attrs.get("experiments") or []) or "none"
-        return (f"No runs: experiment {experiment!r} does not exist in {uri} (experiments there: {held}). "
-                "Only the paper's published numbers can be shown.")
+        return (
+            f"No runs: experiment {experiment!r} does not exist in {uri} (experiments there: {held}). "
+            "Only the paper's published numbers can be shown."
+        )
     if runs.empty:
         return f"No runs: experiment {experiment!r} in {uri} holds no training run yet."
     states = ", ".join(f"{count} {status}" for status, count in runs["status"].value_counts().items())

@@ -49,7 +49,9 @@ def final_metrics(runs: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     """Long frame (row, seed, run_name, metric, value) of the final metrics of the selected runs."""
     chosen = select_runs(runs).runs
     present = {key: label for key, label in columns.items() if key in chosen.columns}
-    long = chosen.melt(id_vars=["row", "seed", "run_name"], value_vars=list(present), var_name="metric", value_name="value")
+    long = chosen.melt(
+        id_vars=["row", "seed", "run_name"], value_vars=list(present), var_name="metric", value_name="value"
+    )
     long["metric"] = long["metric"].map(present)
     return long.dropna(subset=["value"])
 
@@ -65,9 +67,21 @@ def metric_bars(runs: pd.DataFrame, columns: dict[str, str] | None = None) -> Fi
         return message_figure(f"No FINISHED run of {runs.attrs.get('experiment')!r} logged {wanted}.")
     rows = list(dict.fromkeys(long["row"]))
     grid = sns.catplot(
-        data=long, kind="bar", x="row", y="value", hue="row", palette=_palette(rows), order=rows,
-        col="metric", col_wrap=min(PANELS_PER_ROW, long["metric"].nunique()), sharey=False,
-        errorbar=INTERVAL, capsize=0.2, height=3, aspect=1.2, legend=False,
+        data=long,
+        kind="bar",
+        x="row",
+        y="value",
+        hue="row",
+        palette=_palette(rows),
+        order=rows,
+        col="metric",
+        col_wrap=min(PANELS_PER_ROW, long["metric"].nunique()),
+        sharey=False,
+        errorbar=INTERVAL,
+        capsize=0.2,
+        height=3,
+        aspect=1.2,
+        legend=False,
     )
     grid.map_dataframe(sns.stripplot, x="row", y="value", order=rows, color="black", size=3, jitter=0.1)
     grid.set_titles("{col_name}").set_axis_labels("", "%")
@@ -93,7 +107,9 @@ def findings_figure(table: ResultTable) -> Figure:
     figure, axis = plt.subplots(figsize=(10, 0.55 * len(names) + 1.6))
     axis.axvline(0, color="grey", linewidth=1)
     if not points.empty:
-        sns.stripplot(data=points, x="difference", y="finding", order=names, color="black", size=4, jitter=0.15, ax=axis)
+        sns.stripplot(
+            data=points, x="difference", y="finding", order=names, color="black", size=4, jitter=0.15, ax=axis
+        )
     for position, (name, row) in enumerate(frame.iterrows()):
         if not pd.isna(row["low"]):
             axis.plot([row["low"], row["high"]], [position, position], color="tab:blue", linewidth=3, alpha=0.6)
@@ -112,10 +128,21 @@ def findings_figure(table: ResultTable) -> Figure:
 
 def _curves(history: pd.DataFrame, rows: list[str], title: str, marker: str | None = None) -> Figure:
     grid = sns.relplot(
-        data=history, kind="line", x="step", y="value", hue="row", hue_order=rows, palette=_palette(rows),
-        col="key", col_order=list(dict.fromkeys(history["key"])), col_wrap=min(PANELS_PER_ROW, history["key"].nunique()),
-        errorbar=INTERVAL, marker=marker,
-        height=3, aspect=1.3, facet_kws={"sharey": False},
+        data=history,
+        kind="line",
+        x="step",
+        y="value",
+        hue="row",
+        hue_order=rows,
+        palette=_palette(rows),
+        col="key",
+        col_order=list(dict.fromkeys(history["key"])),
+        col_wrap=min(PANELS_PER_ROW, history["key"].nunique()),
+        errorbar=INTERVAL,
+        marker=marker,
+        height=3,
+        aspect=1.3,
+        facet_kws={"sharey": False},
     )
     grid.set_titles("{col_name}")
     grid.legend.set_title("variant")
@@ -130,7 +157,9 @@ def loss_curves(tracking_uri: str, runs: pd.DataFrame) -> Figure:
     history = metric_history(tracking_uri, chosen, keys)
     if history.empty:
         return message_figure(f"No FINISHED run of {runs.attrs.get('experiment')!r} logged train/loss.")
-    return _curves(history, list(dict.fromkeys(chosen["row"])), f"{runs.attrs.get('experiment')}: training losses per term")
+    return _curves(
+        history, list(dict.fromkeys(chosen["row"])), f"{runs.attrs.get('experiment')}: training losses per term"
+    )
 
 
 def modality_gap_curves(tracking_uri: str, runs: pd.DataFrame, eval_set: str | None = None) -> Figure:
@@ -143,7 +172,9 @@ def modality_gap_curves(tracking_uri: str, runs: pd.DataFrame, eval_set: str | N
     history = metric_history(tracking_uri, chosen, [f"eval/{eval_set}/modality_gap", f"eval/{eval_set}/alignment"])
     if history.empty:
         return message_figure(f"No FINISHED run of {runs.attrs.get('experiment')!r} logged a modality gap.")
-    title = f"{runs.attrs.get('experiment')}: modality gap (centroid distance) and alignment on {eval_set} over training"
+    title = (
+        f"{runs.attrs.get('experiment')}: modality gap (centroid distance) and alignment on {eval_set} over training"
+    )
     if history.groupby("run_id")["step"].nunique().max() == 1:
         title += "\n(evaluated at the last step only: set eval.every_steps in the spec for a curve)"
     return _curves(history, list(dict.fromkeys(chosen["row"])), title, marker="o")

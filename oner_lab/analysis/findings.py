@@ -17,7 +17,13 @@ from scipy import stats
 
 from oner_lab.analysis import paper
 
-AGREES, DISAGREES, NOISE, ONE_SEED, NO_PAIRS = "agrees", "disagrees", "within noise", "one seed: no interval", "no paired runs"
+AGREES, DISAGREES, NOISE, ONE_SEED, NO_PAIRS = (
+    "agrees",
+    "disagrees",
+    "within noise",
+    "one seed: no interval",
+    "no paired runs",
+)
 CONFIDENCE = 0.95
 
 
@@ -94,7 +100,9 @@ def paper_difference(finding: Finding, labels: list[str]) -> float | None:
     return sum(better[i] - baseline[i] for i in index) / len(index)
 
 
-def findings_frame(runs: pd.DataFrame, columns: dict[str, str], findings: tuple[Finding, ...] = ABLATION_FINDINGS) -> pd.DataFrame:
+def findings_frame(
+    runs: pd.DataFrame, columns: dict[str, str], findings: tuple[Finding, ...] = ABLATION_FINDINGS
+) -> pd.DataFrame:
     """Numbers of each finding: paper, ours mean, 95% low/high, n seeds, verdict, per-seed differences."""
     scores = run_scores(runs, columns)
     rows = []
@@ -103,11 +111,18 @@ def findings_frame(runs: pd.DataFrame, columns: dict[str, str], findings: tuple[
         published = paper_difference(finding, list(columns.values()))
         n = len(differences)
         mean, low, high = interval(differences.tolist()) if n else (math.nan, math.nan, math.nan)
-        rows.append({
-            "finding": finding.name, "paper": math.nan if published is None else published, "ours": mean,
-            "low": low, "high": high, "n": n, "verdict": verdict(n, low, high, mean, published),
-            "per_seed": {int(seed): float(value) for seed, value in differences.items()},
-        })
+        rows.append(
+            {
+                "finding": finding.name,
+                "paper": math.nan if published is None else published,
+                "ours": mean,
+                "low": low,
+                "high": high,
+                "n": n,
+                "verdict": verdict(n, low, high, mean, published),
+                "per_seed": {int(seed): float(value) for seed, value in differences.items()},
+            }
+        )
     return pd.DataFrame(rows).set_index("finding")
 
 
@@ -121,16 +136,20 @@ def findings_display(frame: pd.DataFrame) -> pd.DataFrame:
             return f"{row['ours']:+.1f}"
         return f"{row['ours']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}]"
 
-    return pd.DataFrame({
-        "finding": frame.index,
-        "paper Δ": ["-" if pd.isna(value) else f"{value:+.1f}" for value in frame["paper"]],
-        "ours Δ [95% CI]": [ours(row) for _, row in frame.iterrows()],
-        "seeds": [str(int(n)) for n in frame["n"]],
-        "verdict": list(frame["verdict"]),
-    })
+    return pd.DataFrame(
+        {
+            "finding": frame.index,
+            "paper Δ": ["-" if pd.isna(value) else f"{value:+.1f}" for value in frame["paper"]],
+            "ours Δ [95% CI]": [ours(row) for _, row in frame.iterrows()],
+            "seeds": [str(int(n)) for n in frame["n"]],
+            "verdict": list(frame["verdict"]),
+        }
+    )
 
 
 def findings_title(labels: list[str]) -> str:
     metric = ", ".join(labels) if labels else "no metric"
-    return (f"Findings: Δ of the mean of ({metric}), paired by seed; 95% Student-t interval; "
-            "agrees / disagrees when the interval excludes 0, else within noise")
+    return (
+        f"Findings: Δ of the mean of ({metric}), paired by seed; 95% Student-t interval; "
+        "agrees / disagrees when the interval excludes 0, else within noise"
+    )

@@ -54,16 +54,26 @@ class RetrievalRow(NamedTuple):
 
 
 RETRIEVAL_ROWS: dict[str, RetrievalRow] = {
-    "ImageBert": RetrievalRow("one tower", True, "6M", (44.0, 71.2, 80.4), (32.3, 59.0, 70.2), (66.4, 89.8, 94.4), (50.5, 78.7, 87.1)),
-    "ViLT": RetrievalRow("one tower", True, "4M", (56.5, 82.6, 89.6), (40.4, 70.0, 81.1), (61.5, 86.3, 92.7), (42.7, 72.9, 83.1)),
+    "ImageBert": RetrievalRow(
+        "one tower", True, "6M", (44.0, 71.2, 80.4), (32.3, 59.0, 70.2), (66.4, 89.8, 94.4), (50.5, 78.7, 87.1)
+    ),
+    "ViLT": RetrievalRow(
+        "one tower", True, "4M", (56.5, 82.6, 89.6), (40.4, 70.0, 81.1), (61.5, 86.3, 92.7), (42.7, 72.9, 83.1)
+    ),
     "Uni-Perceiver": RetrievalRow(
         "one tower", False, "44.3M", (57.7, 85.6, 92.3), (46.3, 75.0, 84.0), (64.7, 87.8, 93.7), (48.3, 75.9, 84.5)
     ),
-    "OneR": RetrievalRow("one tower", False, "4M", (62.9, 86.3, 92.5), (47.0, 74.7, 84.1), (66.1, 87.8, 93.2), (48.3, 76.0, 85.2)),
+    "OneR": RetrievalRow(
+        "one tower", False, "4M", (62.9, 86.3, 92.5), (47.0, 74.7, 84.1), (66.1, 87.8, 93.2), (48.3, 76.0, 85.2)
+    ),
     "CLIP": RetrievalRow("two towers", False, "400M", (58.4, 81.5, 88.1), (37.8, 62.4, 72.2), None, None),
     "FLAVA": RetrievalRow("two legs", True, "70M", (42.7, 76.8, None), (38.4, 67.5, None), None, None),
-    "ALBEF": RetrievalRow("two legs", True, "4M", (68.7, 89.5, 94.7), (50.1, 76.4, 84.5), (73.1, 91.4, 96.0), (56.8, 81.5, 89.2)),
-    "TCL": RetrievalRow("two legs", True, "4M", (71.4, 90.8, 95.4), (53.5, 79.0, 87.1), (75.6, 92.8, 96.7), (59.0, 83.2, 89.9)),
+    "ALBEF": RetrievalRow(
+        "two legs", True, "4M", (68.7, 89.5, 94.7), (50.1, 76.4, 84.5), (73.1, 91.4, 96.0), (56.8, 81.5, 89.2)
+    ),
+    "TCL": RetrievalRow(
+        "two legs", True, "4M", (71.4, 90.8, 95.4), (53.5, 79.0, 87.1), (75.6, 92.8, 96.7), (59.0, 83.2, 89.9)
+    ),
 }
 
 RETRIEVAL_ROW_OF_VARIANT = {"oner": "OneR"}

@@ -93,7 +93,10 @@ def _latex_block(title: str, cells: pd.DataFrame, footnotes: list[str]) -> str:
     rows += [" & ".join(_latex_escape(str(value)) for value in row) + r" \\" for row in cells.itertuples(index=False)]
     if footnotes:
         rows.append(r"\midrule")
-        rows += [rf"\multicolumn{{{width}}}{{p{{0.95\linewidth}}}}{{\footnotesize {_latex_escape(note)}}} \\" for note in footnotes]
+        rows += [
+            rf"\multicolumn{{{width}}}{{p{{0.95\linewidth}}}}{{\footnotesize {_latex_escape(note)}}} \\"
+            for note in footnotes
+        ]
     body = "\n".join(rows)
     return _latex_text(
         "\\begin{table}[ht]\n\\centering\n"
@@ -108,8 +111,10 @@ def _html_block(title: str, cells: pd.DataFrame, footnotes: list[str]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(value))}</td>" for value in row) + "</tr>"
         for row in cells.itertuples(index=False)
     )
-    foot = "".join(f'<tr><td colspan="{len(cells.columns)}"><em>Note:</em> {html.escape(note)}</td></tr>' for note in footnotes)
+    foot = "".join(
+        f'<tr><td colspan="{len(cells.columns)}"><em>Note:</em> {html.escape(note)}</td></tr>' for note in footnotes
+    )
     return (
-        f"<table><caption style=\"caption-side: top; text-align: left\"><strong>{html.escape(title)}</strong></caption>"
+        f'<table><caption style="caption-side: top; text-align: left"><strong>{html.escape(title)}</strong></caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>" + (f"<tfoot>{foot}</tfoot>" if foot else "") + "</table>"
     )

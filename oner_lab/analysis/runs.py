@@ -100,7 +100,11 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records, columns=RUN_COLUMNS if not records else None)
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
     frame.attrs.update(
-        tracking_uri=tracking_uri, experiment=experiment, store_found=store_found, experiment_found=found, experiments=names
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        store_found=store_found,
+        experiment_found=found,
+        experiments=names,
     )
     return frame
 
@@ -108,7 +112,11 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
 def metric_columns_like(runs: pd.DataFrame, pattern: str) -> list[str]:
     """The logged metric keys (the lab names them `group/.../name`) matching the regular expression `pattern` (fully), sorted."""
     regex = re.compile(pattern)
-    return sorted(column for column in runs.columns if "/" in column and not column.startswith(PARAM_PREFIX) and regex.fullmatch(column))
+    return sorted(
+        column
+        for column in runs.columns
+        if "/" in column and not column.startswith(PARAM_PREFIX) and regex.fullmatch(column)
+    )
 
 
 def metric_history(tracking_uri: str, runs: pd.DataFrame, keys: Iterable[str]) -> pd.DataFrame:
@@ -126,4 +134,6 @@ def metric_history(tracking_uri: str, runs: pd.DataFrame, keys: Iterable[str]) -
     columns = ["run_id", "run_name", "row", "variant", "seed", "key", "step", "value"]
     frame = pd.DataFrame.from_records(records, columns=columns)
     order = {key: position for position, key in enumerate(keys)}
-    return frame.sort_values(["run_name", "key", "step"], key=lambda c: c.map(order) if c.name == "key" else c, ignore_index=True)
+    return frame.sort_values(
+        ["run_name", "key", "step"], key=lambda c: c.map(order) if c.name == "key" else c, ignore_index=True
+    )

@@ -49,9 +49,13 @@ def _same(left: object, right: object) -> bool:
 
 
 def _param_differences(left: pd.Series, right: pd.Series) -> list[str]:
-    keys = sorted({key for key in (*left.index, *right.index) if key.startswith(PARAM_PREFIX)} - {PARAM_PREFIX + SEED_PARAM})
+    keys = sorted(
+        {key for key in (*left.index, *right.index) if key.startswith(PARAM_PREFIX)} - {PARAM_PREFIX + SEED_PARAM}
+    )
     differ = [key for key in keys if not _same(left.get(key), right.get(key))]
-    shown = [f"{key[len(PARAM_PREFIX):]}: {left.get(key)} -> {right.get(key)}" for key in differ[:MAX_DIFFERENCES_SHOWN]]
+    shown = [
+        f"{key[len(PARAM_PREFIX) :]}: {left.get(key)} -> {right.get(key)}" for key in differ[:MAX_DIFFERENCES_SHOWN]
+    ]
     if len(differ) > MAX_DIFFERENCES_SHOWN:
         shown.append(f"and {len(differ) - MAX_DIFFERENCES_SHOWN} more")
     return shown
@@ -70,7 +74,9 @@ def select_runs(runs: pd.DataFrame, *, config_hashes: Iterable[str] | None = Non
         runs = runs[runs["parent_run_id"].isna()]
     runs = runs.sort_values("start_time", kind="stable")
     finished = runs[runs["status"] == tracking.FINISHED].groupby("config_hash", sort=False).tail(1)
-    for _, run in runs[~runs["config_hash"].isin(finished["config_hash"])].groupby("config_hash", sort=False).tail(1).iterrows():
+    for _, run in (
+        runs[~runs["config_hash"].isin(finished["config_hash"])].groupby("config_hash", sort=False).tail(1).iterrows()
+    ):
         reason = f": {_first_line(run['error'])}" if isinstance(run["error"], str) and run["error"].strip() else ""
         footnotes.append(f"{run['run_name']} is {run['status']}, not counted{reason}")
     kept = []

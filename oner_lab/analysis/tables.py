@@ -67,7 +67,9 @@ def sets_note(columns: dict[str, str]) -> str:
     """Which eval set each unqualified column comes from, e.g. `top-1: shapes_cls; TR/IR: shapes`."""
     parts = []
     for names, kind in ((CLASSIFICATION_METRICS, "top-1"), (RETRIEVAL_METRICS, "TR/IR")):
-        sets = sorted({key.split("/")[1] for key, label in columns.items() if key.rsplit("/", 1)[1] in names and " " not in label})
+        sets = sorted(
+            {key.split("/")[1] for key, label in columns.items() if key.rsplit("/", 1)[1] in names and " " not in label}
+        )
         if sets:
             parts.append(f"{kind}: {', '.join(sets)}")
     return "; ".join(parts)
@@ -100,7 +102,9 @@ def summarise(runs: pd.DataFrame, columns: dict[str, str], by: str = "row") -> t
     if runs.empty:
         frame = pd.DataFrame(columns=["n", *[name for label in labels for name in (label, f"{label} std")]])
         return frame.rename_axis(INDEX_NAME), []
-    values = pd.DataFrame({label: runs[key] if key in runs else math.nan for key, label in columns.items()}, index=runs.index)
+    values = pd.DataFrame(
+        {label: runs[key] if key in runs else math.nan for key, label in columns.items()}, index=runs.index
+    )
     values = values.astype(float)
     values[by] = runs[by]
     grouped = values.groupby(by, sort=False)
@@ -146,7 +150,9 @@ def _dedupe(notes: Iterable[str]) -> list[str]:
 
 def paper_ablation_table() -> pd.DataFrame:
     """The paper's published ablation rows (CC3M, ViT-B/16), in percent."""
-    return pd.DataFrame.from_dict(paper.ABLATION_ROWS, orient="index", columns=list(paper.ABLATION_COLUMNS)).rename_axis("method")
+    return pd.DataFrame.from_dict(
+        paper.ABLATION_ROWS, orient="index", columns=list(paper.ABLATION_COLUMNS)
+    ).rename_axis("method")
 
 
 def ablation_table(
@@ -171,26 +177,34 @@ def ablation_table(
     compared = [(key, label) for key, label in columns.items() if _is_paper_set(key)]
     for key, label in compared:
         reference = published[label.rsplit(" ", 1)[-1]]
-        frame[f"Δ {label}"] = [frame.at[row, label] - reference[name] if name else math.nan
-                               for row, name in zip(frame.index, frame[PAPER_COLUMN])]
+        frame[f"Δ {label}"] = [
+            frame.at[row, label] - reference[name] if name else math.nan
+            for row, name in zip(frame.index, frame[PAPER_COLUMN])
+        ]
     if variants is not None:  # the spec's variant order; a variant's grid-axis rows stay together
         grid_variant = chosen.groupby("row", sort=False)["variant"].first()
         rank = {variant: position for position, variant in enumerate(variants)}
-        frame = frame.loc[sorted((row for row in frame.index if grid_variant[row] in rank), key=lambda row: rank[grid_variant[row]])]
+        frame = frame.loc[
+            sorted((row for row in frame.index if grid_variant[row] in rank), key=lambda row: rank[grid_variant[row]])
+        ]
     frame.attrs["metrics"] = columns
     labels = list(columns.values())
-    display = pd.DataFrame({
-        INDEX_NAME: frame.index,
-        "n": [str(int(n)) for n in frame["n"]],
-        **{label: [cell(m, s) for m, s in zip(frame[label], frame[f"{label} std"])] for label in labels},
-        **{f"Δ {label}": [_signed(value) for value in frame[f"Δ {label}"]] for _, label in compared},
-        PAPER_COLUMN: [name or "-" for name in frame[PAPER_COLUMN]],
-    })
+    display = pd.DataFrame(
+        {
+            INDEX_NAME: frame.index,
+            "n": [str(int(n)) for n in frame["n"]],
+            **{label: [cell(m, s) for m, s in zip(frame[label], frame[f"{label} std"])] for label in labels},
+            **{f"Δ {label}": [_signed(value) for value in frame[f"Δ {label}"]] for _, label in compared},
+            PAPER_COLUMN: [name or "-" for name in frame[PAPER_COLUMN]],
+        }
+    )
     footnotes = [*selection.footnotes, *missing]
     if labels and not compared:
         sets = sorted({key.split("/")[1] for key in columns})
-        footnotes.append(f"Eval sets {', '.join(sets)} are not the paper's ({', '.join(paper.EVAL_SETS.values())}): "
-                         "the paper's rows are shown for reference, no differences are computed")
+        footnotes.append(
+            f"Eval sets {', '.join(sets)} are not the paper's ({', '.join(paper.EVAL_SETS.values())}): "
+            "the paper's rows are shown for reference, no differences are computed"
+        )
     if frame.empty and not footnotes:
         footnotes.append("No FINISHED runs yet.")
     title = _title(runs, "ablation") + (f"; {note}" if (note := sets_note(columns)) else "")
@@ -198,8 +212,15 @@ def ablation_table(
     paper_title = f"Paper ({paper.ABLATION_SETTING}): published numbers, not ours"
     found = findings.findings_frame(chosen, columns)
     return ResultTable(
-        title, frame, display, _dedupe(footnotes), paper_title, paper_cells,
-        findings.findings_title(labels), findings.findings_display(found), found,
+        title,
+        frame,
+        display,
+        _dedupe(footnotes),
+        paper_title,
+        paper_cells,
+        findings.findings_title(labels),
+        findings.findings_display(found),
+        found,
     )
 
 
@@ -241,8 +262,13 @@ def _images(run: pd.Series) -> str:
 def paper_retrieval_table() -> pd.DataFrame:
     """The paper's main table (MS-COCO 5K) in its layout, as strings."""
     rows = [
-        [method, row.arch, "O" if row.pretrained else "X", row.images, *map(_published_recalls,
-         (row.zero_shot_tr, row.zero_shot_ir, row.fine_tuned_tr, row.fine_tuned_ir))]
+        [
+            method,
+            row.arch,
+            "O" if row.pretrained else "X",
+            row.images,
+            *map(_published_recalls, (row.zero_shot_tr, row.zero_shot_ir, row.fine_tuned_tr, row.fine_tuned_ir)),
+        ]
         for method, row in paper.RETRIEVAL_ROWS.items()
     ]
     columns = ["method", "arch", "Pre.", "#images", "zero-shot TR", "zero-shot IR", "fine-tuned TR", "fine-tuned IR"]
@@ -269,11 +295,30 @@ def _retrieval_display(frame: pd.DataFrame, chosen: pd.DataFrame, groups: list[l
     for row in frame.index:
         run = first_run.loc[row]
         head = HEAD_ARCH.get(run.get(PARAM_PREFIX + "model.head"), "-")
-        rows.append([row, head, "X", _images(run), str(int(frame.at[row, "n"])), *(_joined(frame, row, labels) for labels in groups)])
+        rows.append(
+            [
+                row,
+                head,
+                "X",
+                _images(run),
+                str(int(frame.at[row, "n"])),
+                *(_joined(frame, row, labels) for labels in groups),
+            ]
+        )
         if f"Δ {groups[0][0]}" in frame and not pd.isna(frame.at[row, f"Δ {groups[0][0]}"]):
             deltas = ["/".join(_signed(frame.at[row, f"Δ {label}"]) or "-" for label in labels) for labels in groups]
             rows.append([f"Δ {row} − paper {frame.at[row, PAPER_COLUMN]}", "", "", "", "", *deltas])
-    columns = ["method", "arch", "Pre.", "#images", "n", "zero-shot TR", "zero-shot IR", "fine-tuned TR", "fine-tuned IR"]
+    columns = [
+        "method",
+        "arch",
+        "Pre.",
+        "#images",
+        "n",
+        "zero-shot TR",
+        "zero-shot IR",
+        "fine-tuned TR",
+        "fine-tuned IR",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -303,9 +348,14 @@ def retrieval_table(runs: pd.DataFrame, *, eval_set: str | None = None) -> Resul
     if eval_set == paper.EVAL_SETS["retrieval"]:
         _retrieval_differences(frame, zero_shot, fine_tuned)
     elif not frame.empty:
-        footnotes.append(f"Eval set {eval_set} is not the paper's ({paper.EVAL_SETS['retrieval']}): no differences are computed.")
-    groups = [[label for label in [*zero_shot.values(), *fine_tuned.values()] if label.startswith(f"{stage} {direction}@")]
-              for stage in ("zero-shot", "fine-tuned") for direction in ("TR", "IR")]
+        footnotes.append(
+            f"Eval set {eval_set} is not the paper's ({paper.EVAL_SETS['retrieval']}): no differences are computed."
+        )
+    groups = [
+        [label for label in [*zero_shot.values(), *fine_tuned.values()] if label.startswith(f"{stage} {direction}@")]
+        for stage in ("zero-shot", "fine-tuned")
+        for direction in ("TR", "IR")
+    ]
     if not chosen.empty and children.runs.empty:
         footnotes.append("No fine-tuning runs (runs tagged mlflow.parentRunId) yet: the fine-tuned columns are empty.")
     if frame.empty and not footnotes:
@@ -333,20 +383,25 @@ def _data_labels(runs: pd.DataFrame) -> pd.Series:
         kinds = [_source_kind(run) for _, run in runs.iterrows()]
         return pd.Series(["data" if kind is None else str(kind) for kind in kinds], index=runs.index, dtype=object)
     return values[varying].apply(
-        lambda row: "; ".join(f"{key[len(PARAM_PREFIX):]}={value}" for key, value in row.items() if value != _UNSET), axis=1
+        lambda row: "; ".join(f"{key[len(PARAM_PREFIX) :]}={value}" for key, value in row.items() if value != _UNSET),
+        axis=1,
     )
 
 
 def _transfer_cell(frame: pd.DataFrame, row: str, column: str, labels: list[str]) -> str:
     """`8.54 / 11.31 / 7.20 (n=3)`; the gain row has no n."""
-    text = " / ".join("-" if pd.isna(value) else f"{value:.2f}" for value in (frame.at[row, f"{column} {label}"] for label in labels))
+    text = " / ".join(
+        "-" if pd.isna(value) else f"{value:.2f}" for value in (frame.at[row, f"{column} {label}"] for label in labels)
+    )
     n = frame.at[row, f"{column} n"]
     return text if pd.isna(n) else f"{text} (n={int(n)})"
 
 
 def paper_transfer_table() -> pd.DataFrame:
-    rows = [[data, *(" / ".join(f"{value:.2f}" for value in cells[column]) for column in ("two heads", "one tower"))]
-            for data, cells in paper.TRANSFER_ROWS.items()]
+    rows = [
+        [data, *(" / ".join(f"{value:.2f}" for value in cells[column]) for column in ("two heads", "one tower"))]
+        for data, cells in paper.TRANSFER_ROWS.items()
+    ]
     return pd.DataFrame(rows, columns=["training data", "two heads", "one tower"])
 
 
@@ -370,7 +425,9 @@ def transfer_table(runs: pd.DataFrame) -> ResultTable:
     for name, group in chosen.groupby("cell", sort=False):  # one grid row per cell, never two configs averaged
         rows = list(dict.fromkeys(group["row"]))
         if len(rows) > 1:
-            footnotes.append(f"cell {name}: rows {', '.join(rows[:-1])} left out, only {rows[-1]} (launched last) shown")
+            footnotes.append(
+                f"cell {name}: rows {', '.join(rows[:-1])} left out, only {rows[-1]} (launched last) shown"
+            )
         kept.append(group[group["row"] == rows[-1]])
     chosen = pd.concat(kept) if kept else chosen
     columns = list(dict.fromkeys(chosen["column"]))
@@ -404,16 +461,24 @@ def gap_table(runs: pd.DataFrame, *, eval_set: str | None = None) -> ResultTable
     (mean matched-pair cosine) per variant, on `eval_set` (default: the first retrieval set)."""
     selection = select_runs(runs)
     chosen = selection.runs
-    eval_set = eval_set or _set_of_kind(chosen, "modality_gap", paper.EVAL_SETS["retrieval"]) or paper.EVAL_SETS["retrieval"]
+    eval_set = (
+        eval_set or _set_of_kind(chosen, "modality_gap", paper.EVAL_SETS["retrieval"]) or paper.EVAL_SETS["retrieval"]
+    )
     columns = {f"eval/{eval_set}/modality_gap": "modality gap", f"eval/{eval_set}/alignment": "alignment"}
     frame, missing = summarise(chosen, columns)
-    display = pd.DataFrame({
-        INDEX_NAME: frame.index,
-        "n": [str(int(n)) for n in frame["n"]],
-        **{label: [cell(m, s, digits=3) for m, s in zip(frame[label], frame[f"{label} std"])] for label in columns.values()},
-    })
+    display = pd.DataFrame(
+        {
+            INDEX_NAME: frame.index,
+            "n": [str(int(n)) for n in frame["n"]],
+            **{
+                label: [cell(m, s, digits=3) for m, s in zip(frame[label], frame[f"{label} std"])]
+                for label in columns.values()
+            },
+        }
+    )
     footnotes = [*selection.footnotes, *missing]
     if frame.empty and not footnotes:
         footnotes.append("No FINISHED runs yet.")
-    return ResultTable(_title(runs, f"final modality gap and alignment on {eval_set}"), frame, display, _dedupe(footnotes))
-
+    return ResultTable(
+        _title(runs, f"final modality gap and alignment on {eval_set}"), frame, display, _dedupe(footnotes)
+    )

@@ -47,12 +47,16 @@ class NoEmbeddings(FileNotFoundError):
 def logged_samples(tracking_uri: str, run_id: str) -> dict[str, EmbeddingSample]:
     """The run's logged embedding samples by when they were taken (`early`, `final`)."""
     client = tracking.connect(tracking_uri)
-    listed = {Path(item.path).name for item in tracking.retry_locked(lambda: client.list_artifacts(run_id, ARTIFACT_DIR))}
+    listed = {
+        Path(item.path).name for item in tracking.retry_locked(lambda: client.list_artifacts(run_id, ARTIFACT_DIR))
+    }
     samples = {}
     with tempfile.TemporaryDirectory(prefix="oner-embeddings-") as target:
         for when in (EARLY, FINAL):
             if f"{when}.npz" in listed:
-                path = tracking.retry_locked(lambda when=when: client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{when}.npz", target))
+                path = tracking.retry_locked(
+                    lambda when=when: client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{when}.npz", target)
+                )
                 samples[when] = EmbeddingSample.load(Path(path))
     return samples
 
@@ -61,7 +65,9 @@ def run_embeddings(tracking_uri: str, run: pd.Series, *, max_points: int = MAX_P
     """The early and final panels of one run (the first `max_points` sampled images of each)."""
     samples = logged_samples(tracking_uri, run["run_id"])
     if FINAL not in samples:
-        raise NoEmbeddings(f"no artifact {ARTIFACT_DIR}/{FINAL}.npz (a run made before runs logged it, or no retrieval eval set)")
+        raise NoEmbeddings(
+            f"no artifact {ARTIFACT_DIR}/{FINAL}.npz (a run made before runs logged it, or no retrieval eval set)"
+        )
     panels = []
     for when, sample in samples.items():
         label = f"step {sample.step}" + (" (final)" if when == FINAL else "")
@@ -99,13 +105,24 @@ def tsne_figure(tracking_uri: str, runs: pd.DataFrame, *, max_points: int = MAX_
             for axis in row_axes:
                 axis.axis("off")
                 axis.text(0.5, 0.5, f"{run['run_name']}: {error}", ha="center", va="center", wrap=True, fontsize=8)
-        for axis, embeddings in zip(row_axes[-len(panels):] if panels else [], panels):
-            sns.scatterplot(data=tsne_points(embeddings), x="x", y="y", hue="modality", palette=MODALITY_COLORS,
-                            s=12, linewidth=0, ax=axis, legend=legend)
+        for axis, embeddings in zip(row_axes[-len(panels) :] if panels else [], panels):
+            sns.scatterplot(
+                data=tsne_points(embeddings),
+                x="x",
+                y="y",
+                hue="modality",
+                palette=MODALITY_COLORS,
+                s=12,
+                linewidth=0,
+                ax=axis,
+                legend=legend,
+            )
             legend = False
             axis.set(title=f"{run['run_name']}: {embeddings.label}", xticks=[], yticks=[], xlabel="", ylabel="")
         if len(panels) == 1:
             row_axes[0].axis("off")
-            row_axes[0].text(0.5, 0.5, f"{run['run_name']}: no early sample logged", ha="center", va="center", fontsize=8)
+            row_axes[0].text(
+                0.5, 0.5, f"{run['run_name']}: no early sample logged", ha="center", va="center", fontsize=8
+            )
     figure.suptitle(f"{runs.attrs.get('experiment')}: t-SNE of eval-set embeddings (image, text, image+text)")
     return figure

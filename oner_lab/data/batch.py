@@ -83,7 +83,11 @@ def cpu_batch_buffer(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 
 
 def retrieval_set(
-    name: str, images: list[np.ndarray], captions_per_image: list[list[str]], tokenizer: "TextTokenizer", max_text_len: int
+    name: str,
+    images: list[np.ndarray],
+    captions_per_image: list[list[str]],
+    tokenizer: "TextTokenizer",
+    max_text_len: int,
 ) -> RetrievalSet:
     """A COCO-style set from decoded uint8 images ([3, H, W] arrays) and each image's captions."""
     captions = [caption for image_captions in captions_per_image for caption in image_captions]

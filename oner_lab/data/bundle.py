@@ -72,14 +72,18 @@ def check_config(cfg: DataConfig, eval_sets: Sequence[str], files: bool = True) 
     builtin = EvalSourceConfig.builtin_sets()
     for name in cfg.eval_sources:
         if name in builtin:
-            raise ConfigError(f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(builtin)}) are taken")
+            raise ConfigError(
+                f"data.eval_sources.{name}", name, f"names of built-in sets ({', '.join(builtin)}) are taken"
+            )
     for name in eval_sets:
         if name in cfg.eval_sources:
             if files:
                 _check_eval_source(name, cfg.eval_sources[name])
         elif name not in builtin:
             defined = f"; data.eval_sources defines {', '.join(cfg.eval_sources)}" if cfg.eval_sources else ""
-            raise ConfigError("eval.sets", name, f"allowed: {', '.join(builtin)} or a key of data.eval_sources{defined}")
+            raise ConfigError(
+                "eval.sets", name, f"allowed: {', '.join(builtin)} or a key of data.eval_sources{defined}"
+            )
     if cfg.max_objects > shapes.MAX_OBJECTS:
         allowed = f"allowed: 1..{shapes.MAX_OBJECTS} (one object per cell of a 3x3 grid)"
         raise ConfigError("data.max_objects", cfg.max_objects, allowed)
@@ -101,11 +105,17 @@ def _check_eval_source(name: str, source: EvalSourceConfig) -> None:
     try:
         source.check()
     except EvalSourceError as error:
-        raise ConfigError(f"data.eval_sources.{name}", source.path, f"readable {source.format} data ({error})") from None
+        raise ConfigError(
+            f"data.eval_sources.{name}", source.path, f"readable {source.format} data ({error})"
+        ) from None
 
 
 def prepare(
-    cfg: DataConfig, image_size: int, max_text_len: int, eval_sets: Sequence[str], tokenizer: TextTokenizer | None = None
+    cfg: DataConfig,
+    image_size: int,
+    max_text_len: int,
+    eval_sets: Sequence[str],
+    tokenizer: TextTokenizer | None = None,
 ) -> DataBundle:
     """Training stream, tokenizer and the named zero-shot eval sets, generating the built-in cache on first use.
 

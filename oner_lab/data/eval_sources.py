@@ -112,7 +112,9 @@ def _karpathy_entries(path: Path, data: object, root: Path, wanted: Sequence[str
         captions = []
         for index, sentence in enumerate(image["sentences"]):
             if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
-                raise EvalSourceError(f"{path}: images[{number}].sentences[{index}] lacks a string 'raw'; expected {expected}")
+                raise EvalSourceError(
+                    f"{path}: images[{number}].sentences[{index}] lacks a string 'raw'; expected {expected}"
+                )
             captions.append(sentence["raw"])
         entries.append((root / image.get("filepath", "") / image["filename"], captions))
     empty = next((split for split in wanted if split not in splits), None)
@@ -151,11 +153,15 @@ def _class_names(spec: str | None, folders: list[str]) -> list[str]:
         known = set(info.label_names())
         unknown = [f for f in folders if f not in known]
         if unknown:
-            raise EvalSourceError(f"class_names: {IMAGENET1K} needs folders named by WordNet id (n01440764, ...); got {unknown[:3]}")
+            raise EvalSourceError(
+                f"class_names: {IMAGENET1K} needs folders named by WordNet id (n01440764, ...); got {unknown[:3]}"
+            )
         return [info.label_name_to_description(f).split(",")[0].strip() for f in folders]
     path = Path(spec)
     if not path.is_file():
-        raise EvalSourceError(f"{path}: class names file does not exist (or use {IMAGENET1K!r}, or null for folder names)")
+        raise EvalSourceError(
+            f"{path}: class names file does not exist (or use {IMAGENET1K!r}, or null for folder names)"
+        )
     if path.suffix == ".json":
         data = _load_json(str(path), _mtime(path))
         if isinstance(data, dict):
@@ -168,7 +174,9 @@ def _class_names(spec: str | None, folders: list[str]) -> list[str]:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if names is None or len(names) != len(folders):
         count = "not a list or mapping" if names is None else f"{len(names)} names"
-        raise EvalSourceError(f"{path}: {count} for {len(folders)} class folders (one name per folder, sorted folder order)")
+        raise EvalSourceError(
+            f"{path}: {count} for {len(folders)} class folders (one name per folder, sorted folder order)"
+        )
     return [str(name) for name in names]
 
 
@@ -181,18 +189,31 @@ def _templates(spec: str | None) -> list[str]:
     templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     bad = next((t for t in templates if t.count("{}") != 1 or "{" in t.replace("{}", "")), None)
     if not templates or bad is not None:
-        raise EvalSourceError(f"{path}: template {bad!r} must hold exactly one {{}} and no other braces" if bad else f"{path}: no template")
+        raise EvalSourceError(
+            f"{path}: template {bad!r} must hold exactly one {{}} and no other braces"
+            if bad
+            else f"{path}: no template"
+        )
     return templates
 
 
 def read_retrieval(
-    name: str, path: str, entries: list[tuple[Path, list[str]]], tokenizer: TextTokenizer, image_size: int,
-    max_text_len: int, on_corrupt: OnCorrupt, workers: int,
+    name: str,
+    path: str,
+    entries: list[tuple[Path, list[str]]],
+    tokenizer: TextTokenizer,
+    image_size: int,
+    max_text_len: int,
+    on_corrupt: OnCorrupt,
+    workers: int,
 ) -> tuple[RetrievalSet, int]:
     """The set of `entries` (from `pair_entries` of `path`) with the paper's protocol: every non-empty
     caption of every decodable image."""
     decoded = _decode_all([image for image, _ in entries], image_size, on_corrupt, workers)
-    kept = [(pixels, [c.strip() for c in captions if c.strip()]) for pixels, (_, captions) in zip(decoded, entries, strict=True)]
+    kept = [
+        (pixels, [c.strip() for c in captions if c.strip()])
+        for pixels, (_, captions) in zip(decoded, entries, strict=True)
+    ]
     kept = [(pixels, captions) for pixels, captions in kept if pixels is not None and captions]
     if not kept:
         raise ValueError(f"{path}: no readable image with a caption")
@@ -201,8 +222,14 @@ def read_retrieval(
 
 
 def read_classification(
-    name: str, path: str, entries: ClassEntries, tokenizer: TextTokenizer, image_size: int, max_text_len: int,
-    on_corrupt: OnCorrupt, workers: int,
+    name: str,
+    path: str,
+    entries: ClassEntries,
+    tokenizer: TextTokenizer,
+    image_size: int,
+    max_text_len: int,
+    on_corrupt: OnCorrupt,
+    workers: int,
 ) -> tuple[ClassificationSet, int]:
     readable = _readable([image for image, _ in entries.images], image_size, on_corrupt, workers)
     kept = [(image, label) for ok, (image, label) in zip(readable, entries.images, strict=True) if ok]

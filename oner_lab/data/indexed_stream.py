@@ -158,7 +158,9 @@ class IndexedStream:
         """One raw sample as the rows of a batch need it; raises CorruptSample. Unpaired streams override it."""
         return decode_image_rgb(sample, self.image_size), decode_text(sample)
 
-    def _collate(self, loaded: list[tuple[np.ndarray, str]], step: int, batch_size: int, seed: int, rows: slice) -> Batch:
+    def _collate(
+        self, loaded: list[tuple[np.ndarray, str]], step: int, batch_size: int, seed: int, rows: slice
+    ) -> Batch:
         """This rank's decoded rows of global batch `step` as a Batch: two augmented views, tokenised captions.
 
         The decode threads cut each row's two crops from its whole decoded image (one resize, uint8)
@@ -229,4 +231,3 @@ class IndexedStream:
                     del self._orders[min(same_source, key=lambda k: k[2])]
                 self._orders[key] = order
         return int(order[offset])
-

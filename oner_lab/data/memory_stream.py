@@ -29,7 +29,13 @@ def rows_of_rank(batch_size: int, rank: int, world_size: int) -> slice:
 
 
 def augmented_views(
-    images: torch.Tensor, seed: int, step: int, batch_size: int, rows: slice, crop_scale: tuple[float, float], hflip: bool
+    images: torch.Tensor,
+    seed: int,
+    step: int,
+    batch_size: int,
+    rows: slice,
+    crop_scale: tuple[float, float],
+    hflip: bool,
 ) -> torch.Tensor:
     """Two random resized crops [2, b, 3, H, W] of `images` (uint8 [b, 3, H, W], rows `rows` of global batch `step`)."""
     height, width = images.shape[-2:]
@@ -38,7 +44,14 @@ def augmented_views(
 
 
 def view_draws(
-    seed: int, step: int, batch_size: int, rows: slice, height: int, width: int, crop_scale: tuple[float, float], hflip: bool
+    seed: int,
+    step: int,
+    batch_size: int,
+    rows: slice,
+    height: int,
+    width: int,
+    crop_scale: tuple[float, float],
+    hflip: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Crop boxes [2, b, 4] on an H x W image and flips [2, b] (None without hflip) of rows `rows` of global batch `step`.
 

@@ -50,13 +50,24 @@ class SampleSizes:
     per_shard: int = 500
 
     def scaled(self, scale: float) -> SampleSizes:
-        return SampleSizes(**{name: max(1, round(value * scale)) if name != "per_shard" else value
-                              for name, value in asdict(self).items()})
+        return SampleSizes(
+            **{
+                name: max(1, round(value * scale)) if name != "per_shard" else value
+                for name, value in asdict(self).items()
+            }
+        )
 
 
 _SEEDS = {  # one generator seed per corpus: no scene is shared between two corpora
-    "cc3m": 101, "sbu": 102, "vg": 103, "coco_pairs": 104, "coco": 105, "flickr30k": 106,
-    "text_only": 107, "image_only": 108, "imagenet": 109,
+    "cc3m": 101,
+    "sbu": 102,
+    "vg": 103,
+    "coco_pairs": 104,
+    "coco": 105,
+    "flickr30k": 106,
+    "text_only": 107,
+    "image_only": 108,
+    "imagenet": 109,
 }
 
 
@@ -170,7 +181,9 @@ def write_samples(root: str | Path, scale: float = 1.0, image_size: int = 64) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oner_lab.data.sample_corpora", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m oner_lab.data.sample_corpora", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("root", help="where to write, e.g. data/sample (what the local profiles read)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every corpus size (default 1.0)")
     parser.add_argument("--image-size", type=int, default=64, help="side of the written images in pixels (default 64)")

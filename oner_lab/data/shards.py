@@ -69,9 +69,7 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def read_shards(
-    shards: Sequence[Path], decode: Callable[[RawSample], T], on_corrupt: OnCorrupt
-) -> tuple[list[T], int]:
+def read_shards(shards: Sequence[Path], decode: Callable[[RawSample], T], on_corrupt: OnCorrupt) -> tuple[list[T], int]:
     """Decode every sample of `shards` in order; returns the decoded samples and how many were skipped."""
     decoded: list[T] = []
     skipped = 0

@@ -168,7 +168,9 @@ def _raise_dropped(recorded: dict, directory: Path) -> None:
     if dropped:
         first = dropped[0]
         more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
-        raise CorruptSampleError(f"{first['shard']}: sample {first['key']!r}: {first['why']}{more} (data.on_corrupt is 'fail')")
+        raise CorruptSampleError(
+            f"{first['shard']}: sample {first['key']!r}: {first['why']}{more} (data.on_corrupt is 'fail')"
+        )
     if dropped is None and recorded.get("skipped"):  # an index from before samples were named
         raise CorruptSampleError(
             f"{directory}: indexing skipped {recorded['skipped']} samples (data.on_corrupt is 'fail'); delete this cached "
@@ -335,12 +337,16 @@ class RetrievalJsonSource(_PairListSource):
     entries are parsed and checked (structure, splits, image files) by `eval_sources.pair_entries`.
     """
 
-    def __init__(self, path: str, fmt: str, image_root: str | None, splits: Sequence[str], on_corrupt: OnCorrupt) -> None:
+    def __init__(
+        self, path: str, fmt: str, image_root: str | None, splits: Sequence[str], on_corrupt: OnCorrupt
+    ) -> None:
         from .eval_sources import pair_entries  # eval_sources imports the shard decoder, as this module does
 
         self.path = Path(path)
         entries = pair_entries(self.path, fmt, image_root, splits)
-        self.fingerprint = files_fingerprint([self.path], fmt, str(image_root), list(splits) if fmt == "karpathy" else None)
+        self.fingerprint = files_fingerprint(
+            [self.path], fmt, str(image_root), list(splits) if fmt == "karpathy" else None
+        )
         self.image_paths, self.texts, self.keys = [], [], []
         self.skipped = 0
         for image, captions in entries:
@@ -349,7 +355,9 @@ class RetrievalJsonSource(_PairListSource):
                     text = clean_caption(caption, str(number))
                 except CorruptSample as why:
                     if on_corrupt == "fail":
-                        raise CorruptSampleError(f"{self.path}: image {image}: {why} (data.on_corrupt is 'fail')") from None
+                        raise CorruptSampleError(
+                            f"{self.path}: image {image}: {why} (data.on_corrupt is 'fail')"
+                        ) from None
                     self.skipped += 1
                     continue
                 self.image_paths.append(str(image))
@@ -367,15 +375,22 @@ def read_csv_columns(path: Path, separator: str, img_key: str, caption_key: str)
     """The two columns as strings ('' where missing); bytes that are not UTF-8 become U+FFFD (the row is then skipped)."""
     try:
         table = pd.read_csv(
-            path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8",
-            encoding_errors="replace", usecols=lambda column: column in (img_key, caption_key),
+            path,
+            sep=separator,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8",
+            encoding_errors="replace",
+            usecols=lambda column: column in (img_key, caption_key),
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ValueError(f"{path}: not a CSV with separator {separator!r}: {error}") from error
     missing = [key for key in (img_key, caption_key) if key not in table.columns]
     if missing:
         header = pd.read_csv(path, sep=separator, nrows=0, encoding_errors="replace").columns.tolist()
-        raise ValueError(f"{path}: no column {', '.join(map(repr, missing))} (header has {header}, separator {separator!r})")
+        raise ValueError(
+            f"{path}: no column {', '.join(map(repr, missing))} (header has {header}, separator {separator!r})"
+        )
     return table
 
 

@@ -55,7 +55,9 @@ class TextLinesSource:
                         lines.append(number)
                     offset += len(line)
             if len(starts) == file_starts[-1]:
-                raise ConfigError("data.text_only.urls", str(path), "a text file with one caption per line; it has none")
+                raise ConfigError(
+                    "data.text_only.urls", str(path), "a text file with one caption per line; it has none"
+                )
         self._starts, self._sizes, self._lines = (np.asarray(a) for a in (starts, sizes, lines))
         self._file_starts = np.asarray(file_starts)
         self.group_starts = np.arange(len(self._starts))  # a line is its own shard: each epoch a full permutation
@@ -69,7 +71,11 @@ class TextLinesSource:
     def load(self, index: int) -> RawSample:
         file = self._file(index)
         url, key = self.where(index)
-        return {"__key__": key, "__url__": url, "txt": os.pread(self._fd(file), int(self._sizes[index]), int(self._starts[index]))}
+        return {
+            "__key__": key,
+            "__url__": url,
+            "txt": os.pread(self._fd(file), int(self._sizes[index]), int(self._starts[index])),
+        }
 
     def where(self, index: int) -> tuple[str, str]:
         return str(self.files[self._file(index)]), f"line {self._lines[index]}"
@@ -101,7 +107,11 @@ class ImageFolderSource:
         self.directory = directory
         self.paths = sorted(image_files(directory))
         if not self.paths:
-            raise ConfigError("data.image_only.urls", str(directory), f"a directory holding image files (.{', .'.join(IMAGE_EXTENSIONS)})")
+            raise ConfigError(
+                "data.image_only.urls",
+                str(directory),
+                f"a directory holding image files (.{', .'.join(IMAGE_EXTENSIONS)})",
+            )
         self.group_starts = np.arange(len(self.paths))
         self.skipped = 0
 
@@ -148,7 +158,9 @@ def check_unpaired(cfg: DataConfig, files: bool = True) -> None:
         for pattern in patterns if files else ():
             if key == "data.image_only" and Path(pattern).is_dir():
                 if next(image_files(Path(pattern)), None) is None:
-                    raise ConfigError(f"{key}.urls", pattern, f"a directory holding image files (.{', .'.join(IMAGE_EXTENSIONS)})")
+                    raise ConfigError(
+                        f"{key}.urls", pattern, f"a directory holding image files (.{', .'.join(IMAGE_EXTENSIONS)})"
+                    )
                 continue
             try:
                 paths = expand_urls(pattern)
@@ -172,20 +184,37 @@ class TextOnlyStream(IndexedStream):
     """Tokenised captions, `batch(step, ...)` -> (text_ids, text_mask) of this rank's rows."""
 
     def __init__(
-        self, sources: Sequence[TextLinesSource], tokenizer: TextTokenizer, max_text_len: int, window: int, on_corrupt: OnCorrupt
+        self,
+        sources: Sequence[TextLinesSource],
+        tokenizer: TextTokenizer,
+        max_text_len: int,
+        window: int,
+        on_corrupt: OnCorrupt,
     ) -> None:
         super().__init__(
-            sources, None, tokenizer, image_size=0, max_text_len=max_text_len, crop_scale=(1.0, 1.0), hflip=False,
-            window=window, workers=1, on_corrupt=on_corrupt,
+            sources,
+            None,
+            tokenizer,
+            image_size=0,
+            max_text_len=max_text_len,
+            crop_scale=(1.0, 1.0),
+            hflip=False,
+            window=window,
+            workers=1,
+            on_corrupt=on_corrupt,
         )
 
-    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return super().batch(step, batch_size, _stream_seed(seed, DataStream.TEXT_ONLY), rank, world_size)
 
     def _decode(self, sample: RawSample) -> str:
         return decode_text(sample)
 
-    def _collate(self, loaded: list[str], step: int, batch_size: int, seed: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    def _collate(
+        self, loaded: list[str], step: int, batch_size: int, seed: int, rows: slice
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         text_ids, text_mask = self.tokenizer.encode(loaded, self.max_text_len)
         return text_ids.to(self.device), text_mask.to(self.device)
 
@@ -204,8 +233,16 @@ class ImageOnlyStream(IndexedStream):
         on_corrupt: OnCorrupt,
     ) -> None:
         super().__init__(
-            sources, None, None, image_size=image_size, max_text_len=0, crop_scale=crop_scale, hflip=hflip,
-            window=window, workers=workers, on_corrupt=on_corrupt,
+            sources,
+            None,
+            None,
+            image_size=image_size,
+            max_text_len=0,
+            crop_scale=crop_scale,
+            hflip=hflip,
+            window=window,
+            workers=workers,
+            on_corrupt=on_corrupt,
         )
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -234,7 +271,12 @@ class UnpairedBatch:
     images: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> UnpairedBatch:
-        return UnpairedBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device) for f in fields(self)})
+        return UnpairedBatch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in fields(self)
+            }
+        )
 
 
 @dataclass
@@ -275,7 +317,11 @@ def text_only_sources(section: UnpairedSourceConfig | None) -> list[TextLinesSou
 
 
 def unpaired_data(
-    cfg: DataConfig, text_sources: Sequence[TextLinesSource], tokenizer: TextTokenizer, image_size: int, max_text_len: int
+    cfg: DataConfig,
+    text_sources: Sequence[TextLinesSource],
+    tokenizer: TextTokenizer,
+    image_size: int,
+    max_text_len: int,
 ) -> UnpairedData:
     """The streams of `data.text_only` (its sources already read, for the tokenizer) and `data.image_only`."""
     data = UnpairedData()
@@ -284,6 +330,8 @@ def unpaired_data(
         data.text_batch_size = cfg.text_only.batch_size
     if cfg.image_only is not None:
         sources = [image_only_source(p, Path(cfg.cache_dir), cfg.on_corrupt) for p in url_patterns(cfg.image_only.urls)]
-        data.images = ImageOnlyStream(sources, image_size, cfg.crop_scale, cfg.hflip, cfg.shuffle_buffer, cfg.workers, cfg.on_corrupt)
+        data.images = ImageOnlyStream(
+            sources, image_size, cfg.crop_scale, cfg.hflip, cfg.shuffle_buffer, cfg.workers, cfg.on_corrupt
+        )
         data.image_batch_size = cfg.image_only.batch_size
     return data

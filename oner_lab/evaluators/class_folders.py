@@ -35,4 +35,6 @@ class ClassFoldersEval(EvalSourceConfig):
     def read(self, name: str, context: ReadContext):
         c = context
         entries = class_entries(self.path, self.class_names, self.templates)
-        return read_classification(name, self.path, entries, c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt, c.workers)
+        return read_classification(
+            name, self.path, entries, c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt, c.workers
+        )

@@ -21,7 +21,9 @@ class KarpathyEval(EvalSourceConfig):
     task = "retrieval"
     format: Literal["karpathy"] = "karpathy"
     path: PathStr = Field(description="the dataset_*.json file")
-    image_root: PathStr | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
+    image_root: PathStr | None = Field(
+        default=None, description="what image paths are relative to; default: the JSON's directory"
+    )
     split: str = Field(default="test", description="the split read (test, val, train, restval)")
 
     def entries(self) -> list[tuple[Path, list[str]]]:
@@ -32,4 +34,6 @@ class KarpathyEval(EvalSourceConfig):
 
     def read(self, name: str, context: ReadContext):
         c = context
-        return read_retrieval(name, self.path, self.entries(), c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt, c.workers)
+        return read_retrieval(
+            name, self.path, self.entries(), c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt, c.workers
+        )

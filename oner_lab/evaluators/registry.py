@@ -49,7 +49,9 @@ def task_of(data: object) -> Task:
 
     name = getattr(data, "task", None)
     if name not in TASKS:
-        raise TypeError(f"{type(data).__name__}: an eval set names its scoring task in `task`; registered: {', '.join(TASKS)}")
+        raise TypeError(
+            f"{type(data).__name__}: an eval set names its scoring task in `task`; registered: {', '.join(TASKS)}"
+        )
     return TASKS[name]
 
 

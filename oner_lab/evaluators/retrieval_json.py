@@ -21,7 +21,9 @@ class RetrievalJsonEval(EvalSourceConfig):
     task = "retrieval"
     format: Literal["retrieval_json"] = "retrieval_json"
     path: PathStr = Field(description="the JSON file")
-    image_root: PathStr | None = Field(default=None, description="what image paths are relative to; default: the JSON's directory")
+    image_root: PathStr | None = Field(
+        default=None, description="what image paths are relative to; default: the JSON's directory"
+    )
 
     def entries(self) -> list[tuple[Path, list[str]]]:
         return pair_entries(Path(self.path), self.format, self.image_root, ["test"])
@@ -31,4 +33,6 @@ class RetrievalJsonEval(EvalSourceConfig):
 
     def read(self, name: str, context: ReadContext):
         c = context
-        return read_retrieval(name, self.path, self.entries(), c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt, c.workers)
+        return read_retrieval(
+            name, self.path, self.entries(), c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt, c.workers
+        )

@@ -49,10 +49,16 @@ def reconcile(
         if status is None:
             gone = Owner.from_tag(found.worker) or Owner.from_tag(found.owner)
             who = f"its job ({gone})" if gone else "its job"
-            status, error = tracking.KILLED, f"{who} ended without recording how the run ended (killed, or the tracking store failed); rerun to resume"
+            status, error = (
+                tracking.KILLED,
+                f"{who} ended without recording how the run ended (killed, or the tracking store failed); rerun to resume",
+            )
         tracking.end_run(client, found.run_id, status, error)
         updated[key] = replace(found, status=status)
-        notes.append(f"{found.run_name} was {found.status} with no live owner: marked {status}" + (f" ({error.split('. ')[0]})" if error else ""))
+        notes.append(
+            f"{found.run_name} was {found.status} with no live owner: marked {status}"
+            + (f" ({error.split('. ')[0]})" if error else "")
+        )
     return updated, notes
 
 

@@ -24,10 +24,27 @@ from oner_lab.spec.yaml_io import read_yaml
 REPO_PROFILES = Path(__file__).resolve().parents[2] / "slurm"
 KEY = "launcher.slurm"
 
-RESERVED_FLAGS = frozenset({
-    "partition", "account", "qos", "constraint", "nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node",
-    "mem", "time", "signal", "array", "output", "error", "open-mode", "job-name", "requeue",
-})
+RESERVED_FLAGS = frozenset(
+    {
+        "partition",
+        "account",
+        "qos",
+        "constraint",
+        "nodes",
+        "ntasks-per-node",
+        "cpus-per-task",
+        "gpus-per-node",
+        "mem",
+        "time",
+        "signal",
+        "array",
+        "output",
+        "error",
+        "open-mode",
+        "job-name",
+        "requeue",
+    }
+)
 """sbatch flags the launcher sets itself from the profile and the spec."""
 
 
@@ -131,7 +148,9 @@ def find_profile(cluster: str) -> Path:
     if cluster.endswith((".yaml", ".yml")):
         path = Path(cluster)
         if not path.is_file():
-            raise LaunchError(f"{KEY}.cluster: {cluster!r} is not a file (a cluster profile path, relative to {Path.cwd()})")
+            raise LaunchError(
+                f"{KEY}.cluster: {cluster!r} is not a file (a cluster profile path, relative to {Path.cwd()})"
+            )
         return path
     dirs = profile_dirs()
     for directory in dirs:
@@ -141,7 +160,8 @@ def find_profile(cluster: str) -> Path:
     guess = did_you_mean(cluster, names)
     raise LaunchError(
         f"{KEY}.cluster: no cluster profile {cluster!r} ({cluster}.yaml in {', '.join(str(d) for d in dirs)}); "
-        f"allowed: {', '.join(names) or 'none is defined'}" + (f". Did you mean {guess!r}?" if guess else "")
+        f"allowed: {', '.join(names) or 'none is defined'}"
+        + (f". Did you mean {guess!r}?" if guess else "")
         + " (docs/slurm.md shows how to write one)"
     )
 
@@ -203,7 +223,8 @@ def check_cluster(resources: SlurmResources) -> Partition:
         )
     if resources.gpus_per_node > partition.gpus_per_node:
         allowed = (
-            f"0 to {partition.gpus_per_node}" if partition.gpus_per_node
+            f"0 to {partition.gpus_per_node}"
+            if partition.gpus_per_node
             else "0 (a CPU partition: use a CPU cluster profile such as `local`, or a partition with GPUs)"
         )
         raise LaunchError(

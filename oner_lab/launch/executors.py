@@ -108,7 +108,9 @@ def job_options(launcher: LauncherConfig, owner_pid: int | None) -> dict[str, An
     }
 
 
-def submit_jobs(executor: submitit.Executor, launcher: LauncherConfig, jobs: Sequence[TrainingJob]) -> list[submitit.Job]:
+def submit_jobs(
+    executor: submitit.Executor, launcher: LauncherConfig, jobs: Sequence[TrainingJob]
+) -> list[submitit.Job]:
     """Submits built jobs (one `TrainingJob` per run, or a sweep's trial jobs) as one batch; LaunchError
     when the scheduler refuses them."""
     local = launcher.backend == "local"

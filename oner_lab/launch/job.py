@@ -156,7 +156,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
                     return self._end(tracking.KILLED, "the launching command ended before this run started; rerun it")
             client = tracking.connect(self.tracking_uri)
             owner_gone = "the launching command ended; rerun it to resume"
-            return self._train(control, client, lambda stop: self._record(tracking.KILLED, f"{stop}: {owner_gone}", client))
+            return self._train(
+                control, client, lambda stop: self._record(tracking.KILLED, f"{stop}: {owner_gone}", client)
+            )
 
     def _run_on_slurm(self) -> JobOutcome:
         """One rank of the run's SLURM job; only rank 0 writes to MLflow (train.run logs on rank 0 only)."""
@@ -196,9 +198,13 @@ class TrainingJob(submitit.helpers.Checkpointable):
         event = f"{stop.signal_name} at step {interrupted.step} (checkpoint written)"
         if next_step is Next.OVER_BUDGET:
             cause = f"{stop.signal_name} after {task.restarts} requeue{'s' if task.restarts != 1 else ''}"
-            return self._record(tracking.FAILED, over_budget_message(cause, self.max_requeues, interrupted.step), client)
+            return self._record(
+                tracking.FAILED, over_budget_message(cause, self.max_requeues, interrupted.step), client
+            )
         if next_step is Next.CANCELLED:
-            reason = f"stopped by SLURM without a requeue (scancel, or the time limit): {event}; rerun the spec to resume"
+            reason = (
+                f"stopped by SLURM without a requeue (scancel, or the time limit): {event}; rerun the spec to resume"
+            )
             return self._record(tracking.KILLED, reason, client)
         if client is not None:
             tracking.set_tags(client, self.run_id, {tracking.TAG_SLURM_EVENT: f"{event}: {next_step.value}"})
@@ -225,7 +231,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
         try:
             with self._logger(client) as logger, self._system_metrics():
                 metrics = train.run(
-                    self.planned.config, self.run_dir, logger=logger, control=control, init_checkpoint=self.init_checkpoint
+                    self.planned.config,
+                    self.run_dir,
+                    logger=logger,
+                    control=control,
+                    init_checkpoint=self.init_checkpoint,
                 )
         except Interrupted as stop:
             return on_interrupt(stop)
@@ -241,14 +251,19 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 try:  # a store failing here loses the weights artifact only: the run still ends FINISHED
                     tracking_ui.log_final_weights(client, self.run_id, self.run_dir)
                 except Exception as error:  # noqa: BLE001
-                    print(f"[oner] warning: the final weights of {self.planned.run_name} were not logged: {error}", flush=True)
+                    print(
+                        f"[oner] warning: the final weights of {self.planned.run_name} were not logged: {error}",
+                        flush=True,
+                    )
             try:
                 Outage(self.tracking_uri, self.outage_window_s).insist(
                     lambda: tracking.end_run(client, self.run_id, tracking.FINISHED)
                 )
             except StoreUnavailable as lost:
                 self._leave_pending(tracking.FINISHED, None)
-                return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, dict(metrics), store_error=str(lost))
+                return JobOutcome(
+                    self.planned.run_name, self.run_id, tracking.FINISHED, dict(metrics), store_error=str(lost)
+                )
         return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
 
     def _system_metrics(self) -> AbstractContextManager[object]:
@@ -283,7 +298,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
     ) -> JobOutcome:
         """The outcome; also ends the MLflow run with it when `client` is given (rank 0). A store that
         cannot take it gets it later: it is left in the run directory for the next invocation."""
-        message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) and not store_lost else str(error)
+        message = (
+            f"{type(error).__name__}: {error}" if isinstance(error, BaseException) and not store_lost else str(error)
+        )
         store_error = str(error) if store_lost else None
         if client is not None:
             try:

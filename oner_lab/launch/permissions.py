@@ -28,7 +28,9 @@ def private_folder(path: Path) -> None:
         return
     mode = path.stat().st_mode
     if mode & UNSAFE_BITS:
-        who = " and ".join(name for bit, name in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "every user")) if mode & bit)
+        who = " and ".join(
+            name for bit, name in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "every user")) if mode & bit
+        )
         raise LaunchError(
             f"{path} is writable by {who} (mode {stat.filemode(mode)}): the CLI reads the job results that submitit "
             f"pickles there, and a file planted by another user would run code as you. Run `chmod go-w {path}` "

@@ -14,10 +14,24 @@ from dataclasses import dataclass
 
 COMMAND_TIMEOUT_S = 30
 
-ALIVE_STATES = frozenset({
-    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-    "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED", "RESV_DEL_HOLD",
-})
+ALIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "PREEMPTED",
+        "RESV_DEL_HOLD",
+    }
+)
 """States of a job that may still run (or run again). PREEMPTED is here because a requeuing site shows it
 on the way back to PENDING; where preemption cancels, the job leaves the queue after MinJobAge."""
 

@@ -111,7 +111,9 @@ class Driver:
         except KeyboardInterrupt:
             active = list(self.active.values())
             stopped = stop([a.job for a in active], [a.dispatch for a in active], self.client, self.experiment)
-            tracking.end_run(self.client, self.parent_run_id, tracking.KILLED, "the sweep driver was interrupted; rerun to continue")
+            tracking.end_run(
+                self.client, self.parent_run_id, tracking.KILLED, "the sweep driver was interrupted; rerun to continue"
+            )
             self.console.print(
                 f"Interrupted: stopped {', '.join(stopped) or 'nothing'}. Run the same command again to continue the study "
                 "(its running trials resume from their checkpoints)."
@@ -188,14 +190,22 @@ class Driver:
             dispatch = self._dispatch(trial.number, params, {}, trial_id=trial._trial_id)
         except (ValidationError, SpecError) as error:
             self.study.tell(trial, state=TrialState.FAIL)
-            reason = str(error).strip().splitlines()[0] if not isinstance(error, ValidationError) else _pydantic_reason(error)
-            self.console.print(f"[red]trial {trial.number} FAIL[/] ({_params_text(params)}): its config is refused: {reason}")
+            reason = (
+                str(error).strip().splitlines()[0]
+                if not isinstance(error, ValidationError)
+                else _pydantic_reason(error)
+            )
+            self.console.print(
+                f"[red]trial {trial.number} FAIL[/] ({_params_text(params)}): its config is refused: {reason}"
+            )
             return False
         self.console.print(f"trial {trial.number}: started ({_params_text(params)})")
         self._submit(trial.number, trial._trial_id, dispatch)
         return True
 
-    def _dispatch(self, number: int, params: dict[str, Any], attrs: dict[str, Any], trial_id: int | None = None) -> Dispatch:
+    def _dispatch(
+        self, number: int, params: dict[str, Any], attrs: dict[str, Any], trial_id: int | None = None
+    ) -> Dispatch:
         """The trial's run: its config, MLflow run (created, or re-opened from `attrs`) and directory."""
         config = studies.trial_config(self.planned.config, params)
         train.validate(config)
@@ -254,17 +264,19 @@ class Driver:
             TrialState.PRUNED: f"at step {frozen.last_step}",
         }.get(frozen.state, (error or "").strip().splitlines()[0][:160] if error else "")
         style = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(frozen.state, "red")
-        self.console.print(f"[{style}]trial {frozen.number} {state}[/] {detail} [{finished}/{self.sweep.trials} finished]")
+        self.console.print(
+            f"[{style}]trial {frozen.number} {state}[/] {detail} [{finished}/{self.sweep.trials} finished]"
+        )
         if any(trial.state == TrialState.COMPLETE for trial in trials):
             best = self.study.best_trial
             assert best.value is not None
             tracking.log_best_trial(self.client, self.parent_run_id, best.number, best.value, best.params, finished)
 
     def _summary(self, trials: list[FrozenTrial]) -> None:
-        counts = {state: sum(trial.state == state for trial in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED)}
-        line = (
-            f"Study {self.name!r} done: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned"
-        )
+        counts = {
+            state: sum(trial.state == state for trial in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED)
+        }
+        line = f"Study {self.name!r} done: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned"
         if counts[TrialState.COMPLETE]:
             best = self.study.best_trial
             line += f"; best trial {best.number}: {self.sweep.metric} = {best.value:.4g} ({_params_text(best.params)})"
@@ -288,7 +300,9 @@ def _describe(spec: Spec, storage: str, name: str) -> str:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in params.items())
+    return ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in params.items()
+    )
 
 
 def _pydantic_reason(error: ValidationError) -> str:

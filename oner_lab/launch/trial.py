@@ -101,7 +101,9 @@ class PruneOrStop:
         if dist.is_initialized() and dist.get_world_size() > 1:
             import torch
 
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl" else None
+            device = (
+                torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl" else None
+            )
             flag = torch.tensor([int(pruned)], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             pruned = bool(flag.item())

@@ -67,7 +67,9 @@ class ProgressView:
             row.ended = now
         row.status, row.note = status, note
         if self.live is None:
-            self.console.print(f"[{self.summary()}] {row.name}: {status}" + (f" ({note})" if note else ""), highlight=False)
+            self.console.print(
+                f"[{self.summary()}] {row.name}: {status}" + (f" ({note})" if note else ""), highlight=False
+            )
 
     def summary(self) -> str:
         counts = Counter(row.status for row in self.rows)
@@ -108,8 +110,12 @@ def collect(job: submitit.Job, run: Dispatch, client: MlflowClient, experiment: 
             if current in (tracking.RUNNING, tracking.SCHEDULED):
                 tracking.end_run(client, run.run_id, outcome.status, outcome.error)
         except Exception as error:  # noqa: BLE001 - the store failed: the CLI says so and exits 3
-            store_error = f"the tracking store {client._tracking_client.tracking_uri} could not be written ({cause_of(error)})"
-            outcome = JobOutcome(outcome.run_name, outcome.run_id, outcome.status, outcome.metrics, outcome.error, store_error)
+            store_error = (
+                f"the tracking store {client._tracking_client.tracking_uri} could not be written ({cause_of(error)})"
+            )
+            outcome = JobOutcome(
+                outcome.run_name, outcome.run_id, outcome.status, outcome.metrics, outcome.error, store_error
+            )
     return outcome
 
 
@@ -185,7 +191,10 @@ def wait_for(
                     current = {}
                 for run_id, status in current.items():
                     if index_of[run_id] not in outcomes:
-                        view.set(index_of[run_id], {tracking.SCHEDULED: QUEUED, tracking.RUNNING: RUNNING}.get(status, status))
+                        view.set(
+                            index_of[run_id],
+                            {tracking.SCHEDULED: QUEUED, tracking.RUNNING: RUNNING}.get(status, status),
+                        )
             for index, job in enumerate(jobs):
                 if index in outcomes:
                     continue
@@ -217,7 +226,9 @@ def stop(jobs: Sequence[submitit.Job], runs: Sequence[Dispatch], client: MlflowC
     for run in runs:
         status = current.get(run.run_id)
         if status in (tracking.RUNNING, tracking.SCHEDULED):
-            tracking.end_run(client, run.run_id, tracking.KILLED, "stopped by the user (Ctrl-C / SIGTERM); rerun to resume")
+            tracking.end_run(
+                client, run.run_id, tracking.KILLED, "stopped by the user (Ctrl-C / SIGTERM); rerun to resume"
+            )
         if status not in (tracking.FINISHED, tracking.FAILED):
             stopped.append(run.planned.run_name)
     return stopped

@@ -58,7 +58,9 @@ class OneTower(nn.Module):
         self.text_pos = nn.Parameter(torch.zeros(1, cfg.max_text_len, width))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.image_mask_token = nn.Parameter(torch.zeros(1, 1, width))  # SimMIM's learned [MASK] patch
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # cpu: also under a meta default device (cost.py)
+        rates = torch.linspace(
+            0, cfg.drop_path, cfg.depth, device="cpu"
+        ).tolist()  # cpu: also under a meta default device (cost.py)
         self.blocks = nn.ModuleList(
             Block(width, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, drop_path=rate) for rate in rates
         )

@@ -61,7 +61,9 @@ class Objective(nn.Module):
             named = dict(TERMS[name].loss(views, self.options[name]))
             clash = sorted(set(named) & set(values))
             if not named or clash:
-                raise ValueError(f"objective term {name!r} returned {sorted(named)}: expected one or more names, none taken by another term ({clash})")
+                raise ValueError(
+                    f"objective term {name!r} returned {sorted(named)}: expected one or more names, none taken by another term ({clash})"
+                )
             values.update(named)
             parts.append(weight * sum(named.values()))
         return sum(parts), values

@@ -109,7 +109,14 @@ class Views:
             text_mask, extra_ids = self.inputs.text_mask, self.inputs.extra_text_ids
             if extra_ids is not None:  # joined once a step: the masked pass and the MLM loss slice the same rows
                 s = self.settings
-                extra = mask_text(extra_ids, s.special_ids, s.mask_id, s.vocab_size, s.mlm_prob, self.extra_generator(int(StepStream.UNPAIRED_TEXT_MASK)))
+                extra = mask_text(
+                    extra_ids,
+                    s.special_ids,
+                    s.mask_id,
+                    s.vocab_size,
+                    s.mlm_prob,
+                    self.extra_generator(int(StepStream.UNPAIRED_TEXT_MASK)),
+                )
                 ids, labels = torch.cat([ids, extra[0]]), torch.cat([labels, extra[1]])
                 text_mask = torch.cat([text_mask, self.inputs.extra_text_mask])
             self._all_masked_text = (ids, text_mask, labels)
@@ -122,7 +129,12 @@ class Views:
             images, mask = self.inputs.images, self.patch_mask()
             extra = self.inputs.extra_images
             if extra is not None:  # joined once a step: the masked pass and the MIM loss slice the same rows
-                extra_mask = mask_patches(extra.shape[0], self.online.cfg.num_patches, self.settings.mim_ratio, self.extra_generator(int(StepStream.UNPAIRED_IMAGE_MASK)))
+                extra_mask = mask_patches(
+                    extra.shape[0],
+                    self.online.cfg.num_patches,
+                    self.settings.mim_ratio,
+                    self.extra_generator(int(StepStream.UNPAIRED_IMAGE_MASK)),
+                )
                 images, mask = torch.cat([images, extra]), torch.cat([mask, extra_mask.to(extra.device)])
             self._all_masked_images = (images, mask)
         images, mask = self._all_masked_images
@@ -154,7 +166,11 @@ class Views:
                 if text_ids is not None:
                     text_ids, text_mask, _ = self.masked_text(rows)
             self._outputs[key] = self.online(
-                view, images=images, text_ids=text_ids, text_mask=text_mask, patch_mask=patch_mask,
+                view,
+                images=images,
+                text_ids=text_ids,
+                text_mask=text_mask,
+                patch_mask=patch_mask,
             )
         return self._outputs[key]
 
@@ -177,8 +193,9 @@ class Views:
             images = x.images_target if "I" in view else None
             text_ids = x.text_ids if "T" in view else None
             with torch.set_grad_enabled(self.target_encoder is self.online and torch.is_grad_enabled()):
-                out = self.target_encoder(view, images=images, text_ids=text_ids,
-                                          text_mask=x.text_mask if text_ids is not None else None)
+                out = self.target_encoder(
+                    view, images=images, text_ids=text_ids, text_mask=x.text_mask if text_ids is not None else None
+                )
                 self._targets[view] = self.target_encoder.project(out.cls, HEAD_OF_VIEW[view])
         return self._targets[view]
 

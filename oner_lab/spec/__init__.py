@@ -1,8 +1,8 @@
 """Spec: pydantic models of an experiment spec and of one run's config; loading and grid expansion.
 
-    spec = load_spec("experiments/ablation.yaml", profile="paper", overrides=["base.train.lr=3e-4"])
-    for run in expand(spec, parse_only("variant=oner")):
-        run.run_name, run.config_hash, run.config   # "oner/seed0", "3f2a...", RunConfig
+spec = load_spec("experiments/ablation.yaml", profile="paper", overrides=["base.train.lr=3e-4"])
+for run in expand(spec, parse_only("variant=oner")):
+    run.run_name, run.config_hash, run.config   # "oner/seed0", "3f2a...", RunConfig
 """
 
 from oner_lab.spec.config import RunConfig

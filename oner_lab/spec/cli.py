@@ -10,7 +10,11 @@ def add_spec_arguments(parser: argparse.ArgumentParser, only: bool = True) -> No
     parser.add_argument("spec", help="the experiment spec (YAML), e.g. experiments/ablation.yaml")
     parser.add_argument("--profile", help="a profile of the spec (a named partial override)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="YAML-typed value at a dotted spec path, after the profile (repeatable): --set base.train.lr=3e-4",
     )
     if only:

@@ -50,7 +50,8 @@ class ObjectiveConfig(Section):
     )
     masked_terms: bool = Field(default=True, description="false drops mlm/mim/mmm: a purely contrastive ablation")
     contrast_masked_views: bool = Field(
-        default=False, description="true: ITC/XMC contrast the global tokens of the MIM/MLM passes instead of clean passes"
+        default=False,
+        description="true: ITC/XMC contrast the global tokens of the MIM/MLM passes instead of clean passes",
     )
     targets: Literal["momentum", "online"] = Field(
         default="momentum", description="[reading] encoder of the right-hand side of XMC/CIC/CMC"
@@ -63,7 +64,8 @@ class ObjectiveConfig(Section):
     mlm_prob: float = Field(default=0.15, gt=0, lt=1)
     mim_ratio: float = Field(default=0.6, gt=0, lt=1)
     options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="term name -> that term's own options (each term declares their keys; docs/objectives.md)"
+        default_factory=dict,
+        description="term name -> that term's own options (each term declares their keys; docs/objectives.md)",
     )
 
 
@@ -94,7 +96,8 @@ class EvalSourceConfig(Unit):
     def builtin_sets(cls) -> list[str]:
         """Formats usable by name alone in `eval.sets`: those whose every setting has a default."""
         return [
-            kind for kind, unit in cls.registered().items()
+            kind
+            for kind, unit in cls.registered().items()
             if all(not field.is_required() for key, field in unit.model_fields.items() if key != cls.tag)
         ]
 
@@ -106,7 +109,9 @@ class UnpairedSourceConfig(Section):
         description="text_only: plain-text files, one caption per line; image_only: webdataset tar shards or "
         "directories of image files (searched recursively); patterns expand like data.urls"
     )
-    batch_size: PositiveInt = Field(description="unpaired samples per global step, split over ranks like train.batch_size")
+    batch_size: PositiveInt = Field(
+        description="unpaired samples per global step, split over ranks like train.batch_size"
+    )
 
 
 class TrainSourceConfig(Unit):
@@ -143,24 +148,29 @@ class DataConfig(Section):
     )
     shuffle_buffer: PositiveInt = Field(default=10000, description="samples in one shuffle window of a real source")
     workers: Annotated[PositiveInt, Operational("threads only; batches are a pure function of (seed, step)")] = Field(
-        default=4, description="decoding threads of a real source")
+        default=4, description="decoding threads of a real source"
+    )
     text_only: UnpairedSourceConfig | None = Field(
         default=None, description="caption files trained with MLM only, beside the paired data (needs the mlm term)"
     )
     image_only: UnpairedSourceConfig | None = Field(
-        default=None, description="image shards or folders trained with MIM only, beside the paired data (needs the mim term)"
+        default=None,
+        description="image shards or folders trained with MIM only, beside the paired data (needs the mim term)",
     )
     eval_sources: dict[str, SerializeAsAny[EvalSourceConfig]] = Field(
         default_factory=dict, description="eval set name -> files; `eval.sets` may name these besides the built-in sets"
     )
-    cache_dir: Annotated[PathStr, Operational("where derived files are kept; their content is keyed by what they hold")] = Field(
-        default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
+    cache_dir: Annotated[
+        PathStr, Operational("where derived files are kept; their content is keyed by what they hold")
+    ] = Field(default="data_cache", description="where generated shards, shard indexes and the tokenizer are written")
     train_size: PositiveInt = 20000
     eval_images: PositiveInt = 1000
     cls_images_per_class: PositiveInt = 10
     max_objects: PositiveInt = 2
     generator_seed: int = 0
-    tokenizer: PathStr | None = Field(default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece")
+    tokenizer: PathStr | None = Field(
+        default=None, description="a local Hugging Face tokenizer directory; default: train WordPiece"
+    )
     vocab_size: PositiveInt = 512
     crop_scale: tuple[float, float] = Field(
         default=(0.9, 1.0), description="RandomResizedCrop scale; mild for shapes, whose captions name positions"
@@ -183,11 +193,18 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float | None = Field(default=1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
     device: Annotated[str, Operational("where it runs; precision is its own (identity) field")] = Field(
-        default="auto", description="auto, cpu, cuda, cuda:N")
-    checkpoint_every: Annotated[PositiveInt, Operational("a resumed run continues exactly (RNG and data position restored)")] = 200
-    keep_checkpoints: Annotated[PositiveInt, Operational("how many old checkpoints stay on disk; none changes what is learned")] = Field(
+        default="auto", description="auto, cpu, cuda, cuda:N"
+    )
+    checkpoint_every: Annotated[
+        PositiveInt, Operational("a resumed run continues exactly (RNG and data position restored)")
+    ] = 200
+    keep_checkpoints: Annotated[
+        PositiveInt, Operational("how many old checkpoints stay on disk; none changes what is learned")
+    ] = Field(
         default=2,
         description="how many of the newest checkpoints stay (last.pt, last.pt.1, ...); a resume tries them "
         "newest first and skips, with a warning, one that does not load (docs/reliability.md)",
@@ -200,9 +217,12 @@ class TrainConfig(Section):
     )
     log_every: Annotated[PositiveInt, Operational("cadence of training-loss logging, not of evaluation")] = 10
     threads: Annotated[
-        int | None, Operational("CPU intra-op threads: float reduction order changes, as on another GPU; the recipe does not")
+        int | None,
+        Operational("CPU intra-op threads: float reduction order changes, as on another GPU; the recipe does not"),
     ] = Field(default=None, ge=1, description="torch intra-op threads on CPU; default: torch's choice")
-    activation_checkpointing: Annotated[bool, Operational("recomputes the same activations in backward: same losses and gradients")] = Field(
+    activation_checkpointing: Annotated[
+        bool, Operational("recomputes the same activations in backward: same losses and gradients")
+    ] = Field(
         default=False,
         description="recompute the tower's block activations in backward (less memory, ~1/3 more compute, same losses)",
     )

@@ -118,7 +118,9 @@ def field_roles(model: type[BaseModel], prefix: str = "") -> Iterator[FieldRole]
     """Every field of `model` (sections expanded, in declaration order): what docs/spec.md tabulates."""
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        section = (
+            field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        )
         if section is not None and not is_operational(field):
             yield from field_roles(section, f"{key}.")
             continue

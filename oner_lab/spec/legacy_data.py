@@ -53,13 +53,16 @@ def upgrade_data_keys(dotted: Mapping[str, Any]) -> dict[str, Any]:
                 if new in _KIND_KEYS.get(kind, tuple(_FLAT_KEYS.values())):
                     out[f"data.source.{new}"] = value
     prefix = "data.eval_sources."
-    formats = {key[len(prefix):-len(".format")]: value for key, value in out.items()
-               if key.startswith(prefix) and key.endswith(".format")}
+    formats = {
+        key[len(prefix) : -len(".format")]: value
+        for key, value in out.items()
+        if key.startswith(prefix) and key.endswith(".format")
+    }
     for name, fmt in formats.items():
         allowed = _EVAL_FORMAT_KEYS.get(str(fmt))
         if allowed is None:
             continue
         for key in [k for k in out if k.startswith(f"{prefix}{name}.")]:
-            if key[len(prefix) + len(name) + 1:] not in allowed:
+            if key[len(prefix) + len(name) + 1 :] not in allowed:
                 del out[key]
     return out

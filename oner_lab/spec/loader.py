@@ -49,7 +49,11 @@ def load_spec(path: str | Path, profile: str | None = None, overrides: Sequence[
             merged = set_at(merged, parts, value)
         except TypeError as error:
             raise SpecError(
-                file, ".".join(parts), f"cannot be set: {error}", "a path through mappings only", note=f"in --set {text}"
+                file,
+                ".".join(parts),
+                f"cannot be set: {error}",
+                "a path through mappings only",
+                note=f"in --set {text}",
             ) from None
         notes.append(_set_note(parts, text))
     # where a key was written more than once, the last writer (a later --set) is the one to name

@@ -20,7 +20,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 class TrackingConfig(Section):
     """Where runs are logged. The default is MLflow 3's own default store, so `mlflow ui` finds it."""
 
-    uri: PathStr = Field(default="sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI, relative to cwd")
+    uri: PathStr = Field(
+        default="sqlite:///mlflow.db", min_length=1, description="MLflow tracking URI, relative to cwd"
+    )
     experiment: str | None = Field(
         default=None, min_length=1, description="MLflow experiment; default: the spec's name"
     )
@@ -30,11 +32,13 @@ class TrackingConfig(Section):
         description="seconds a job keeps training while the store fails (metrics held, retried), then stops at a checkpoint",
     )
     system_metrics: bool = Field(
-        default=True, description="record MLflow system metrics (CPU, memory, disk, network, GPU) per node (docs/tracking.md)"
+        default=True,
+        description="record MLflow system metrics (CPU, memory, disk, network, GPU) per node (docs/tracking.md)",
     )
     system_metrics_interval_s: float = Field(default=10.0, gt=0, description="seconds between system metrics samples")
     log_weights: bool = Field(
-        default=True, description="log the final weights (weights/model.safetensors) as an artifact of each finished run"
+        default=True,
+        description="log the final weights (weights/model.safetensors) as an artifact of each finished run",
     )
 
 

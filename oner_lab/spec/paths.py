@@ -30,7 +30,7 @@ def expand_path(value: str) -> str:
     expanded = VARIABLE.sub(lambda match: os.environ[match["braced"] or match["bare"]], value)
     for prefix in URI_PREFIXES:
         if expanded.startswith(prefix):
-            return prefix + os.path.expanduser(expanded[len(prefix):])
+            return prefix + os.path.expanduser(expanded[len(prefix) :])
     return os.path.expanduser(expanded)
 
 

@@ -105,17 +105,33 @@ def _link_parents(spec: Spec, runs: list[PlannedRun], note_for: NoteFor) -> list
         key = _init_from_key(spec, run)
         allowed = "the name of another grid variant, or a path to a .pt checkpoint (with a '/' or '.pt')"
         if init_from == run.variant:
-            raise SpecError(spec.source_file, key, f"variant {run.variant!r} starts from itself", allowed, value=init_from, note=note_for(key))
+            raise SpecError(
+                spec.source_file,
+                key,
+                f"variant {run.variant!r} starts from itself",
+                allowed,
+                value=init_from,
+                note=note_for(key),
+            )
         if init_from not in spec.grid.variants:
             raise SpecError(
-                spec.source_file, key, f"{init_from!r} is not a variant of this spec", f"{one_of(spec.grid.variants)}; or {allowed}",
-                value=init_from, suggestion=did_you_mean(init_from, spec.grid.variants), note=note_for(key),
+                spec.source_file,
+                key,
+                f"{init_from!r} is not a variant of this spec",
+                f"{one_of(spec.grid.variants)}; or {allowed}",
+                value=init_from,
+                suggestion=did_you_mean(init_from, spec.grid.variants),
+                note=note_for(key),
             )
         if init_from in chain:
-            cycle = " -> ".join([*chain[chain.index(init_from):], run.variant, init_from])
+            cycle = " -> ".join([*chain[chain.index(init_from) :], run.variant, init_from])
             raise SpecError(
-                spec.source_file, key, f"variants start from each other in a cycle ({cycle})",
-                "a chain of train.init_from that ends at a variant trained from scratch", value=init_from, note=note_for(key),
+                spec.source_file,
+                key,
+                f"variants start from each other in a cycle ({cycle})",
+                "a chain of train.init_from that ends at a variant trained from scratch",
+                value=init_from,
+                note=note_for(key),
             )
         parent = link(by_point[(init_from, run.seed, point[2])], (*chain, run.variant))
         linked[point] = replace(run, parent=parent, config_hash=config_hash(run.config, parent.config_hash))
@@ -156,7 +172,9 @@ def _check_distinct(spec: Spec, runs: list[PlannedRun]) -> None:
             if twin.variant != run.variant:
                 key = f"grid.variants.{run.variant}"
             else:  # same variant and seed, so some axis value differs in spelling only (1 and 1.0)
-                key = "grid.axes." + next(axis for axis, value in run.axes.items() if repr(value) != repr(twin.axes[axis]))
+                key = "grid.axes." + next(
+                    axis for axis, value in run.axes.items() if repr(value) != repr(twin.axes[axis])
+                )
             raise SpecError(
                 spec.source_file,
                 key,

@@ -38,7 +38,12 @@ def check_sweep(spec: Spec, runs: Sequence[PlannedRun], note_for: NoteFor = lamb
         where = f"sweep.space.{key}"
         if isinstance(param, FloatParam) and schema.unwrap(schema.type_at(RunConfig, key.split("."))) is int:
             raise SpecError(
-                file, f"{where}.type", f"'float' for an integer key ({key})", "type: int", value="float", note=note_for(where)
+                file,
+                f"{where}.type",
+                f"'float' for an integer key ({key})",
+                "type: int",
+                value="float",
+                note=note_for(where),
             )
         if not isinstance(param, CategoricalParam):
             _check_bounds(param, where, file, note_for(where))
@@ -49,7 +54,12 @@ def check_sweep(spec: Spec, runs: Sequence[PlannedRun], note_for: NoteFor = lamb
             where = f"sweep.enqueue.{index}.{key}"
             if key not in sweep.space:
                 raise SpecError(
-                    file, where, f"{key!r} is not a key of sweep.space", one_of(sweep.space), value=key, note=note_for(where)
+                    file,
+                    where,
+                    f"{key!r} is not a key of sweep.space",
+                    one_of(sweep.space),
+                    value=key,
+                    note=note_for(where),
                 )
             _check_in_space(sweep.space[key], value, where, file, note_for(where))
             _check_value(config, key, value, where, file, note_for(where))
@@ -57,9 +67,23 @@ def check_sweep(spec: Spec, runs: Sequence[PlannedRun], note_for: NoteFor = lamb
 
 def _check_bounds(param: FloatParam | IntParam, where: str, file: Any, note: str) -> None:
     if param.low > param.high:
-        raise SpecError(file, f"{where}.low", f"{param.low} is above high ({param.high})", f"at most {param.high}", value=param.low, note=note)
+        raise SpecError(
+            file,
+            f"{where}.low",
+            f"{param.low} is above high ({param.high})",
+            f"at most {param.high}",
+            value=param.low,
+            note=note,
+        )
     if param.log and param.low <= 0:
-        raise SpecError(file, f"{where}.low", f"{param.low} with log: true", "a number > 0 (or log: false)", value=param.low, note=note)
+        raise SpecError(
+            file,
+            f"{where}.low",
+            f"{param.low} with log: true",
+            "a number > 0 (or log: false)",
+            value=param.low,
+            note=note,
+        )
 
 
 def _values_to_check(param: SearchParam) -> list[tuple[str, Any]]:
@@ -71,7 +95,9 @@ def _values_to_check(param: SearchParam) -> list[tuple[str, Any]]:
 def _check_in_space(param: SearchParam, value: Any, where: str, file: Any, note: str) -> None:
     if isinstance(param, CategoricalParam):
         if value not in param.choices:
-            raise SpecError(file, where, f"{show(value)} is not one of its choices", one_of(param.choices), value=value, note=note)
+            raise SpecError(
+                file, where, f"{show(value)} is not one of its choices", one_of(param.choices), value=value, note=note
+            )
         return
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not numeric or (param.type == "int" and not isinstance(value, int)) or not param.low <= value <= param.high:

@@ -53,9 +53,10 @@ class Unit(Section):
             try:
                 return units[kind].model_validate(data)
             except ValidationError as error:  # an unknown key is named against this kind's keys, not the family's
-                raise ValidationError.from_exception_data(cls.__name__, [
-                    _unit_key(problem, cls.tag, kind, units[kind]) for problem in error.errors(include_url=False)
-                ]) from None
+                raise ValidationError.from_exception_data(
+                    cls.__name__,
+                    [_unit_key(problem, cls.tag, kind, units[kind]) for problem in error.errors(include_url=False)],
+                ) from None
         problem: InitErrorDetails
         if kind is None:
             problem = {"type": "missing", "loc": (cls.tag,), "input": data}

@@ -50,7 +50,9 @@ def to_spec_error(
     note_for: NoteFor = lambda key: "",
 ) -> SpecError:
     # an unknown key first: `nam:` also makes `name` missing, and the typo is the real problem
-    problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] not in ("extra_forbidden", UNIT_KEY))
+    problems = sorted(
+        error.errors(include_url=False), key=lambda problem: problem["type"] not in ("extra_forbidden", UNIT_KEY)
+    )
     first = problems[0]
     loc = [part for part in first["loc"] if not _is_tag(part)]
     key = dotted([*prefix, *loc]) or "(top level)"

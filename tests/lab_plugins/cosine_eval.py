@@ -39,5 +39,7 @@ class ShapesCosineEval(EvalSourceConfig):
     def read(self, name: str, context: ReadContext):
         c = context
         directory = split_directory(c.cache_root, "shapes", c.data, c.image_size)
-        loaded, skipped = read_retrieval_shards(name, directory, c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt)
+        loaded, skipped = read_retrieval_shards(
+            name, directory, c.tokenizer, c.image_size, c.max_text_len, c.on_corrupt
+        )
         return CosineSet(**{field.name: getattr(loaded, field.name) for field in fields(loaded)}), skipped

@@ -32,8 +32,12 @@ class JsonlPairs:
     def load(self, index: int) -> dict:
         row = self.rows[index]
         image = self.path.parent / row["image"]
-        return {"__key__": str(index), "__url__": str(self.path), image.suffix.lstrip("."): image.read_bytes(),
-                "txt": row[self.key].encode()}
+        return {
+            "__key__": str(index),
+            "__url__": str(self.path),
+            image.suffix.lstrip("."): image.read_bytes(),
+            "txt": row[self.key].encode(),
+        }
 
     def where(self, index: int) -> tuple[str, str]:
         return str(self.path), f"line {index + 1}"

@@ -41,8 +41,10 @@ class TrainContext:
         """The run's tokenizer; `name` keys a trained one's cache entry (a fingerprint of what it learned from)."""
         from ..bundle import trained_tokenizer, user_tokenizer  # prepare imports the sources' registry lazily
 
-        return self.given_tokenizer or user_tokenizer(self.data) or trained_tokenizer(
-            self.root, name, captions, self.data.vocab_size, self.text_only
+        return (
+            self.given_tokenizer
+            or user_tokenizer(self.data)
+            or trained_tokenizer(self.root, name, captions, self.data.vocab_size, self.text_only)
         )
 
 
@@ -67,9 +69,15 @@ class FileSource(TrainSourceConfig):
     def check(self, data: DataConfig, files: bool) -> None:
         patterns = url_patterns(self.urls)
         if not patterns:
-            raise ConfigError("data.source.urls", self.urls, f"one or more paths such as {self.example} for data.source.kind: {self.kind}")
+            raise ConfigError(
+                "data.source.urls",
+                self.urls,
+                f"one or more paths such as {self.example} for data.source.kind: {self.kind}",
+            )
         if self.weights is not None and len(self.weights) != len(patterns):
-            raise ConfigError("data.source.weights", self.weights, f"one weight per data.source.urls entry ({len(patterns)})")
+            raise ConfigError(
+                "data.source.weights", self.weights, f"one weight per data.source.urls entry ({len(patterns)})"
+            )
         for pattern in patterns if files else ():
             try:
                 paths = expand_urls(pattern)
@@ -87,7 +95,15 @@ class FileSource(TrainSourceConfig):
         captions = (caption for source in sources for caption in readable_captions(source.captions()))
         tokenizer = context.tokenizer(f"{self.kind}-{name}", captions)
         stream = IndexedStream(
-            sources, self.weights, tokenizer, context.image_size, context.max_text_len, cfg.crop_scale, cfg.hflip,
-            cfg.shuffle_buffer, cfg.workers, cfg.on_corrupt,
+            sources,
+            self.weights,
+            tokenizer,
+            context.image_size,
+            context.max_text_len,
+            cfg.crop_scale,
+            cfg.hflip,
+            cfg.shuffle_buffer,
+            cfg.workers,
+            cfg.on_corrupt,
         )
         return tokenizer, stream, 0

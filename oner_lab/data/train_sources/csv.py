@@ -28,14 +28,22 @@ class CsvFileSource(FileSource):
 
     def check_files(self, pattern: str, paths: list[Path], data: DataConfig) -> None:
         if len(paths) != 1:
-            raise ConfigError("data.source.urls", pattern, f"matches {len(paths)} files; a csv source is one file (list several urls to mix them)")
+            raise ConfigError(
+                "data.source.urls",
+                pattern,
+                f"matches {len(paths)} files; a csv source is one file (list several urls to mix them)",
+            )
         try:  # every row, before any run exists: a header without rows, or (on_corrupt: fail) a bad row
             CsvSource(str(paths[0]), self.separator, self.img_key, self.caption_key, data.on_corrupt)
         except CorruptSampleError as error:
-            raise ConfigError("data.source.urls", pattern, f"every row usable, as data.on_corrupt is 'fail' ({error})") from None
+            raise ConfigError(
+                "data.source.urls", pattern, f"every row usable, as data.on_corrupt is 'fail' ({error})"
+            ) from None
         except ValueError as error:  # no such columns, or a header without rows
             raise ConfigError(
-                "data.source.urls", pattern, f"a CSV with columns data.source.img_key and data.source.caption_key ({error})"
+                "data.source.urls",
+                pattern,
+                f"a CSV with columns data.source.img_key and data.source.caption_key ({error})",
             ) from None
 
     def open(self, pattern: str, context: TrainContext) -> CsvSource:

@@ -30,13 +30,21 @@ class _PairJsonSource(FileSource):
 
     def check_files(self, pattern: str, paths: list[Path], data: DataConfig) -> None:
         if len(paths) != 1:
-            raise ConfigError("data.source.urls", pattern, f"matches {len(paths)} files; a {self.kind} source is one JSON file (list several urls to mix them)")
+            raise ConfigError(
+                "data.source.urls",
+                pattern,
+                f"matches {len(paths)} files; a {self.kind} source is one JSON file (list several urls to mix them)",
+            )
         try:
             pair_entries(paths[0], self.kind, self.image_root, self.splits_read)
         except EmptySplitError as error:
             raise ConfigError("data.source.splits", self.splits_read, f"splits that hold images ({error})") from None
         except MissingImageError as error:
-            raise ConfigError("data.source.image_root", self.image_root, f"the directory the JSON's image paths are relative to ({error})") from None
+            raise ConfigError(
+                "data.source.image_root",
+                self.image_root,
+                f"the directory the JSON's image paths are relative to ({error})",
+            ) from None
         except EvalSourceError as error:
             raise ConfigError("data.source.urls", pattern, f"a readable {self.kind} JSON ({error})") from None
 
@@ -50,7 +58,9 @@ class KarpathyTrainSource(_PairJsonSource):
 
     kind: Literal["karpathy"] = "karpathy"
     example = "/data/coco/dataset_coco.json"
-    splits: list[str] = Field(default_factory=lambda: ["train", "restval"], min_length=1, description="the splits trained on")
+    splits: list[str] = Field(
+        default_factory=lambda: ["train", "restval"], min_length=1, description="the splits trained on"
+    )
 
     @property
     def splits_read(self) -> list[str]:
