@@ -46,9 +46,16 @@ def row_key(run_name: str) -> str:
     return _SEED_PART.sub("", run_name, count=1)
 
 
+MEASURED_PARAM_PREFIX = "cost."
+"""Params a run measures about itself while training (parameter count, FLOPs per step: `oner_lab.cost`),
+not settings: a run logged before they existed, or one that never trained, has the same recipe."""
+
+
 def recipe(params: dict[str, str]) -> str:
-    """12 hex digits naming every param but the seed: equal for runs that differ only in their seed."""
-    rest = {key: value for key, value in params.items() if key != SEED_PARAM}
+    """12 hex digits naming every setting param but the seed: equal for runs that differ only in their seed."""
+    rest = {
+        key: value for key, value in params.items() if key != SEED_PARAM and not key.startswith(MEASURED_PARAM_PREFIX)
+    }
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:12]
 
 

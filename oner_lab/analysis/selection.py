@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from oner_lab import tracking
-from oner_lab.analysis.runs import PARAM_PREFIX, SEED_PARAM
+from oner_lab.analysis.runs import MEASURED_PARAM_PREFIX, PARAM_PREFIX, SEED_PARAM
 
 MAX_DIFFERENCES_SHOWN = 3
 
@@ -50,7 +50,9 @@ def _same(left: object, right: object) -> bool:
 
 def _param_differences(left: pd.Series, right: pd.Series) -> list[str]:
     keys = sorted(
-        {key for key in (*left.index, *right.index) if key.startswith(PARAM_PREFIX)} - {PARAM_PREFIX + SEED_PARAM}
+        {key for key in (*left.index, *right.index) if key.startswith(PARAM_PREFIX)}
+        - {PARAM_PREFIX + SEED_PARAM}
+        - {key for key in (*left.index, *right.index) if key.startswith(PARAM_PREFIX + MEASURED_PARAM_PREFIX)}
     )
     differ = [key for key in keys if not _same(left.get(key), right.get(key))]
     shown = [
