@@ -123,3 +123,10 @@ def quiet_mlflow() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def quiet_store_tracebacks() -> None:
+    """MLflow logs every failed SQL call with a full traceback (`mlflow.store.db.utils`, ERROR); during
+    an outage that is one traceback per retried call in the job's output. The lab names the store and
+    the cause itself (one paragraph, exit 3), so those records are dropped in a job's process."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

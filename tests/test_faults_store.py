@@ -199,7 +199,7 @@ def test_read_only_store_mid_run_exits_3_then_the_rerun_ends_the_orphan_and_resu
         assert code == EXIT_STORE_LOST, text
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(tmp_path / "mlflow.db") in errors[0] and "rerun the same command" in errors[0], text
-    assert "Traceback" not in text
+    assert "Traceback" not in text, text
     (run,) = runs_of(tmp_path)
     assert run.info.status == "RUNNING"  # the store could not be told; the run directory says how it ended
     run_dir = Path(run.data.tags["oner.run_dir"])

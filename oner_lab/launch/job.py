@@ -139,6 +139,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.options = options or tracking_ui.JobOptions()
 
     def __call__(self) -> JobOutcome:
+        from oner_lab.store_outage import quiet_store_tracebacks
+
+        quiet_store_tracebacks()
         try:
             return self._run() if self.max_requeues is None else self._run_on_slurm()
         except Exception as error:  # noqa: BLE001 - tracking itself failed; the CLI records what it can
