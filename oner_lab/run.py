@@ -334,7 +334,11 @@ def plan(
     spec: Spec, planned: Sequence[PlannedRun], existing: dict[str, tracking.TrackedRun], force: bool
 ) -> list[Step]:
     """`decide` with what is known about live owners, live SLURM jobs and checkpoints on disk."""
-    owned = frozenset(key for key, found in existing.items() if not found.finished and claims.live_owner(found))
+    owned = frozenset(  # only a run still in flight can have an owner: an ended one (KILLED, FAILED) is resumed
+        key
+        for key, found in existing.items()
+        if found.status in (tracking.RUNNING, tracking.SCHEDULED) and claims.live_owner(found)
+    )
     on_disk = frozenset(
         run.config_hash
         for run in planned

@@ -19,11 +19,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from optuna.trial import TrialState
-from sweep_study import STEPS, start_driver, write_spec
+from sweep_study import start_driver, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.server, pytest.mark.slow]
 
 TRIALS = 4
+STEPS = 120
+"""Long enough that all four trials train at once although their jobs start seconds apart (start-up,
+cost count); the shared sweep spec's 40 steps let the first finish before the last began."""
 LOG_EVERY = 5
 """sweep_study.SPEC's train.log_every: the steps a trial logs train/loss at."""
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -78,6 +81,10 @@ def test_a_study_in_postgresql_over_two_nodes_survives_a_killed_driver(
         f"sweep.parallel={TRIALS}",
         "--set",
         f"launcher.runs_dir={tmp_path / 'runs'}",
+        "--set",
+        f"base.train.steps={STEPS}",
+        "--set",
+        f"base.train.checkpoint_every={STEPS}",
     ]
     spec = write_spec(tmp_path, tmp_path / "data_cache")
     client = MlflowClient(tracking_uri=tracking_server.uri)

@@ -47,16 +47,18 @@ def make_executor(launcher: LauncherConfig, runs_dir: Path, job_name: str = "one
     anything is submitted or logged, and for a `runs_dir` (or its `submitit/`) that group or other
     users may write (launch/permissions.py).
     """
-    check_runs_dir(runs_dir)  # the CLI unpickles job results from there: nobody else may write it
     folder = runs_dir / "submitit" / "%j"
     if launcher.backend == "debug":
+        check_runs_dir(runs_dir)  # the CLI unpickles job results from there: nobody else may write it
         return submitit.DebugExecutor(folder)
     if launcher.backend == "local":
+        check_runs_dir(runs_dir)
         executor = submitit.LocalExecutor(folder, max_num_timeout=0)
         executor.update_parameters(timeout_min=launcher.local.timeout_min or NO_TIMEOUT_MIN)
         return executor
     resources = cluster.resolve(launcher.slurm)
     cluster.check_cluster(resources)
+    check_runs_dir(runs_dir)  # after every check that can refuse the job: a refused job writes nothing
     try:  # submitit's own requeue budget only covers a signal that lands before the job installs its handlers
         executor = submitit.AutoExecutor(folder, cluster="slurm", slurm_max_num_timeout=resources.max_requeues)
     except RuntimeError as error:  # srun missing although sinfo answered
