@@ -169,6 +169,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         task = SlurmTask.from_env()
         stop = SignalStop()
         stop.install()
+        os.environ.setdefault("MASTER_PORT", str(rendezvous_port(os.environ.get("SLURM_JOB_ID", "0"))))
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         client = tracking.connect(self.tracking_uri) if task.is_main else None
         if client is not None:
@@ -333,6 +334,14 @@ class _StopOnStoreLoss:
     def should_stop(self) -> bool:
         found = self.tracker()
         return self.inner.should_stop() or (found is not None and found.should_stop())
+
+
+def rendezvous_port(slurm_job_id: str) -> int:
+    """The rank-0 rendezvous port of a job: the same on every rank (one SLURM job id) and below Linux's
+    ephemeral range (32768-60999), where submitit's random pick could meet a port srun or slurmstepd
+    already holds on the first node (EADDRINUSE, then the other ranks time out)."""
+    digits = "".join(ch for ch in slurm_job_id if ch.isdigit()) or "0"
+    return 20000 + int(digits) % 12000
 
 
 @contextmanager
