@@ -55,24 +55,7 @@ class Outcome:
 
 def all_hashed_runs(client: MlflowClient, experiment: str) -> list[Run]:
     """Every run of `experiment` with a config hash, oldest first (none when it does not exist)."""
-    key = tracking.experiment_id(client, experiment, create=False)
-    if key is None:
-        return []
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = tracking.retry_locked(
-            lambda: client.search_runs(
-                [key],
-                filter_string=f"tags.`{tracking.TAG_HASH}` LIKE '%'",
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return tracking.hashed_runs(client, experiment)
 
 
 def logged_config(client: MlflowClient, run: Run) -> dict[str, Any]:

@@ -238,12 +238,12 @@ class TrackedRun:
         return self.status == FINISHED
 
 
-def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]:
-    """The latest active MLflow run per config hash in `experiment` (empty if it does not exist)."""
+def hashed_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    """Every run of `experiment` with a config hash, oldest first (none when it does not exist)."""
     experiment_key = experiment_id(client, experiment, create=False)
     if experiment_key is None:
-        return {}
-    runs = []
+        return []
+    runs: list[Run] = []
     page_token = None
     while True:
         page = retry_locked(
@@ -257,7 +257,12 @@ def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]
         runs.extend(page)
         page_token = page.token
         if not page_token:
-            break
+            return runs
+
+
+def runs_by_hash(client: MlflowClient, experiment: str) -> dict[str, TrackedRun]:
+    """The latest active MLflow run per config hash in `experiment` (empty if it does not exist)."""
+    runs = hashed_runs(client, experiment)
     latest: dict[str, TrackedRun] = {}
     for run in runs:  # ascending start time: the last one seen per hash wins
         tags = run.data.tags
