@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import filelock
@@ -37,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from oner_lab import finetune, launch, table, tracking, tracking_ui, train
 from oner_lab import study as studies
-from oner_lab.launch import claims, owner, recovery, scheduler
+from oner_lab.launch import claims, interrupts, owner, recovery, scheduler
 from oner_lab.spec import PlannedRun, Spec, SpecError, expand, load_spec, parse_only
 from oner_lab.spec.cli import add_spec_arguments
 from oner_lab.store_outage import EXIT_STORE_LOST, StoreUnavailable, cause_of
@@ -225,10 +224,6 @@ def report_data(spec: Spec, planned: Sequence[PlannedRun], console: Console) -> 
 def fail(message: object) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -436,7 +431,8 @@ def launch_and_wait(
     parents = {key: run for key, run in existing.items() if run.finished and key not in run_here}
     waiting = list(todo)
     outcomes: list[launch.JobOutcome] = []
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    signals = ExitStack()
+    signals.enter_context(interrupts.installed())  # SIGTERM/Ctrl-C: see launch/interrupts.py
     jobs: list[submitit.Job] = []
     dispatches: list[launch.Dispatch] = []
     try:
@@ -474,6 +470,7 @@ def launch_and_wait(
                 print_ui_link(spec, uri, console)
                 return 0
             stage = launch.wait_for(jobs, dispatches, client, experiment, console, in_process=in_process)
+            interrupts.raise_if_requested()  # an in-process run stopped at a checkpoint as asked
             outcomes += stage
             for run, outcome in zip(dispatches, stage):
                 if outcome.status == tracking.FINISHED:
@@ -485,7 +482,7 @@ def launch_and_wait(
         console.print(f"Interrupted: stopped {', '.join(stopped) or 'nothing'}. Run the same command again to resume.")
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        signals.close()
     if lost := [outcome for outcome in outcomes if outcome.store_error]:
         names = ", ".join(f"{outcome.run_name} ({outcome.status})" for outcome in lost)
         print(

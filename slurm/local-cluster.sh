@@ -80,10 +80,18 @@ install() {
     say "installed $(slurm_version)"
 }
 
+# A killed daemon whose parent is a PID 1 that does not reap (as in some containers) stays a zombie that
+# `kill -0` still finds: only a process that is not a zombie counts as running.
+pid_running() {
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z* ]]
+}
+
 # True when the pid file names a live process.
 pid_alive() {
     local pid_file=$1
-    [[ -s $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+    [[ -s $pid_file ]] && pid_running "$(cat "$pid_file")"
 }
 
 start_munge() {
@@ -328,7 +336,7 @@ stop_daemon() {
     pid=$(cat "$pid_file")
     say "stopping $name (pid $pid)"
     kill -TERM "$pid"
-    while kill -0 "$pid" 2>/dev/null; do
+    while pid_running "$pid"; do
         if ((waited >= 20)); then
             say "$name (pid $pid) ignored TERM for 10s, sending KILL"
             kill -KILL "$pid" 2>/dev/null || true

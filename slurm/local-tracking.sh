@@ -63,9 +63,17 @@ tracking_uri() { echo "http://$(service_addr):$MLFLOW_PORT"; }
 optuna_uri() { echo "postgresql+psycopg://$PG_USER@$(service_addr):$PG_PORT/optuna"; }
 backend_uri() { echo "postgresql+psycopg://$PG_USER@127.0.0.1:$PG_PORT/mlflow"; }
 
+# A killed process whose parent is a PID 1 that does not reap (as in some containers) stays a zombie that
+# `kill -0` still finds: only a process that is not a zombie counts as running.
+pid_running() {
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z* ]]
+}
+
 pid_alive() {
     local pid_file=$1
-    [[ -s $pid_file ]] && kill -0 "$(head -n 1 "$pid_file")" 2>/dev/null
+    [[ -s $pid_file ]] && pid_running "$(head -n 1 "$pid_file")"
 }
 
 as_postgres() { runuser -u postgres -- "$@"; }
@@ -176,7 +184,7 @@ stop_mlflow() {
     pid=$(head -n 1 "$MLFLOW_PID")
     say "stopping MLflow server (process group $pid)"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-    while kill -0 "$pid" 2>/dev/null; do
+    while pid_running "$pid"; do
         if ((waited >= 30)); then
             kill -KILL -- "-$pid" 2>/dev/null || true
             break

@@ -102,7 +102,9 @@ def runs_in(directory: Path) -> list[Run]:
 
 
 def wait_mid_study(directory: Path, driver: subprocess.Popen, timeout_s: float = 240) -> None:
-    """Returns once a trial has completed and another is training (it has logged a step, not the last)."""
+    """Returns once a trial has completed and another is training in its first half (it has logged a
+    step, at most STEPS // 2): a trial seen near its last step could finish, and end its trial COMPLETE,
+    before the killed driver's jobs notice, leaving nothing to resume on a slow machine."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed"
@@ -115,7 +117,7 @@ def wait_mid_study(directory: Path, driver: subprocess.Popen, timeout_s: float =
                 client = client_of(directory)
                 for trial in running:
                     steps = [m.step for m in client.get_metric_history(trial.user_attrs["mlflow_run_id"], "train/loss")]
-                    if steps and max(steps) < STEPS:
+                    if steps and max(steps) <= STEPS // 2:
                         return
         time.sleep(0.2)
     raise AssertionError(f"no trial was training after one completed within {timeout_s}s")

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from oner_lab import tracking, tracking_ui
 from oner_lab.contract import Interrupted, RunControl, RunLogger
-from oner_lab.launch import owner, scheduler
+from oner_lab.launch import interrupts, owner, scheduler
 from oner_lab.launch.preemption import (
     TERM,
     Next,
@@ -58,13 +58,16 @@ class OwnerControl:
     """`RunControl` that stops training (after a checkpoint) once the launching process is gone.
 
     A local job outlives a CLI killed with SIGKILL; without this it would go on training
-    while a rerun resumes the same run directory.
+    while a rerun resumes the same run directory. A run training in the CLI's own process (debug
+    backend) stops the same way when the CLI is asked to (`interrupts`).
     """
 
     def __init__(self, owner_pid: int | None) -> None:
         self.owner_pid = owner_pid
 
     def should_stop(self) -> bool:
+        if interrupts.requested() is not None:  # training in the CLI's own process, which was asked to stop
+            return True
         if self.owner_pid is None:
             return False
         try:
@@ -158,10 +161,14 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 if not held.enter_context(hold_lock(candidates, control)):
                     return self._end(tracking.KILLED, "the launching command ended before this run started; rerun it")
             client = tracking.connect(self.tracking_uri)
-            owner_gone = "the launching command ended; rerun it to resume"
-            return self._train(
-                control, client, lambda stop: self._record(tracking.KILLED, f"{stop}: {owner_gone}", client)
-            )
+
+            def stopped(stop: Interrupted) -> JobOutcome:
+                asked = interrupts.requested()
+                why = f"interrupted ({asked})" if asked else "the launching command ended"
+                return self._record(tracking.KILLED, f"{stop}: {why}; rerun it to resume", client)
+
+            with interrupts.training():
+                return self._train(control, client, stopped)
 
     def _run_on_slurm(self) -> JobOutcome:
         """One rank of the run's SLURM job; only rank 0 writes to MLflow (train.run logs on rank 0 only)."""

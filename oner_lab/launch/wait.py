@@ -15,7 +15,7 @@ from rich.table import Table
 from submitit.core.utils import pickle_load
 
 from oner_lab import tracking
-from oner_lab.launch import scheduler
+from oner_lab.launch import interrupts, scheduler
 from oner_lab.launch.executors import Dispatch
 from oner_lab.launch.job import JobOutcome
 from oner_lab.store_outage import cause_of, quiet_mlflow
@@ -199,6 +199,7 @@ def wait_for(
                 if index in outcomes:
                     continue
                 if in_process:
+                    interrupts.raise_if_requested()  # asked to stop during the last run: start no other
                     view.set(index, RUNNING)
                 if queue.ended(job) if queue is not None else job.done():
                     outcome = collect(job, runs[index], client, experiment)
