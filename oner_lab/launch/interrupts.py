@@ -1,16 +1,19 @@
-"""SIGTERM / Ctrl-C in the CLI while a run trains in the CLI's own process (the debug backend).
+"""SIGTERM / SIGINT while a run trains in this process: the CLI's (debug backend) or a local job's.
 
 Raised at once, the interrupt lands wherever the main thread happens to be, often inside an MLflow or
 SQLite call, whose broken session then fails the run's last writes: the run ended FAILED and the CLI
-exit 1 instead of KILLED and 130. So while a run trains in-process the first signal is a stop request,
-answered at the next step after a checkpoint (as a preemption is, through `OwnerControl`); a second
-signal raises at once. Outside training (planning, data preparation) the first signal raises at once.
+exit 1 instead of KILLED and 130. So while a run trains the first signal is a stop request, answered
+at the next step after a checkpoint (as a preemption is, through `OwnerControl`); a second signal
+raises at once. Outside training (planning, data preparation) the first signal raises at once. A local
+job installs the handlers itself, so it stops this way on the CLI's cancel (SIGINT) even when it was
+started with SIGINT ignored (a background shell's children are).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -36,9 +39,13 @@ def handle(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def installed() -> Iterator[None]:
-    """`handle` for SIGTERM and SIGINT inside the block (the previous handlers after it), no request pending."""
+    """`handle` for SIGTERM and SIGINT inside the block (the previous handlers after it), no request
+    pending. Off the main thread, where Python cannot install handlers, the block runs without them."""
     global _requested
     _requested = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

@@ -167,7 +167,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 why = f"interrupted ({asked})" if asked else "the launching command ended"
                 return self._record(tracking.KILLED, f"{stop}: {why}; rerun it to resume", client)
 
-            with interrupts.training():
+            with interrupts.installed(), interrupts.training():
                 return self._train(control, client, stopped)
 
     def _run_on_slurm(self) -> JobOutcome:
