@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import numpy as np
+
 
 class DataStream(IntEnum):
     """Streams mixed with `train.seed`: what the data side draws, a pure function of (seed, step)."""
@@ -36,6 +38,19 @@ class SplitStream(IntEnum):
     TRAIN = 0
     SHAPES = 1
     SHAPES_CLS = 2
+
+
+class RankStream(IntEnum):
+    """Streams mixed with (`train.seed`, step, rank): what each rank draws from torch's global RNG."""
+
+    GLOBAL_TORCH = 0  # train.py: drop-path (timm's DropPath draws from the global generator)
+
+
+def global_seed(seed: int, step: int, rank: int) -> int:
+    """The global torch RNG's seed for one rank's step. Ranks draw different drop-path masks, and a
+    resumed run draws what an uninterrupted one does on every rank (on any number of ranks), with no
+    RNG state to carry per rank in a checkpoint that rank 0 alone writes."""
+    return int(np.random.SeedSequence([seed, step, rank, RankStream.GLOBAL_TORCH]).generate_state(1)[0])
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

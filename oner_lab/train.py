@@ -55,7 +55,7 @@ from oner_lab.objectives import (
     resolve_terms,
     terms_training,
 )
-from oner_lab.seeds import step_seed
+from oner_lab.seeds import global_seed, step_seed
 from oner_lab.spec.config import ObjectiveConfig, RunConfig
 from oner_lab.spec.errors import SpecError
 from oner_lab.spec.identity import canonical
@@ -403,6 +403,7 @@ class Trainer:
             extra.images,
         )
         generator = torch.Generator().manual_seed(step_seed(t.seed, self.step, self.dist.rank))
+        torch.manual_seed(global_seed(t.seed, self.step, self.dist.rank))  # drop-path: per rank, per step
         lr = lr_at(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -130,6 +130,75 @@ def test_a_nan_on_one_rank_stops_both_with_the_same_error(tmp_path) -> None:
     assert step0 == step1 == 3
 
 
+def _drop_path_rank(rank: int, port: int, out: multiprocessing.Queue) -> None:
+    """One rank of a two-rank run with drop-path: 4 steps straight, and 2 steps, a checkpoint (rank 0
+    writes it), a fresh trainer resuming from it and 2 more steps. Reports the drop-path mask of the
+    last block at step 0 and whether the resumed weights equal the straight ones bit for bit."""
+    from pathlib import Path
+
+    from oner_lab.distributed import init_from_env
+    from oner_lab.spec.config import RunConfig
+    from oner_lab.train import Trainer
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    config = RunConfig.model_validate(
+        {
+            "model": {"preset": "tiny", "width": 32, "depth": 2, "num_heads": 2, "drop_path": 0.5},
+            "objective": {"variant": "itc"},
+            "data": {"train_size": 256, "eval_images": 16, "cls_images_per_class": 2, "cache_dir": os.environ["CACHE"]},
+            "train": {"steps": 4, "batch_size": 32, "checkpoint_every": 100, "device": "cpu"},
+            "eval": {"sets": ["shapes"]},
+        }
+    )
+    info = init_from_env(torch.device("cpu"))
+    root = Path(os.environ["RUN_DIR"])
+    try:
+        straight = Trainer(config, root / "straight", info)
+        masks: list[torch.Tensor] = []
+        straight.model.blocks[-1].drop_path1.register_forward_hook(
+            lambda module, args, output: masks.append(output.flatten(1).abs().sum(1) > 0) if not masks else None
+        )
+        for _ in range(4):
+            straight.train_step()
+        first = Trainer(config, root / "resumed", info)
+        for _ in range(2):
+            first.train_step()
+        first.save()
+        dist.barrier()  # rank 0 has written the checkpoint every rank resumes from
+        resumed = Trainer(config, root / "resumed", info)
+        assert resumed.resume() and resumed.step == 2
+        for _ in range(2):
+            resumed.train_step()
+        same = all(
+            torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values())
+        )
+        out.put((rank, masks[0].tolist(), same))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_draw_their_own_drop_path_and_a_resume_draws_the_same_on_every_rank(tmp_path) -> None:
+    os.environ["CACHE"] = str(tmp_path / "cache")
+    os.environ["RUN_DIR"] = str(tmp_path / "runs")
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_drop_path_rank, args=(rank, port, out)) for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    results = sorted(out.get(timeout=180) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    (_, mask0, same0), (_, mask1, same1) = results
+    assert 0 < sum(mask0) < len(mask0) and 0 < sum(mask1) < len(mask1), "drop-path 0.5 keeps some rows, not all"
+    assert mask0 != mask1, "both ranks dropped the same rows: one random stream for every rank"
+    assert same0 and same1, "a resumed rank drew other drop-path masks than the uninterrupted run"
+
+
 # --- fp32 scores under bf16 autocast ------------------------------------------------------------
 def test_eval_scores_are_fp32_under_bf16_autocast() -> None:
     g = torch.Generator().manual_seed(0)
