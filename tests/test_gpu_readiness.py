@@ -110,20 +110,25 @@ def _rank(rank: int, port: int, out: multiprocessing.Queue) -> None:
         dist.destroy_process_group()
 
 
-def test_a_nan_on_one_rank_stops_both_with_the_same_error(tmp_path) -> None:
+def _two_ranks(target, tmp_path, timeout_s: float) -> list[tuple]:  # noqa: ANN001 - a rank function
+    """Runs `target(rank, port, queue)` in two spawned processes (gloo over loopback); their reports by rank."""
     os.environ["CACHE"] = str(tmp_path / "cache")
     os.environ["RUN_DIR"] = str(tmp_path / "runs")
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(rank, port, out)) for rank in range(2)]
+    procs = [ctx.Process(target=target, args=(rank, port, out)) for rank in range(2)]
     for proc in procs:
         proc.start()
-    results = sorted(out.get(timeout=120) for _ in procs)
+    results = sorted(out.get(timeout=timeout_s) for _ in procs)
     for proc in procs:
         proc.join(timeout=30)
         assert proc.exitcode == 0
-    (r0, msg0, step0, _), (r1, msg1, step1, _) = results
+    return results
+
+
+def test_a_nan_on_one_rank_stops_both_with_the_same_error(tmp_path) -> None:
+    (r0, msg0, step0, _), (r1, msg1, step1, _) = _two_ranks(_rank, tmp_path, 120)
     assert (r0, r1) == (0, 1)
     assert msg0 == msg1, "both ranks raise the same error"
     assert msg0.startswith("non-finite loss at step 3 on rank(s) 1 in term(s) ")
@@ -181,19 +186,7 @@ def _drop_path_rank(rank: int, port: int, out: multiprocessing.Queue) -> None:
 
 
 def test_ranks_draw_their_own_drop_path_and_a_resume_draws_the_same_on_every_rank(tmp_path) -> None:
-    os.environ["CACHE"] = str(tmp_path / "cache")
-    os.environ["RUN_DIR"] = str(tmp_path / "runs")
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_drop_path_rank, args=(rank, port, out)) for rank in range(2)]
-    for proc in procs:
-        proc.start()
-    results = sorted(out.get(timeout=180) for _ in procs)
-    for proc in procs:
-        proc.join(timeout=30)
-        assert proc.exitcode == 0
-    (_, mask0, same0), (_, mask1, same1) = results
+    (_, mask0, same0), (_, mask1, same1) = _two_ranks(_drop_path_rank, tmp_path, 180)
     assert 0 < sum(mask0) < len(mask0) and 0 < sum(mask1) < len(mask1), "drop-path 0.5 keeps some rows, not all"
     assert mask0 != mask1, "both ranks dropped the same rows: one random stream for every rank"
     assert same0 and same1, "a resumed rank drew other drop-path masks than the uninterrupted run"

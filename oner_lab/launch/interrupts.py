@@ -23,7 +23,7 @@ _requested: str | None = None
 
 
 def handle(signum: int, frame: FrameType | None) -> None:
-    """Signal handler for the CLI: a stop request while a run trains in-process, else KeyboardInterrupt."""
+    """Signal handler: a stop request while a run trains in this process, else KeyboardInterrupt."""
     global _requested
     name = signal.Signals(signum).name
     if _training and _requested is None:
