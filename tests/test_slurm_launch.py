@@ -365,6 +365,17 @@ def same_training(client: MlflowClient, run: Run, reference: Run, rel: float = 0
         assert [value for _, value in got] == pytest.approx([value for _, value in want], rel=rel, abs=1e-7), key
 
 
+def job_logs(run: Run, job_id: str) -> str:
+    """The run's tags and its job's submitit logs: what each incarnation saw, for a failure's message."""
+    logs = Path(run.data.tags["oner.run_dir"]).parent / "submitit" / job_id
+    parts = [
+        f"tags: {run.data.tags}",
+        subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout,
+    ]
+    parts += [f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(logs.glob("*_log.*"))]
+    return "\n".join(parts)
+
+
 def final_model(run: Run) -> dict[str, torch.Tensor]:
     state = checkpoint.load(Path(run.data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")
     assert state["step"] == STEPS
@@ -377,7 +388,7 @@ def test_interrupted_job_is_requeued_and_resumes_into_the_same_run(preemption: P
     run = scenario.run
     assert run.info.status == "FINISHED", run.data.tags.get("oner.error")
     assert len(runs_in(preemption.client, f"slurm-{name}")) == 1, "the resumed job opened a second MLflow run"
-    assert run.data.tags["oner.slurm.requeues"] == "1"
+    assert run.data.tags["oner.slurm.requeues"] == "1", job_logs(run, scenario.job_id)
     (stopped_at,) = scenario.stopped_at_step
     assert SIGNAL_AFTER <= stopped_at < CHECKPOINT_EVERY, "the checkpoint was not written when the signal came"
     signal_name = "SIGUSR2" if name == "usr2" else "SIGTERM"

@@ -103,6 +103,25 @@ def hold_lock(candidates: list[Path], control: OwnerControl) -> Iterator[bool]:
         time.sleep(POLL_S)
 
 
+def counted_restarts(task: SlurmTask) -> int:
+    """The requeues of this job so far, for the run's tag: SLURM_RESTART_COUNT, or the controller's count when
+    that is higher (a CI run once saw a requeued job start with the variable unset). Logged on every start."""
+    counted = task.restarts
+    try:
+        counted = max(counted, scheduler.restarts(task.raw_job_id))
+    except scheduler.SchedulerError as error:
+        print(
+            f"[oner] could not ask SLURM for the job's requeues ({error}); using SLURM_RESTART_COUNT", file=sys.stderr
+        )
+    print(
+        f"[oner] SLURM job {task.job_id} on {task.nodes}, rank {task.rank} of {task.world_size}: start after "
+        f"{counted} requeue(s) (SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 'unset')})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return counted
+
+
 class TrainingJob(submitit.helpers.Checkpointable):
     """One planned run, as submitted to an executor.
 
@@ -182,7 +201,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         if client is not None:
             tags = {
                 tracking.TAG_SLURM_JOB: task.job_id,
-                tracking.TAG_SLURM_REQUEUES: str(task.restarts),
+                tracking.TAG_SLURM_REQUEUES: str(counted_restarts(task)),
                 tracking.TAG_SLURM_NODES: task.nodes,
                 tracking.TAG_WORLD_SIZE: str(task.world_size),
             }
