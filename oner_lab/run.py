@@ -221,6 +221,30 @@ def report_data(spec: Spec, planned: Sequence[PlannedRun], console: Console) -> 
             console.print(line, highlight=False, markup=False)
 
 
+def report_cost(
+    spec: Spec, runs: Sequence[PlannedRun], resources: launch.SlurmResources | None, console: Console
+) -> None:
+    """The training cost of `runs` where the launcher sends them (launch/estimate.py, docs/cost.md):
+    printed by a dry run and before a SLURM submission; a launcher it cannot place gets a note, not an error."""
+    if not runs:
+        return
+    from oner_lab.launch import estimate
+
+    try:
+        if resources is None:
+            placed = estimate.where("local")
+        else:
+            gpus = resources.gpus_per_node
+            placed = estimate.where(
+                "slurm", gpus, resources.profile.gpu, resources.nodes * (gpus or resources.tasks_per_node)
+            )
+    except KeyError as error:
+        console.print(f"[yellow]No cost estimate: {error.args[0]}[/]", highlight=False)
+        return
+    name, devices, where = placed
+    console.print(estimate.cost_table(estimate.estimate_all(runs, name, devices), where))
+
+
 def fail(message: object) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -251,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec.sweep is not None and (problem := sweep_problem(spec, planned[0], args)):
         return fail(problem)
     runs_dir = Path(spec.launcher.runs_dir).resolve()
+    resources = None
     try:
         if spec.launcher.backend == "slurm":  # the cluster profile, checked even by a dry run (files only)
             resources = launch.resolve_slurm(spec.launcher.slurm)
@@ -271,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"{spec.source_file}: {error}")
         steps = plan(spec, planned, existing, args.force)
         console.print(plan_table(steps))
+        report_cost(spec, planned, resources, console)
         warn_old_scheme(spec, uri, console)
         if problems := unstartable(steps, existing):
             return fail(f"{spec.source_file}: {'; '.join(problems)}")
@@ -389,6 +415,8 @@ def plan_and_launch(
         print_ui_link(spec, uri, console)
         return 0
 
+    if spec.launcher.backend == "slurm":  # what the submission will cost, before it is sent
+        report_cost(spec, [step.planned for step in todo], launch.resolve_slurm(spec.launcher.slurm), console)
     return launch_and_wait(spec, planned, todo, existing, executor, client, uri, args.no_wait, console, lock)
 
 

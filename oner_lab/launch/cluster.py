@@ -60,6 +60,10 @@ class ClusterProfile(Section):
     qos: str | None = Field(default=None, description="sbatch --qos")
     constraint: str | None = Field(default=None, description="sbatch --constraint")
     gpus_per_node: NonNegativeInt = Field(description="GPUs of one node (0: a CPU partition)")
+    gpu: str | None = Field(
+        default=None,
+        description="the card, by its name in the cost table (oner_lab/launch/devices.py), for the cost estimate",
+    )
     cpus_per_task: PositiveInt = Field(description="CPU cores per DDP rank")
     mem_gb: PositiveFloat = Field(description="memory per node, GB")
     time_limit_min: PositiveInt = Field(description="sbatch --time, minutes")
@@ -70,6 +74,18 @@ class ClusterProfile(Section):
     extra_sbatch: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="other sbatch flags, name without leading dashes"
     )
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, gpu: str | None) -> str | None:
+        from oner_lab.launch.devices import DEVICES
+
+        if gpu is not None and (gpu not in DEVICES or DEVICES[gpu].peak_flops is None):
+            cards = ", ".join(name for name, known in DEVICES.items() if known.peak_flops is not None)
+            raise ValueError(
+                f"{gpu!r} is not in the cost table; allowed: {cards} (or add it to oner_lab/launch/devices.py)"
+            )
+        return gpu
 
     @field_validator("extra_sbatch")
     @classmethod

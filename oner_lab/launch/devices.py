@@ -1,0 +1,66 @@
+"""The devices a cost estimate knows: dense peak, memory and the model-FLOPs utilisation a whole
+training step reaches on each, with where that figure comes from.
+
+A site with another card adds a line here and names it in its cluster profile (`gpu:`). Figures
+marked assumed are replaced by measured ones as the lab measures them (benchmarks/gpu_check.py on a
+GPU, benchmarks/cost_estimate.py on a CPU); docs/cost.md says how to read an estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Device:
+    """One accelerator (or the CPU): what an estimate divides the FLOPs by."""
+
+    name: str
+    peak_flops: float | None
+    """Dense bf16 FLOP/s from the vendor's datasheet; None for the CPU (measured at estimate time)."""
+    memory_gb: float | None
+    mfu: float
+    """Model-FLOPs utilisation of a whole training step: counted FLOPs per second over the peak."""
+    source: str
+    """Where `mfu` comes from: "measured: ..." or "assumed: ..."."""
+
+    @property
+    def measured(self) -> bool:
+        return self.source.startswith("measured")
+
+
+_GPU_ASSUMED = (
+    "assumed: open_clip's published LAION-400M ViT-B/16 run, end to end (data, evaluation and all), by a FLOP "
+    "count (docs/cost.md); the lab has not measured this card yet"
+)
+DEVICES: dict[str, Device] = {
+    device.name: device
+    for device in (
+        Device("a100-80gb", 312e12, 80, 0.13, _GPU_ASSUMED),
+        Device("a100-40gb", 312e12, 40, 0.13, _GPU_ASSUMED),
+        Device("h100-80gb", 989e12, 80, 0.13, _GPU_ASSUMED),
+        Device("h200", 989e12, 141, 0.13, _GPU_ASSUMED),
+        Device(
+            "cpu",
+            None,
+            None,
+            0.36,
+            "measured: benchmarks/cost_estimate.py and tests/test_cost_estimate.py on the 2-core CI machine, tiny "
+            "preset at batch 128, fastest window of each run: 0.28 to 0.45 of the best float32 matmul rate over "
+            "an afternoon (the shared machine's speed drifts), 0.36 in the middle",
+        ),
+    )
+}
+"""Cluster profiles name one of these in `gpu` (slurm/a100.yaml: a100-80gb)."""
+
+
+def device(name: str) -> Device:
+    """The table's entry for `name`; KeyError names the allowed ones."""
+    if name not in DEVICES:
+        raise KeyError(
+            f"no device {name!r} in the cost table (oner_lab/launch/devices.py); allowed: {', '.join(DEVICES)}"
+        )
+    return DEVICES[name]
+
+
+__all__ = ["DEVICES", "Device", "device"]

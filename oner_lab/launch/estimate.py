@@ -1,0 +1,158 @@
+"""What a run will cost before it is sent anywhere: training FLOPs, wall time and GPU-hours.
+
+FLOPs come from `cost.count` (the real model and terms on meta tensors, so a ViT-B/16 batch of
+4096 costs a second to count). Time is FLOPs over what the device sustains: its dense peak times a
+model-FLOPs utilisation (MFU) from the table in launch/devices.py, each figure with its source, measured
+where the lab has measured it and marked assumed where it has not. On a CPU the peak is not a
+datasheet figure but this machine's plain float32 matmul rate, measured in a fraction of a second,
+and the MFU is the share of it a real run reached (benchmarks/cost_estimate.py measures both).
+
+Left out: evaluation passes, data start-up, checkpoints and requeues (docs/cost.md says how large
+they are); the estimate is for the training steps, all of them, whatever a resume has done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from rich.table import Table
+
+from oner_lab import cost
+from oner_lab.launch.devices import Device, device
+from oner_lab.spec import PlannedRun
+
+
+def matmul_flops(threads: int | None = None, size: int = 512, rounds: int = 20, seconds: float = 0.05) -> float:
+    """This CPU's plain float32 matmul rate with `threads` intra-op threads (the run's `train.threads`):
+    the best of short rounds over a second, so a moment of other load on the machine does not count (on a
+    shared virtual machine the rate was seen to swing 3x from one second to the next)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b
+        best = 0.0
+        for _ in range(rounds):
+            done, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
+                a @ b
+                done += 1
+            best = max(best, 2 * size**3 * done / elapsed)
+        return best
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """One run's training cost on `devices` devices of one kind."""
+
+    run_name: str
+    flops_per_step: int
+    steps: int
+    device: Device
+    devices: int
+    sustained_flops: float
+    """FLOP/s of one device: peak x MFU."""
+
+    @property
+    def total_flops(self) -> float:
+        return float(self.flops_per_step) * self.steps
+
+    @property
+    def step_s(self) -> float:
+        return self.flops_per_step / (self.sustained_flops * self.devices)
+
+    @property
+    def wall_h(self) -> float:
+        return self.step_s * self.steps / 3600
+
+    @property
+    def device_hours(self) -> float:
+        return self.wall_h * self.devices
+
+
+def estimate(run: PlannedRun, device_name: str, devices: int = 1, cpu_flops: float | None = None) -> RunEstimate:
+    """The training cost of `run` on `devices` x `device_name` (`cpu_flops`: a measured matmul rate)."""
+    found = device(device_name)
+    peak = found.peak_flops
+    if peak is None:
+        peak = cpu_flops if cpu_flops is not None else matmul_flops(run.config.train.threads)
+    flops = cost.count(run.config).flops_per_step
+    return RunEstimate(run.run_name, flops, run.config.train.steps, found, devices, peak * found.mfu)
+
+
+def estimate_all(planned: Sequence[PlannedRun], device_name: str, devices: int = 1) -> list[RunEstimate]:
+    """Every run's estimate; the CPU's matmul rate is measured once per thread setting."""
+    rates: dict[int | None, float] = {}
+    estimates = []
+    for run in planned:
+        cpu_flops = None
+        if device(device_name).peak_flops is None:
+            threads = run.config.train.threads
+            if threads not in rates:
+                rates[threads] = matmul_flops(threads)
+            cpu_flops = rates[threads]
+        estimates.append(estimate(run, device_name, devices, cpu_flops))
+    return estimates
+
+
+def where(backend: str, gpus_per_node: int = 0, gpu: str | None = None, world_size: int = 1) -> tuple[str, int, str]:
+    """(device name in the table, devices per run, what the table's caption says) of a launcher:
+    a SLURM profile's card times its GPUs, a CPU job's ranks, or this machine for a local run."""
+    if backend == "slurm" and gpus_per_node:
+        if gpu is None:
+            raise KeyError("the cluster profile names no `gpu`; add one of the cost table's names to it (docs/cost.md)")
+        device(gpu)
+        return gpu, world_size, f"{world_size} x {gpu}"
+    if torch.cuda.is_available():
+        raise KeyError(f"a local run here trains on {torch.cuda.get_device_name()}, which the estimate does not place")
+    return "cpu", world_size, f"{world_size} x this machine's CPU" if world_size > 1 else "this machine's CPU"
+
+
+def _si(value: float, unit: str) -> str:
+    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G")):
+        if value >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _hours(hours: float) -> str:
+    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.1f} h"
+
+
+def _amount(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
+
+
+def cost_table(estimates: Sequence[RunEstimate], placed: str) -> Table:
+    """Per run and in total: FLOPs per step, total FLOPs, wall time and device-hours (docs/cost.md)."""
+    first = estimates[0].device
+    kind = "measured for training steps" if first.measured else "assumed, end to end"
+    table = Table(
+        title=f"Estimated training cost on {placed}",
+        caption=f"at {first.mfu:.0%} model-FLOPs utilisation, {kind} (oner_lab/launch/devices.py; docs/cost.md)",
+    )
+    for column in ("run", "FLOPs/step", "steps", "FLOPs", "wall time", "device-hours"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for one in estimates:
+        table.add_row(
+            one.run_name,
+            _si(one.flops_per_step, "FLOP"),
+            str(one.steps),
+            _si(one.total_flops, "FLOP"),
+            _hours(one.wall_h),
+            _amount(one.device_hours),
+        )
+    total_flops = sum(one.total_flops for one in estimates)
+    total_hours = sum(one.device_hours for one in estimates)
+    table.add_section()
+    table.add_row(f"total ({len(estimates)} runs)", "", "", _si(total_flops, "FLOP"), "", _amount(total_hours))
+    return table
+
+
+__all__ = ["RunEstimate", "cost_table", "estimate", "estimate_all", "matmul_flops", "where"]

@@ -1,0 +1,128 @@
+"""The cost estimate (launch/estimate.py): a real CPU run takes the time it predicts, and a dry run of
+a paper recipe prints GPU-hours from the counted FLOPs and the device table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from oner_lab import cost, train
+from oner_lab.launch import LaunchError, estimate
+from oner_lab.launch.cluster import load_profile
+from oner_lab.launch.devices import DEVICES
+from oner_lab.spec import expand, load_spec, parse_only
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class StepTimes:
+    """A `RunLogger` keeping the training loop's own throughput windows."""
+
+    def __init__(self) -> None:
+        self.samples_per_s: list[float] = []
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if "train/samples_per_s" in metrics:
+            self.samples_per_s.append(metrics["train/samples_per_s"])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def estimate_and_run(folder: Path) -> tuple[float, float, list[float]]:
+    """(estimated, measured) seconds per step of the ablation's recipe (oner, tiny preset, batch 128) for 50
+    steps, the estimate made before the run from counted FLOPs, this CPU's matmul rate and the table."""
+    overrides = ["base.train.steps=50", "base.train.log_every=10", "base.eval.every_steps=null"]
+    spec = load_spec(ROOT / "experiments" / "ablation.yaml", overrides=overrides)
+    (run,) = expand(spec, parse_only("variant=oner,seed=0"))
+    guess = estimate.estimate(run, "cpu")
+    assert guess.flops_per_step == cost.count(run.config).flops_per_step
+    times = StepTimes()
+    train.run(run.config, folder, times)
+    # the fastest window: this machine at full speed, as the estimate's matmul rate is its best round
+    return guess.step_s, run.config.train.batch_size / max(times.samples_per_s), times.samples_per_s
+
+
+def test_a_cpu_run_takes_the_step_time_its_estimate_says_within_25_percent(tmp_path: Path) -> None:
+    """One more attempt when the first misses: on this shared virtual machine both the matmul rate and the
+    training speed drift by up to 1.6x between minutes, not together (docs/cost.md); a second miss fails."""
+    attempts = []
+    for attempt in range(2):
+        estimated, measured, windows = estimate_and_run(tmp_path / f"run{attempt}")
+        attempts.append(
+            f"estimated {estimated:.3f} s, measured {measured:.3f} s ({[round(x) for x in windows]} samples/s)"
+        )
+        if estimated == pytest.approx(measured, rel=0.25):
+            return
+    pytest.fail("the estimate missed by more than 25% twice: " + "; ".join(attempts))
+
+
+def dry_run(spec: Path, *arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oner_lab.run", str(spec), "--dry-run", *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_a_dry_run_of_the_4m_recipe_prints_a100_hours_from_the_counted_flops(tmp_path: Path) -> None:
+    result = dry_run(ROOT / "experiments" / "retrieval_4m.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    spec = load_spec(ROOT / "experiments" / "retrieval_4m.yaml")
+    a100 = DEVICES["a100-80gb"]
+    assert "Estimated training cost on 32 x a100-80gb" in result.stdout
+    lines = result.stdout.split("Estimated training cost", 1)[1].splitlines()
+    total_hours = 0.0
+    for run in expand(spec):
+        hours = cost.count(run.config).flops_per_step * run.config.train.steps / (a100.peak_flops * a100.mfu) / 3600
+        total_hours += hours
+        (row,) = [line for line in lines if line.startswith(f"│ {run.run_name} ")]
+        assert row.rstrip(" │").split("│")[-1].strip() == (f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}")
+    (total,) = [line for line in lines if "total (2 runs)" in line]
+    assert total.rstrip(" │").split("│")[-1].strip() == f"{total_hours:,.0f}"
+    assert "13% model-FLOPs utilisation, assumed" in result.stdout
+
+
+def test_a_cpu_dry_run_estimates_this_machine(tmp_path: Path) -> None:
+    result = dry_run(ROOT / "experiments" / "smoke.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Estimated training cost on this machine's CPU" in result.stdout
+    assert "measured for training steps" in result.stdout
+
+
+def write_profile(folder: Path, **changes: object) -> Path:
+    text = (ROOT / "slurm" / "a100.yaml").read_text()
+    for key, value in changes.items():
+        text = "\n".join(f"{key}: {value}" if line.startswith(f"{key}:") else line for line in text.splitlines())
+    path = folder / "site.yaml"
+    path.write_text(text + "\n")
+    return path
+
+
+def test_a_profile_naming_an_unknown_card_is_refused_naming_the_file_and_the_cards(tmp_path: Path) -> None:
+    path = write_profile(tmp_path, gpu="a100-96gb")
+    with pytest.raises(LaunchError) as refused:
+        load_profile(str(path))
+    assert str(path) in str(refused.value) and "gpu" in str(refused.value)
+    assert "'a100-96gb' is not in the cost table" in str(refused.value) and "a100-80gb" in str(refused.value)
+
+
+def test_a_gpu_profile_without_a_card_gets_a_note_instead_of_an_estimate(tmp_path: Path) -> None:
+    path = write_profile(tmp_path, gpu="null")
+    result = dry_run(
+        ROOT / "experiments" / "retrieval_4m.yaml", "--set", f"launcher.slurm.cluster={path}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No cost estimate: the cluster profile names no `gpu`" in result.stdout
+    assert "Estimated training cost" not in result.stdout
