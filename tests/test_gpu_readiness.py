@@ -262,3 +262,58 @@ def test_activation_checkpointing_gives_identical_losses_and_gradients(tmp_path)
     assert ckpt_losses == pytest.approx(plain_losses, rel=1e-6, abs=1e-6)
     for a, b in zip(plain_weights, ckpt_weights):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _trainer(tmp_path, name: str, variant: str = "oner", **train):
+    from oner_lab.distributed import DistInfo
+    from oner_lab.spec.config import RunConfig
+    from oner_lab.train import Trainer
+
+    config = RunConfig.model_validate(
+        {
+            "objective": {"variant": variant},
+            "data": {"train_size": 256, "eval_images": 16, "cls_images_per_class": 2, "cache_dir": str(tmp_path / "c")},
+            "train": {"steps": 3, "batch_size": 16, "device": "cpu", **train},
+            "eval": {"sets": ["shapes"]},
+        }
+    )
+    return Trainer(config, tmp_path / name, DistInfo(0, 1, 0))
+
+
+# --- bf16 autocast and torch.compile on CPU ---------------------------------------------------------
+def test_bf16_autocast_on_cpu_keeps_losses_weights_and_momentum_in_float32(tmp_path) -> None:
+    """The CUDA precision path (bf16 autocast) run on CPU: every term's loss comes out float32, the
+    weights, the momentum copy and AdamW's state stay float32, and the losses follow fp32's."""
+    fp32, bf16 = _trainer(tmp_path, "fp32", precision="fp32"), _trainer(tmp_path, "bf16", precision="bf16")
+    with bf16.autocast:  # the step's own context: the terms as the loss sees them
+        total, values = bf16.objective(bf16.model, bf16.target, bf16_inputs(bf16), torch.Generator().manual_seed(0))
+    assert total.dtype == torch.float32 and {v.dtype for v in values.values()} == {torch.float32}, values
+    plain = [fp32.train_step()["train/loss"] for _ in range(3)]
+    mixed = [bf16.train_step()["train/loss"] for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(mixed)))
+    assert mixed == pytest.approx(plain, rel=0.03), "bf16 losses drift from fp32 beyond bf16 rounding"
+    assert mixed != plain, "precision=bf16 did not change the arithmetic (autocast not in effect)"
+    for module in (bf16.model, bf16.target, bf16.objective):
+        assert {p.dtype for p in module.parameters()} == {torch.float32}
+    assert {s.dtype for state in bf16.optimizer.state.values() for s in state.values() if s.dim()} == {torch.float32}
+
+
+def bf16_inputs(trainer):
+    """Step 0's global batch as `Trainer.train_step` builds it."""
+    from oner_lab.objectives import StepInputs
+
+    t = trainer.config.train
+    batch = trainer.data.train.batch(0, t.batch_size, t.seed, 0, 1)
+    return StepInputs(batch.images, batch.images_target, batch.text_ids, batch.text_mask)
+
+
+def test_compiled_blocks_give_the_eager_losses_and_weights(tmp_path) -> None:
+    """`train.compile` compiles the tower's blocks in place (inductor on CPU): the same losses to float
+    rounding, and the same parameter names, so checkpoints load either way."""
+    eager, compiled = _trainer(tmp_path, "eager", "itc"), _trainer(tmp_path, "compiled", "itc", compile=True)
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    plain = [eager.train_step()["train/loss"] for _ in range(3)]
+    fused = [compiled.train_step()["train/loss"] for _ in range(3)]
+    assert fused == pytest.approx(plain, rel=1e-4)
+    for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

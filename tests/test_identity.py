@@ -40,6 +40,7 @@ OPERATIONAL_KEYS = {
     "eval.batch_size",
     "train.keep_checkpoints",
     "train.activation_checkpointing",
+    "train.compile",
 }
 
 

@@ -226,6 +226,12 @@ class TrainConfig(Section):
         default=False,
         description="recompute the tower's block activations in backward (less memory, ~1/3 more compute, same losses)",
     )
+    compile: Annotated[
+        bool, Operational("the same maths through fused kernels: float rounding differs, as on another GPU")
+    ] = Field(
+        default=False,
+        description="torch.compile each of the tower's blocks (docs/gpu.md); the first steps are slower while it compiles",
+    )
     init_from: PathStr | None = Field(
         default=None,
         description="fine-tuning: the name of another grid variant (its FINISHED run with the same seed and axes) or a path "
