@@ -9,6 +9,12 @@ a multiply-add is 2 FLOPs) for the forward and backward passes of every active t
 batch (all ranks together, unpaired rows included), the momentum encoder's forward passes too. The
 optimiser step, the EMA update and element-wise ops are left out (a few percent at most).
 
+Memory: the peak of the bytes held by live tensors during the forward and backward passes (every
+tensor's storage counted once, freed when the last reference goes), at the global batch in float32
+with the run's activation checkpointing; a real CPU step's resident memory grows by that much within
+a few percent (tests/test_cost_estimate.py). What a GPU rank needs is built from it in
+launch/estimate.py.
+
 Masked positions are data-dependent; on meta tensors they are counted at their configured share:
 `objective.mim_ratio` of the patches (exact: every image masks that many), `objective.mlm_prob` of the
 text positions (an upper estimate: real captions are shorter than `model.max_text_len` and special
@@ -23,6 +29,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from oner_lab.model import OneTower, TowerConfig, momentum_copy, tower_config
@@ -38,11 +45,17 @@ _aten = torch.ops.aten
 
 @dataclass(frozen=True)
 class Cost:
-    """Parameter counts of the trained tower (the momentum copy is not counted twice) and FLOPs per step."""
+    """Parameter counts of the trained tower (the momentum copy is not counted twice), FLOPs per step and
+    the live-tensor peak of one step's passes."""
 
     params_total: int
     params_trainable: int
     flops_per_step: int
+    momentum_params: int = 0
+    """Parameters of the momentum copy (the EMA target), kept beside the model."""
+    activation_bytes: int = 0
+    """Peak bytes of the tensors alive during forward and backward (activations, gradients, the
+    losses' intermediates) at the global batch, float32."""
 
     def as_params(self) -> dict[str, str]:
         """The MLflow params the training loop logs."""
@@ -106,6 +119,33 @@ class _MaskedShare(TorchDispatchMode):
         return round(self.mlm_prob * mask.numel())
 
 
+class _LiveBytes(TorchDispatchMode):
+    """The peak of bytes held by the storages that ops create, each storage counted once until freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.held: set[int] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key = storage._cdata
+                if key not in self.held:
+                    self.held.add(key)
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self.held.discard(key)
+
+
 def _is_meta_mask(index: object) -> bool:
     return isinstance(index, torch.Tensor) and index.is_meta and index.dtype == torch.bool
 
@@ -142,6 +182,7 @@ def _count(config: RunConfig, vocab_size: int) -> Cost:
     batch, length, size = config.train.batch_size, tower.max_text_len, tower.image_size
     with torch.device("meta"):
         model = OneTower(tower)
+        model.activation_checkpointing = config.train.activation_checkpointing
         target = momentum_copy(model)
         objective = build_objective(obj, weights, 3, tower.vocab_size, special)
         images = torch.empty(batch, 3, size, size)
@@ -153,13 +194,18 @@ def _count(config: RunConfig, vocab_size: int) -> Cost:
         extra_images = torch.empty(image_only.batch_size, 3, size, size) if image_only else None
     inputs = StepInputs(images, images, ids, mask, extra_ids, extra_mask, extra_images)
     trained = [p for module in (model, objective) for p in module.parameters()]
+    live = _LiveBytes()
     with _MaskedShare(tower.num_patches, obj.mim_ratio, obj.mlm_prob), FlopCounterMode(display=False) as counter:
-        total, _ = objective(model, target, inputs, torch.Generator().manual_seed(0))
-        total.backward()
+        with live:
+            total, _ = objective(model, target, inputs, torch.Generator().manual_seed(0))
+            total.backward()
+            del total
     return Cost(
         params_total=sum(p.numel() for p in trained),
         params_trainable=sum(p.numel() for p in trained if p.requires_grad),
         flops_per_step=int(counter.get_total_flops()),
+        momentum_params=sum(p.numel() for p in target.parameters()),
+        activation_bytes=live.peak,
     )
 
 

@@ -223,11 +223,12 @@ def report_data(spec: Spec, planned: Sequence[PlannedRun], console: Console) -> 
 
 def report_cost(
     spec: Spec, runs: Sequence[PlannedRun], resources: launch.SlurmResources | None, console: Console
-) -> None:
-    """The training cost of `runs` where the launcher sends them (launch/estimate.py, docs/cost.md):
-    printed by a dry run and before a SLURM submission; a launcher it cannot place gets a note, not an error."""
+) -> list[str]:
+    """Prints the training cost and memory per rank of `runs` where the launcher sends them (launch/estimate.py,
+    docs/cost.md), by a dry run and before a SLURM submission; returns why runs cannot fit their cards.
+    A launcher it cannot place gets a note, not an error."""
     if not runs:
-        return
+        return []
     from oner_lab.launch import estimate
 
     try:
@@ -235,14 +236,21 @@ def report_cost(
             placed = estimate.where("local")
         else:
             gpus = resources.gpus_per_node
-            placed = estimate.where(
-                "slurm", gpus, resources.profile.gpu, resources.nodes * (gpus or resources.tasks_per_node)
-            )
+            world = resources.nodes * (gpus or resources.tasks_per_node)
+            placed = estimate.where("slurm", gpus, resources.profile.gpu, world)
     except KeyError as error:
         console.print(f"[yellow]No cost estimate: {error.args[0]}[/]", highlight=False)
-        return
+        return []
     name, devices, where = placed
-    console.print(estimate.cost_table(estimate.estimate_all(runs, name, devices), where))
+    estimates = estimate.estimate_all(runs, name, devices)
+    console.print(estimate.cost_table(estimates, where))
+    if resources is None or not resources.gpus_per_node:
+        return []
+    grouped: dict[str, list[str]] = {}
+    for run, one in zip(runs, estimates):
+        if problem := estimate.memory_problem(run, one, resources.gpus_per_node, resources.nodes):
+            grouped.setdefault(problem, []).append(run.run_name)
+    return [f"{'runs' if len(names) > 1 else 'run'} {', '.join(names)}: {text}" for text, names in grouped.items()]
 
 
 def fail(message: object) -> int:
@@ -296,8 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"{spec.source_file}: {error}")
         steps = plan(spec, planned, existing, args.force)
         console.print(plan_table(steps))
-        report_cost(spec, planned, resources, console)
+        too_big = report_cost(spec, planned, resources, console)
         warn_old_scheme(spec, uri, console)
+        if too_big:
+            return fail(f"{spec.source_file}: {'; '.join(too_big)}")
         if problems := unstartable(steps, existing):
             return fail(f"{spec.source_file}: {'; '.join(problems)}")
         return 0
@@ -416,7 +426,9 @@ def plan_and_launch(
         return 0
 
     if spec.launcher.backend == "slurm":  # what the submission will cost, before it is sent
-        report_cost(spec, [step.planned for step in todo], launch.resolve_slurm(spec.launcher.slurm), console)
+        resources = launch.resolve_slurm(spec.launcher.slurm)
+        if too_big := report_cost(spec, [step.planned for step in todo], resources, console):
+            return fail(f"{spec.source_file}: {'; '.join(too_big)}")
     return launch_and_wait(spec, planned, todo, existing, executor, client, uri, args.no_wait, console, lock)
 
 

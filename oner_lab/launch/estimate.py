@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from rich.table import Table
 
 from oner_lab import cost
-from oner_lab.launch.devices import Device, device
+from oner_lab.launch.devices import DEVICES, Device, device
 from oner_lab.spec import PlannedRun
 
 
@@ -47,6 +47,48 @@ def matmul_flops(threads: int | None = None, size: int = 512, rounds: int = 20, 
         torch.set_num_threads(previous)
 
 
+BF16_ACTIVATIONS = 0.6
+"""Activation bytes under bf16 autocast over float32 (assumed: matmul outputs are bf16, layer norms and
+the losses stay float32; not measured on a GPU yet)."""
+HEADROOM = 0.9
+"""Share of a card's memory a rank may plan to use: the rest is CUDA's context, NCCL's buffers and the
+allocator's fragmentation."""
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class RankMemory:
+    """Peak memory of one DDP rank during a training step, in bytes, by what holds it."""
+
+    weights: float
+    """The model's float32 parameters, and the objective's."""
+    momentum: float
+    """The EMA target's float32 copy."""
+    optimizer: float
+    """AdamW's two float32 moments per trained parameter."""
+    activations: float
+    """The step's live tensors at this rank's share of the batch: activations (bf16 or float32) and
+    the float32 gradients."""
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.momentum + self.optimizer + self.activations
+
+
+def rank_memory(counted: cost.Cost, world_size: int, bf16: bool) -> RankMemory:
+    """What one of `world_size` ranks holds at its step's peak (cost.count measured the global batch)."""
+    gradients = 4.0 * counted.params_trainable
+    activations = max(0.0, counted.activation_bytes - gradients) / world_size
+    if bf16:
+        activations *= BF16_ACTIVATIONS
+    return RankMemory(
+        weights=4.0 * counted.params_total,
+        momentum=4.0 * counted.momentum_params,
+        optimizer=8.0 * counted.params_trainable,
+        activations=activations + gradients,
+    )
+
+
 @dataclass(frozen=True)
 class RunEstimate:
     """One run's training cost on `devices` devices of one kind."""
@@ -58,6 +100,8 @@ class RunEstimate:
     devices: int
     sustained_flops: float
     """FLOP/s of one device: peak x MFU."""
+    memory: RankMemory
+    """Peak memory of one rank (one device)."""
 
     @property
     def total_flops(self) -> float:
@@ -82,8 +126,54 @@ def estimate(run: PlannedRun, device_name: str, devices: int = 1, cpu_flops: flo
     peak = found.peak_flops
     if peak is None:
         peak = cpu_flops if cpu_flops is not None else matmul_flops(run.config.train.threads)
-    flops = cost.count(run.config).flops_per_step
-    return RunEstimate(run.run_name, flops, run.config.train.steps, found, devices, peak * found.mfu)
+    counted = cost.count(run.config)
+    bf16 = run.config.train.precision == "bf16" or (
+        run.config.train.precision == "auto" and found.peak_flops is not None
+    )
+    memory = rank_memory(counted, devices, bf16)
+    return RunEstimate(
+        run.run_name, counted.flops_per_step, run.config.train.steps, found, devices, peak * found.mfu, memory
+    )
+
+
+def fits(one: RunEstimate) -> bool:
+    """Whether a rank's peak fits its card with headroom (always, on a CPU: no card to size)."""
+    return one.device.memory_gb is None or one.memory.total <= HEADROOM * one.device.memory_gb * 1e9
+
+
+def memory_problem(run: PlannedRun, one: RunEstimate, gpus_per_node: int, nodes: int) -> str | None:
+    """Why `run` cannot fit its card ("needs about ..."), and the settings that would make it fit; None when
+    it fits. The text does not name the run: the seeds of one variant share it."""
+    if fits(one):
+        return None
+    card = one.device
+    options = []
+    for more in range(nodes + 1, 65):
+        world = more * gpus_per_node
+        if run.config.train.batch_size % world == 0 and fits(estimate(run, card.name, world)):
+            options.append(f"launcher.slurm.nodes: {more}")
+            break
+    if not run.config.train.activation_checkpointing:
+        train = run.config.train.model_copy(update={"activation_checkpointing": True})
+        recomputing = replace(run, config=run.config.model_copy(update={"train": train}))
+        if fits(estimate(recomputing, card.name, one.devices)):
+            options.append("train.activation_checkpointing: true")
+    bigger = [
+        other.name
+        for other in DEVICES.values()
+        if other.memory_gb and other.memory_gb > card.memory_gb and one.memory.total <= HEADROOM * other.memory_gb * 1e9
+    ]
+    if bigger:
+        options.append(f"a profile with bigger cards ({', '.join(bigger)})")
+    memory = one.memory
+    return (
+        f"needs about {memory.total / GIB:.0f} GiB per GPU (weights {memory.weights / GIB:.1f}, "
+        f"momentum copy {memory.momentum / GIB:.1f}, AdamW {memory.optimizer / GIB:.1f}, activations and gradients "
+        f"{memory.activations / GIB:.0f} at {run.config.train.batch_size // one.devices} samples per GPU), more than "
+        f"{HEADROOM:.0%} of the {card.memory_gb:g} GB of one {card.name}; "
+        + (f"options that fit: {'; or '.join(options)}" if options else "no setting of nodes or recomputation fits")
+        + " (docs/cost.md)"
+    )
 
 
 def estimate_all(planned: Sequence[PlannedRun], device_name: str, devices: int = 1) -> list[RunEstimate]:
@@ -137,7 +227,7 @@ def cost_table(estimates: Sequence[RunEstimate], placed: str) -> Table:
         title=f"Estimated training cost on {placed}",
         caption=f"at {first.mfu:.0%} model-FLOPs utilisation, {kind} (oner_lab/launch/devices.py; docs/cost.md)",
     )
-    for column in ("run", "FLOPs/step", "steps", "FLOPs", "wall time", "device-hours"):
+    for column in ("run", "FLOPs/step", "steps", "FLOPs", "wall time", "device-hours", "memory/rank"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for one in estimates:
         table.add_row(
@@ -147,12 +237,24 @@ def cost_table(estimates: Sequence[RunEstimate], placed: str) -> Table:
             _si(one.total_flops, "FLOP"),
             _hours(one.wall_h),
             _amount(one.device_hours),
+            f"{one.memory.total / GIB:.1f} GiB" + ("" if fits(one) else " (too big)"),
         )
     total_flops = sum(one.total_flops for one in estimates)
     total_hours = sum(one.device_hours for one in estimates)
     table.add_section()
-    table.add_row(f"total ({len(estimates)} runs)", "", "", _si(total_flops, "FLOP"), "", _amount(total_hours))
+    table.add_row(f"total ({len(estimates)} runs)", "", "", _si(total_flops, "FLOP"), "", _amount(total_hours), "")
     return table
 
 
-__all__ = ["RunEstimate", "cost_table", "estimate", "estimate_all", "matmul_flops", "where"]
+__all__ = [
+    "RankMemory",
+    "RunEstimate",
+    "cost_table",
+    "estimate",
+    "estimate_all",
+    "fits",
+    "matmul_flops",
+    "memory_problem",
+    "rank_memory",
+    "where",
+]
