@@ -12,6 +12,7 @@ it; the node's slurmd is started again, the node returns, and the job resumes bi
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +103,20 @@ def submit(store: str, root: Path, name: str, *arguments: str) -> None:
 
 
 def wait_stopped_after_signal(client: MlflowClient, run_id: str) -> int:
-    """Waits for the run to checkpoint and wait to come back (or end); the step of that checkpoint."""
+    """Waits for the run to record its stop (tag oner.slurm.last_event, "SIGTERM at step N (checkpoint
+    written): ...") or to end; the step it stopped at. The tag stays, whereas SCHEDULED may last less than
+    a poll: a requeued job on an idle cluster is RUNNING again within seconds (seen in CI: the poll missed
+    it and read the final checkpoint instead)."""
     wait_until(
-        lambda: client.get_run(run_id).info.status in ("SCHEDULED", *TERMINAL),
+        lambda: "oner.slurm.last_event" in (run := client.get_run(run_id)).data.tags or run.info.status in TERMINAL,
         SCENARIO_TIMEOUT_S,
         "the interrupted two-node job to checkpoint and stop",
     )
-    return checkpoint.load(Path(client.get_run(run_id).data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")["step"]
+    run = client.get_run(run_id)
+    found = re.match(r"\S+ at step (\d+) ", run.data.tags.get("oner.slurm.last_event", ""))
+    if found:
+        return int(found.group(1))
+    return checkpoint.load(Path(run.data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")["step"]
 
 
 def node_state(node: str) -> str:
