@@ -9,6 +9,7 @@ write the SQLite store as often as they can).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -234,7 +235,10 @@ class Scenario:
     job_id: str = ""
     signals: list[str] = field(default_factory=list)
     stopped_at_step: list[int] = field(default_factory=list)
-    """The step of the run's checkpoint after each interruption (read while it waited to come back, or once it ended)."""
+    """The step each interruption stopped at: from the run's new oner.slurm.last_event tag, else (a run that
+    ended on it) its last checkpoint."""
+    event_before: str | None = None
+    """oner.slurm.last_event when the latest signal was sent."""
 
 
 PREEMPTION_RUN = [
@@ -320,6 +324,7 @@ def preemption(
             assert run.info.status not in TERMINAL, f"{name} ended before it could be interrupted: {run.data.tags}"
             if run.info.status == "RUNNING" and last_step(client, run.info.run_id) >= after:
                 command = pending[name].pop(0)
+                scenario.event_before = run.data.tags.get("oner.slurm.last_event")
                 subprocess.run([*command, scenario.job_id], check=True)
                 scenario.signals.append(" ".join(command))
                 waiting_requeue.add(name)
@@ -328,10 +333,12 @@ def preemption(
         for name in list(waiting_requeue):
             scenario = scenarios[name]
             run = client.get_run(scenario.run.info.run_id)
-            if run.info.status in (
-                "SCHEDULED",
-                *TERMINAL,
-            ):  # stopped after its checkpoint; waiting to come back, or ended
+            event = run.data.tags.get("oner.slurm.last_event")
+            # a new event tag stays, whereas SCHEDULED may last less than a poll (the job is back RUNNING)
+            if event != scenario.event_before and (found := re.match(r"\S+ at step (\d+) ", event or "")):
+                scenario.stopped_at_step.append(int(found.group(1)))
+                waiting_requeue.discard(name)
+            elif run.info.status in TERMINAL:  # ended on the signal (cancelled, over budget): its last checkpoint
                 state = checkpoint.load(Path(run.data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")
                 scenario.stopped_at_step.append(state["step"])
                 waiting_requeue.discard(name)
