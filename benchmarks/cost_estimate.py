@@ -13,29 +13,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 from oner_lab import train
 from oner_lab.launch import estimate
 from oner_lab.spec import expand, load_spec, parse_only
-
-
-class StepTimes:
-    """A `RunLogger` that keeps the loop's own throughput figures."""
-
-    def __init__(self) -> None:
-        self.samples_per_s: list[float] = []
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if "train/samples_per_s" in metrics:
-            self.samples_per_s.append(metrics["train/samples_per_s"])
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 def measure(variant: str, steps: int, batch: int, log_every: int = 10) -> tuple[estimate.RunEstimate, float]:
@@ -45,7 +27,7 @@ def measure(variant: str, steps: int, batch: int, log_every: int = 10) -> tuple[
     spec = load_spec("experiments/ablation.yaml", overrides=overrides)
     (run,) = expand(spec, parse_only(f"variant={variant},seed=0"))
     guess = estimate.estimate(run, "cpu")
-    times = StepTimes()
+    times = estimate.StepTimes()
     with tempfile.TemporaryDirectory() as folder:
         train.run(run.config, Path(folder) / "run", times)
     measured = batch / max(times.samples_per_s)

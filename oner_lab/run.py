@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "planning; if no `python -m oner_lab.run` is running, delete that file and rerun"
         )
     try:
-        return plan_and_launch(spec, planned, args, executor, client, uri, lock, console)
+        return plan_and_launch(spec, planned, args, executor, client, uri, lock, console, resources)
     except STORE_ERRORS as error:
         return store_failed(spec, uri, error)
     finally:
@@ -387,8 +387,10 @@ def plan_and_launch(
     uri: str,
     lock: FileLock,
     console: Console,
+    resources: launch.SlurmResources | None = None,
 ) -> int:
-    """Under the store lock: ends runs whose owner is gone, plans, claims; then dispatches and waits."""
+    """Under the store lock: ends runs whose owner is gone, plans, claims; then dispatches and waits.
+    `resources`: what each SLURM job asks for (None for the other backends)."""
     existing = tracking.runs_by_hash(client, spec.experiment_name)
     existing, notes = claims.reconcile(
         client,
@@ -425,8 +427,7 @@ def plan_and_launch(
         print_ui_link(spec, uri, console)
         return 0
 
-    if spec.launcher.backend == "slurm":  # what the submission will cost, before it is sent
-        resources = launch.resolve_slurm(spec.launcher.slurm)
+    if resources is not None:  # what the SLURM submission will cost, before it is sent
         if too_big := report_cost(spec, [step.planned for step in todo], resources, console):
             return fail(f"{spec.source_file}: {'; '.join(too_big)}")
     return launch_and_wait(spec, planned, todo, existing, executor, client, uri, args.no_wait, console, lock)

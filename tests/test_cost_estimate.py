@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -21,23 +20,6 @@ from oner_lab.spec import expand, load_spec, parse_only
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class StepTimes:
-    """A `RunLogger` keeping the training loop's own throughput windows."""
-
-    def __init__(self) -> None:
-        self.samples_per_s: list[float] = []
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if "train/samples_per_s" in metrics:
-            self.samples_per_s.append(metrics["train/samples_per_s"])
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
 def estimate_and_run(folder: Path) -> tuple[float, float, list[float]]:
     """(estimated, measured) seconds per step of the ablation's recipe (oner, tiny preset, batch 128) for 50
     steps, the estimate made before the run from counted FLOPs, this CPU's matmul rate and the table."""
@@ -46,7 +28,7 @@ def estimate_and_run(folder: Path) -> tuple[float, float, list[float]]:
     (run,) = expand(spec, parse_only("variant=oner,seed=0"))
     guess = estimate.estimate(run, "cpu")
     assert guess.flops_per_step == cost.count(run.config).flops_per_step
-    times = StepTimes()
+    times = estimate.StepTimes()
     train.run(run.config, folder, times)
     # the fastest window: this machine at full speed, as the estimate's matmul rate is its best round
     return guess.step_s, run.config.train.batch_size / max(times.samples_per_s), times.samples_per_s

@@ -14,8 +14,9 @@ they are); the estimate is for the training steps, all of them, whatever a resum
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from rich.table import Table
@@ -204,6 +205,24 @@ def where(backend: str, gpus_per_node: int = 0, gpu: str | None = None, world_si
     return "cpu", world_size, f"{world_size} x this machine's CPU" if world_size > 1 else "this machine's CPU"
 
 
+class StepTimes:
+    """A `RunLogger` keeping only the training loop's own throughput windows (`train/samples_per_s`):
+    what an estimate is checked against (benchmarks/cost_estimate.py, tests/test_cost_estimate.py)."""
+
+    def __init__(self) -> None:
+        self.samples_per_s: list[float] = []
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if "train/samples_per_s" in metrics:
+            self.samples_per_s.append(metrics["train/samples_per_s"])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def _si(value: float, unit: str) -> str:
     for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G")):
         if value >= factor:
@@ -249,6 +268,7 @@ def cost_table(estimates: Sequence[RunEstimate], placed: str) -> Table:
 __all__ = [
     "RankMemory",
     "RunEstimate",
+    "StepTimes",
     "cost_table",
     "estimate",
     "estimate_all",
