@@ -34,6 +34,31 @@ def test_every_shipped_spec_and_profile_validates_without_its_data(spec_file: Pa
         train.validate(run.config, files=False)
 
 
+PAPER_VOCAB = 30522  # BERT uncased WordPiece, as docs/paper.md reads the paper
+
+
+@pytest.mark.parametrize(
+    ("spec_file", "profile"),
+    [(spec_file, profile) for spec_file in EXPERIMENTS for profile in profiles_of(spec_file)],
+    ids=lambda value: value.stem if isinstance(value, Path) else str(value),
+)
+def test_paper_scale_runs_evaluate_on_real_sets_with_a_paper_sized_vocabulary(
+    spec_file: Path, profile: str | None
+) -> None:
+    """A ViT-B/16 run judged on the built-in shapes, or with the 512-entry toy vocabulary, would
+    spend A100-days measuring the wrong thing: every eval set must be a file-backed source."""
+    for run in expand(load_spec(spec_file, profile=profile)):
+        config = run.config
+        if config.model.preset != "vit_b16":
+            continue
+        built_in = [name for name in config.eval.sets if name not in config.data.eval_sources]
+        assert not built_in, f"{spec_file.name} [{profile}] {run.name}: evaluates on built-in {built_in}"
+        assert config.eval.sets, f"{spec_file.name} [{profile}] {run.name}: no evaluation"
+        assert config.data.tokenizer is not None or config.data.vocab_size >= PAPER_VOCAB, (
+            f"{spec_file.name} [{profile}] {run.name}: data.vocab_size {config.data.vocab_size}"
+        )
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "oner_lab.run", *args], cwd=cwd, capture_output=True, text=True, timeout=900
