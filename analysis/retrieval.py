@@ -39,5 +39,13 @@ table = analysis.retrieval_table(runs)
 saved = table.save(output_dir, "retrieval")
 table
 
+# %% [markdown]
+# ## The paper's findings
+# Each finding as our paired difference over seeds (dots), its mean and 95% interval, beside the
+# paper's difference (red); the verdict says whether ours agrees, disagrees, or is within noise.
+
+# %%
+saved.append(analysis.save_figure(analysis.findings_figure(table), output_dir, "retrieval_findings"))
+
 # %%
 analysis.log_outputs(tracking_uri, experiment, "retrieval", saved)

@@ -29,12 +29,19 @@ CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class Finding:
-    """`better` minus `baseline` (variant names); `paper_rows` the paper's rows for the two, if any."""
+    """`better` minus `baseline` (variant names); `paper_rows` the paper's ablation rows for the two, if any.
+
+    `less`: a difference in differences, `(better - baseline) - (less[0] - less[1])` per seed ("the one
+    tower gains more than two heads"). `paper_value`: the paper's difference where it is not two
+    ablation rows (the transfer table's gains).
+    """
 
     name: str
     better: str
     baseline: str
-    paper_rows: tuple[str, str] | None
+    paper_rows: tuple[str, str] | None = None
+    less: tuple[str, str] | None = None
+    paper_value: float | None = None
 
 
 ABLATION_FINDINGS = (
@@ -45,6 +52,30 @@ ABLATION_FINDINGS = (
     Finding("OneR over +XMC+CIC", "oner", "xmc_cic", ("+ CMC (OneR)", "+ XMC + CIC")),
     Finding("cumulative reading (ITC+XMC+CIC+CMC) vs OneR", "oner_cumulative", "oner", None),
 )
+
+
+def transfer_findings(without: str, with_captions: str) -> tuple[Finding, ...]:
+    """The transfer table's findings between its two data rows (variant keys `<column> | <data row>`):
+    the captions' gain for each column, and whether the one tower gains more (the paper's claim).
+    The paper's values are the means of its three gains (top-1, TR@1, IR@1)."""
+    gain = {
+        column: sum(paper.TRANSFER_ROWS["gain"][column]) / len(paper.TRANSFER_METRICS)
+        for column in ("two heads", "one tower")
+    }
+    two, one = (f"{column} | " for column in ("two heads", "one tower"))
+    return (
+        Finding("unpaired captions help two heads", two + with_captions, two + without, paper_value=gain["two heads"]),
+        Finding(
+            "unpaired captions help the one tower", one + with_captions, one + without, paper_value=gain["one tower"]
+        ),
+        Finding(
+            "the one tower gains more than two heads",
+            one + with_captions,
+            one + without,
+            less=(two + with_captions, two + without),
+            paper_value=gain["one tower"] - gain["two heads"],
+        ),
+    )
 
 
 def interval(differences: list[float]) -> tuple[float, float, float]:
@@ -71,12 +102,17 @@ def verdict(n: int, low: float, high: float, mean: float, paper_difference: floa
     return AGREES if (mean > 0) == (paper_difference > 0) else DISAGREES
 
 
-def paired_differences(scores: pd.DataFrame, better: str, baseline: str) -> pd.Series:
-    """Per seed present for both variants: score(better) - score(baseline)."""
+def paired_differences(scores: pd.DataFrame, finding: Finding) -> pd.Series:
+    """Per seed present for every variant the finding names: score(better) - score(baseline), less
+    the second difference of a difference in differences."""
     wide = scores.pivot_table(index="seed", columns="variant", values="score", aggfunc="mean")
-    if better not in wide or baseline not in wide:
+    named = (finding.better, finding.baseline, *(finding.less or ()))
+    if any(variant not in wide for variant in named):
         return pd.Series(dtype=float)
-    return (wide[better] - wide[baseline]).dropna()
+    difference = wide[finding.better] - wide[finding.baseline]
+    if finding.less is not None:
+        difference = difference - (wide[finding.less[0]] - wide[finding.less[1]])
+    return difference.dropna()
 
 
 def run_scores(runs: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -90,6 +126,8 @@ def run_scores(runs: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
 
 def paper_difference(finding: Finding, labels: list[str]) -> float | None:
     """The paper's `better - baseline` on the mean of the published columns among `labels`."""
+    if finding.paper_value is not None:
+        return finding.paper_value
     if finding.paper_rows is None:
         return None
     names = [name for name in paper.ABLATION_COLUMNS if name in {label.rsplit(" ", 1)[-1] for label in labels}]
@@ -107,7 +145,7 @@ def findings_frame(
     scores = run_scores(runs, columns)
     rows = []
     for finding in findings:
-        differences = paired_differences(scores, finding.better, finding.baseline)
+        differences = paired_differences(scores, finding)
         published = paper_difference(finding, list(columns.values()))
         n = len(differences)
         mean, low, high = interval(differences.tolist()) if n else (math.nan, math.nan, math.nan)
