@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from oner_lab.analysis import paper
@@ -86,3 +87,12 @@ def test_analysis_never_imports_the_model_the_objectives_or_training() -> None:
                 if any(name == wall or name.startswith(wall + ".") for wall in walled)
             ]
     assert not offenders, offenders
+
+
+def test_a_local_job_waiting_for_its_slot_has_not_imported_torch() -> None:
+    """Every local job process unpickles its `TrainingJob` and then waits for a slot; with the 18 runs
+    of the built-in ablation, importing torch and the data there cost about 10 s of CPU each, taken
+    from the runs that train (benchmarks/ablation_time.py)."""
+    probe = "import sys, oner_lab.launch.job; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
