@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from oner_lab import checkpoint, cost, embedding_sample, finetune, plugins
 from oner_lab.contract import ConfigError, Interrupted, RunControl, RunLogger
 from oner_lab.data import DataBundle, check_config, prepare
+from oner_lab.data.tokenizer import TextTokenizer
 from oner_lab.distributed import (
     DistInfo,
     average_gradients,
@@ -55,6 +56,7 @@ from oner_lab.objectives import (
     resolve_terms,
     terms_training,
 )
+from oner_lab.phases import PhaseClock
 from oner_lab.seeds import global_seed, step_seed
 from oner_lab.spec.config import ObjectiveConfig, RunConfig
 from oner_lab.spec.errors import SpecError
@@ -217,9 +219,15 @@ class Trainer:
     """Holds one run's model, optimiser and data; `fit` runs the loop, `evaluate` the zero-shot sets."""
 
     def __init__(
-        self, config: RunConfig, run_dir: Path, dist_info: DistInfo, init_checkpoint: Path | None = None
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        dist_info: DistInfo,
+        init_checkpoint: Path | None = None,
+        clock: PhaseClock | None = None,
     ) -> None:
         self.started = time.perf_counter()  # wall time of this session: data, training and evaluation
+        self.clock = clock or PhaseClock()
         self.config = config
         self.run_dir = run_dir
         self.dist = dist_info
@@ -257,7 +265,10 @@ class Trainer:
         )
         # eval sets on rank 0 only, which alone evaluates: the other ranks hold none of them
         eval_sets = config.eval.sets if dist_info.is_main else []
-        self.data: DataBundle = prepare(config.data, tower.image_size, tower.max_text_len, eval_sets, kept_tokenizer)
+        with self.clock("data"):
+            self.data: DataBundle = prepare(
+                config.data, tower.image_size, tower.max_text_len, eval_sets, kept_tokenizer
+            )
         if self.device.type == "cuda":
             self.data.train = self.data.train.to(
                 self.device
@@ -267,6 +278,12 @@ class Trainer:
         self.tower_cfg = replace(tower, vocab_size=tokenizer.vocab_size)
         if self.parent is not None:
             self.parent.check(config, tokenizer, self.tower_cfg)
+        with self.clock("build"):
+            self._build(config, tokenizer)
+
+    def _build(self, config: RunConfig, tokenizer: TextTokenizer) -> None:
+        """The tower, its momentum copy, the objective and AdamW."""
+        t = config.train
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every resume
         self.model = OneTower(self.tower_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
@@ -365,7 +382,9 @@ class Trainer:
 
     def start(self) -> None:
         """Resume from this run's last checkpoint; failing that, a fine-tuning run takes its parent's weights."""
-        if not self.resume() and self.parent is not None:
+        with self.clock("checkpoint"):
+            resumed = self.resume()
+        if not resumed and self.parent is not None:
             self.parent.load_into(self.model, self.target)
         self.parent = None  # its weights are copied (or not needed): free them for the rest of the run
 
@@ -511,9 +530,10 @@ class Trainer:
     def fit(self, logger: RunLogger | None, control: RunControl | None) -> dict[str, float]:
         t, every = self.config.train, self.config.eval.every_steps
         log = logger if self.dist.is_main else None
-        if self.dist.is_main and self.step == 0:
-            self.log_artifacts(log)
-        self.log_cost(log)
+        with self.clock("tracking"):
+            if self.dist.is_main and self.step == 0:
+                self.log_artifacts(log)
+            self.log_cost(log)
         bar = tqdm(
             total=t.steps,
             initial=self.step,
@@ -527,7 +547,8 @@ class Trainer:
         last: dict[str, float] = {}
         self.model.train()
         while self.step < t.steps:
-            scalars = self.train_step()
+            with self.clock("steps"):
+                scalars = self.train_step()
             for key, value in scalars.items():
                 window.setdefault(key, []).append(value)
             window_samples += t.batch_size
@@ -536,32 +557,45 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 last = {key: sum(v) / len(v) for key, v in window.items()}
                 last["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
+                if self.device.type == "cpu":  # local runs sharing the machine split its CPUs (launch/cpu_share.py)
+                    last["train/threads"] = float(torch.get_num_threads())
                 bar.set_postfix(loss=f"{last['train/loss']:.3f}", samples_s=f"{last['train/samples_per_s']:.0f}")
                 if log:
-                    log.log_metrics(last, self.step)
+                    with self.clock("tracking"):
+                        log.log_metrics(last, self.step)
                 window, window_start, window_samples = {}, time.perf_counter(), 0
             if every and self.step % every == 0 and self.step < t.steps:
-                metrics = self.evaluate()
+                with self.clock("eval"):
+                    metrics = self.evaluate()
                 if log:
-                    log.log_metrics(metrics, self.step)
+                    with self.clock("tracking"):
+                        log.log_metrics(metrics, self.step)
             if self.step == max(1, t.steps // 10) and self.dist.is_main:  # the paper's t-SNE: 4 of 40 epochs
-                self.log_embeddings(log, embedding_sample.EARLY)
+                with self.clock("embeddings"):
+                    self.log_embeddings(log, embedding_sample.EARLY)
             stop = control is not None and control.should_stop()
             if self.step % t.checkpoint_every == 0 or self.step == t.steps or stop:
                 if log:  # before the checkpoint: a step the checkpoint covers is never lost from MLflow
-                    log.flush()
-                self.save()
+                    with self.clock("tracking"):
+                        log.flush()
+                with self.clock("checkpoint"):
+                    self.save()
             if stop and self.step < t.steps:
                 bar.close()
                 raise Interrupted(self.step)
         bar.close()
-        metrics = self.evaluate()
+        with self.clock("eval"):
+            metrics = self.evaluate()
+        if self.dist.is_main:
+            with self.clock("embeddings"):
+                self.log_embeddings(log, embedding_sample.FINAL)
+        with self.clock("tracking"):
+            if log:
+                log.log_artifact(self.write_eval_table(metrics), "eval")
         metrics["time/session_s"] = time.perf_counter() - self.started
+        metrics.update(self.clock.metrics())
         if log:
             log.log_metrics(metrics, self.step)
-            log.log_artifact(self.write_eval_table(metrics), "eval")
-        if self.dist.is_main:
-            self.log_embeddings(log, embedding_sample.FINAL)
         return {**last, **metrics, "train/steps": float(self.step)}
 
     def write_eval_table(self, metrics: dict[str, float]) -> Path:
@@ -594,18 +628,22 @@ def run(
     logger: RunLogger | None = None,
     control: RunControl | None = None,
     init_checkpoint: str | Path | None = None,
+    clock: PhaseClock | None = None,
 ) -> dict[str, float]:
     """Train `config` in `run_dir` (resuming from its last checkpoint) and return final metrics.
 
     `init_checkpoint`: the parent checkpoint of a fine-tuning run (`train.init_from`), as the CLI
-    resolves a variant name; by default `train.init_from` is taken as a path."""
-    plugins.load(config.plugins)
-    validate(config)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ranks = env_ranks()
-    dist_info = init_from_env(pick_device(config.train.device, ranks))  # the GPU is bound before any CUDA work
-    trainer = Trainer(config, run_dir, dist_info, Path(init_checkpoint) if init_checkpoint else None)
+    resolves a variant name; by default `train.init_from` is taken as a path. `clock`: the job's,
+    which already holds its start-up time."""
+    clock = clock or PhaseClock()
+    with clock("startup"):
+        plugins.load(config.plugins)
+        validate(config)
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ranks = env_ranks()
+        dist_info = init_from_env(pick_device(config.train.device, ranks))  # the GPU is bound before any CUDA work
+    trainer = Trainer(config, run_dir, dist_info, Path(init_checkpoint) if init_checkpoint else None, clock)
     trainer.start()
     return trainer.fit(logger, control)
 

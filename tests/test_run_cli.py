@@ -136,6 +136,36 @@ def test_debug_backend_end_to_end_skip_and_force(
     assert steps_of(workdir, rerun.info.run_id) == [1, 2, 3, 4, 5]
 
 
+def test_local_runs_two_at_a_time_split_the_cpus_and_report_where_their_time_went(
+    workdir: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`local.max_parallel: 2` (the built-in ablation's setting): both runs train at once, each on half
+    the CPUs while the other trains (all of them once alone), and each logs its wall time per phase
+    (oner_lab/phases.py)."""
+    args = [str(SMOKE), "--set", f"base.data.cache_dir={data_cache}", "--set", "launcher.local.max_parallel=2"]
+    assert main([*args, "--set", "base.train.steps=40", "--set", "base.train.log_every=1"]) == 0
+    capsys.readouterr()
+    runs = runs_of(workdir)
+    assert sorted(run.info.run_name for run in runs) == ["itc/seed0", "oner/seed0"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    spans = []
+    for run in runs:
+        metrics = run.data.metrics
+        assert run.info.status == "FINISHED"
+        threads = {m.value for m in client.get_metric_history(run.info.run_id, "train/threads")}
+        cpus = len(os.sched_getaffinity(0))
+        assert max(1, cpus // 2) in threads and threads <= {max(1, cpus // 2), cpus}, threads  # alone: all
+        phases = {key: value for key, value in metrics.items() if key.startswith("time/") and key != "time/session_s"}
+        assert {"time/startup_s", "time/data_s", "time/steps_s", "time/eval_s", "time/checkpoint_s"} <= set(phases)
+        assert all(value >= 0 for value in phases.values())
+        within_session = sum(value for key, value in phases.items() if key != "time/startup_s")
+        assert 0.8 * metrics["time/session_s"] <= within_session <= metrics["time/session_s"], phases
+        stamps = [m.timestamp for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        spans.append((min(stamps), max(stamps)))
+    (first_start, first_end), (second_start, second_end) = sorted(spans)
+    assert second_start < first_end, "max_parallel=2 but the runs trained one after the other"
+
+
 def test_a_failing_run_is_failed_with_its_error_and_the_others_go_on(
     workdir: Path, data_cache: Path, mlflow_template: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

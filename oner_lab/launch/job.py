@@ -80,9 +80,10 @@ class OwnerControl:
 
 
 @contextmanager
-def hold_lock(candidates: list[Path], control: OwnerControl) -> Iterator[bool]:
-    """Holds an exclusive lock on one of `candidates` (waiting for one to free up); yields False
-    instead if the owner disappears while waiting. Locks vanish with their process, even on SIGKILL."""
+def hold_lock(candidates: list[Path], control: OwnerControl) -> Iterator[Path | None]:
+    """Holds an exclusive lock on one of `candidates` (waiting for one to free up) and yields its path;
+    yields None instead if the owner disappears while waiting. Locks vanish with their process, even on
+    SIGKILL."""
     candidates[0].parent.mkdir(parents=True, exist_ok=True)
     while True:
         for path in candidates:
@@ -93,12 +94,12 @@ def hold_lock(candidates: list[Path], control: OwnerControl) -> Iterator[bool]:
                 handle.close()
                 continue
             try:
-                yield True
+                yield path
             finally:
                 handle.close()
             return
         if control.should_stop():
-            yield False
+            yield None
             return
         time.sleep(POLL_S)
 
@@ -158,6 +159,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.init_checkpoint = init_checkpoint
         self.outage_window_s = outage_window_s
         self._tracker: tracking.MlflowRunLogger | None = None
+        self._slot: tuple[list[Path], Path] | None = None  # (every slot, the one held) while a local run trains
         self.options = options or tracking_ui.JobOptions()
 
     def __call__(self) -> JobOutcome:
@@ -177,8 +179,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
             waits.insert(0, [self.run_dir.parent / ".slots" / f"slot{k}.lock" for k in range(self.max_parallel)])
         with ExitStack() as held:
             for candidates in waits:
-                if not held.enter_context(hold_lock(candidates, control)):
+                path = held.enter_context(hold_lock(candidates, control))
+                if path is None:
                     return self._end(tracking.KILLED, "the launching command ended before this run started; rerun it")
+                if len(candidates) > 1:  # a slot among max_parallel: the runs training now share the CPUs
+                    self._slot = (candidates, path)
             client = tracking.connect(self.tracking_uri)
 
             def stopped(stop: Interrupted) -> JobOutcome:
@@ -248,9 +253,17 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self, control: RunControl, client: MlflowClient | None, on_interrupt: Callable[[Interrupted], JobOutcome]
     ) -> JobOutcome:
         """`train.run` with the run's MLflow logger (`client` None: a DDP rank > 0, which logs nothing)."""
+        started = time.perf_counter()  # start-up on the critical path: importing torch and the run's setup
         from oner_lab import (
             train,  # only once a slot is held: a waiting job stays ~170 MB instead of ~800 MB
         )
+        from oner_lab.phases import PhaseClock
+
+        clock = PhaseClock()
+        if self._slot is not None and self.planned.config.train.threads is None:
+            from oner_lab.launch.cpu_share import CpuShare
+
+            control = CpuShare(control, *self._slot)
 
         if client is not None:
             tracking.set_status(client, self.run_id, tracking.RUNNING)
@@ -260,12 +273,14 @@ class TrainingJob(submitit.helpers.Checkpointable):
             control = _StopOnStoreLoss(control, lambda: self._tracker)
         try:
             with self._logger(client) as logger, self._system_metrics():
+                clock.add("startup", time.perf_counter() - started)
                 metrics = train.run(
                     self.planned.config,
                     self.run_dir,
                     logger=logger,
                     control=control,
                     init_checkpoint=self.init_checkpoint,
+                    clock=clock,
                 )
         except Interrupted as stop:
             return on_interrupt(stop)

@@ -21,6 +21,10 @@ from oner_lab.launch.job import JobOutcome
 from oner_lab.store_outage import cause_of, quiet_mlflow
 
 POLL_S = 1.0
+"""How often a job's own state (its result file, cheap) is looked at."""
+STATUS_EVERY_S = 5.0
+"""How often the view asks MLflow which runs are queued or running: a query of the whole store, which
+each second cost the waiting CLI about a tenth of a core."""
 SQUEUE_EVERY_S = 5.0
 """How often the queue is asked which SLURM jobs ended without an outcome (squeue is a call to slurmctld)."""
 RESULT_GRACE_S = 15.0
@@ -179,11 +183,13 @@ def wait_for(
     outcomes: dict[int, JobOutcome] = {}
     index_of = {run.run_id: index for index, run in enumerate(runs)}
     queue = SlurmQueue() if any(isinstance(job, submitit.SlurmJob) for job in jobs) else None
+    asked = float("-inf")
     with view:
         while len(outcomes) < len(jobs):
             if queue is not None:
                 queue.refresh([job for index, job in enumerate(jobs) if index not in outcomes])
-            if not in_process:
+            if not in_process and time.monotonic() - asked >= STATUS_EVERY_S:
+                asked = time.monotonic()
                 try:  # a store outage is ridden out by the jobs themselves; the view just shows less meanwhile
                     with quiet_mlflow():
                         current = tracking.statuses(client, experiment, [run.run_id for run in runs])
