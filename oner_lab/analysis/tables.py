@@ -365,17 +365,16 @@ def retrieval_table(runs: pd.DataFrame, *, eval_set: str | None = None) -> Resul
     display = _retrieval_display(frame, chosen, groups)
     found = _fine_tuning_findings(frame, chosen, tuned_runs, eval_set)
     labels = [label.split(" ", 1)[1] for label in zero_shot.values()]
-    return ResultTable(
-        title,
-        frame,
-        display,
-        _dedupe([*footnotes, *missing]),
-        paper_title,
-        paper_retrieval_table(),
-        None if found is None else findings.findings_title(labels),
-        None if found is None else findings.findings_display(found),
-        found,
-    )
+    notes = _dedupe([*footnotes, *missing])
+    blocks = _findings_blocks(found, findings.findings_title(labels))
+    return ResultTable(title, frame, display, notes, paper_title, paper_retrieval_table(), *blocks)
+
+
+def _findings_blocks(
+    found: pd.DataFrame | None, title: str
+) -> tuple[str | None, pd.DataFrame | None, pd.DataFrame | None]:
+    """A ResultTable's last three fields: the findings' title, their printed rows and their numbers."""
+    return (None, None, None) if found is None else (title, findings.findings_display(found), found)
 
 
 def _fine_tuning_findings(
@@ -499,19 +498,12 @@ def transfer_table(runs: pd.DataFrame) -> ResultTable:
     if len(data_rows) == 2:  # the findings are about the gain from the first data row to the second
         cells = chosen.assign(variant=[f"{c} | {d}" for c, d in zip(chosen["column"], chosen["data"])])
         found = findings.findings_frame(cells, keys, findings.transfer_findings(*data_rows))
-    return ResultTable(
-        title,
-        frame,
-        display,
-        _dedupe([*footnotes, *missing]),
-        paper_title,
-        paper_transfer_table(),
-        None
-        if found is None
-        else findings.findings_title(list(keys.values())) + f"; gain = {data_rows[1]} over {data_rows[0]}",
-        None if found is None else findings.findings_display(found),
-        found,
-    )
+    title_of_findings = findings.findings_title(list(keys.values()))
+    if len(data_rows) == 2:
+        title_of_findings += f"; gain = {data_rows[1]} over {data_rows[0]}"
+    notes = _dedupe([*footnotes, *missing])
+    blocks = _findings_blocks(found, title_of_findings)
+    return ResultTable(title, frame, display, notes, paper_title, paper_transfer_table(), *blocks)
 
 
 # --- modality gap ---------------------------------------------------------------------------
