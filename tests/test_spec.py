@@ -56,14 +56,15 @@ def edited(**sections: object) -> str:
 def test_ablation_spec_has_the_six_paper_variants_on_the_built_in_recipe() -> None:
     spec = load_spec(ABLATION)
     runs = expand(spec)
-    assert [run.run_name for run in runs] == [f"{variant}/seed0" for variant in PAPER_VARIANTS]
+    assert [run.run_name for run in runs] == [f"{v}/seed{seed}" for v in PAPER_VARIANTS for seed in (0, 1, 2)]
     assert spec.launcher.backend == "local" and spec.profile is None and spec.source_file == ABLATION
+    assert spec.launcher.local.max_parallel == 2
     for run in runs:
         assert run.config.objective.variant == run.variant
         assert run.config.model.preset == "tiny" and run.config.data.source.kind == "shapes"
         assert run.config.model.head == ("per_modality" if run.variant == "itc_two_heads" else "shared")
         assert run.config.eval.sets == ["shapes", "shapes_cls"]
-    assert len({run.config_hash for run in runs}) == 6
+    assert len({run.config_hash for run in runs}) == 18
 
 
 def test_ablation_paper_profile_is_the_paper_scale_recipe() -> None:
@@ -78,8 +79,10 @@ def test_ablation_paper_profile_is_the_paper_scale_recipe() -> None:
     assert (train.lr, train.weight_decay, train.betas) == (5e-4, 0.5, (0.9, 0.98))
     model = runs[0].config.model
     assert (model.preset, model.image_size, model.max_text_len) == ("vit_b16", 224, 40)
-    # the profile is a deep merge: what it does not mention stays as the top level has it
-    assert runs[0].config.eval.sets == ["shapes", "shapes_cls"]
+    # the paper's evaluation, never the built-in shapes; what the profile does not mention stays as the
+    # top level has it (a deep merge): the objective, the two-heads row's head
+    assert runs[0].config.eval.sets == ["imagenet", "coco5k"] and runs[0].config.data.vocab_size == 30522
+    assert runs[0].config.objective.variant == "itc_two_heads"
     assert next(run for run in runs if run.variant == "itc_two_heads").config.model.head == "per_modality"
 
 
