@@ -37,14 +37,16 @@ checkpoint, so a resume from anything but the signal's own checkpoint would star
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 POLL_S = 0.3
 SCENARIO_TIMEOUT_S = 300
-VOLATILE = ("train/samples_per_s", "time/session_s")
-"""Metrics that measure speed, not training: they differ between any two runs."""
+VOLATILE = ("train/samples_per_s", "train/threads")
+"""Metrics that measure speed or the machine's share, not training: they differ between any two runs."""
+TIMES = "time/"
+"""Wall time per phase (oner_lab/phases.py): speed, not training."""
 SYSTEM_METRICS = "system/"
 """MLflow's system metrics (CPU, memory, ...) sample the machine on their own clock: not training."""
 
 
 def is_training_metric(key: str) -> bool:
-    return key not in VOLATILE and not key.startswith(SYSTEM_METRICS)
+    return key not in VOLATILE and not key.startswith((SYSTEM_METRICS, TIMES))
 
 
 def client_of(store: str) -> MlflowClient:
