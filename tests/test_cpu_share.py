@@ -28,7 +28,7 @@ def test_threads_follow_the_runs_holding_a_slot(tmp_path: Path) -> None:
     mine = hold(slots[0])
     other = hold(slots[2])  # another run's lock: flock conflicts between open files, even in one process
     try:
-        share = CpuShare(Never(), slots, slots[0], cpus=4)
+        share = CpuShare(Never(), slots, slots[0], cpus=4, every_s=0)
         assert busy_slots(slots, slots[0]) == 2 and torch.get_num_threads() == 2
         third = hold(slots[1])
         assert share.should_stop() is False and torch.get_num_threads() == 1  # 4 CPUs // 3 runs

@@ -54,25 +54,28 @@ ABLATION_FINDINGS = (
 )
 
 
+def transfer_cell(column: str, data: str) -> str:
+    """The variant key of one transfer-table cell (column = head, data = training-data row)."""
+    return f"{column} | {data}"
+
+
 def transfer_findings(without: str, with_captions: str) -> tuple[Finding, ...]:
-    """The transfer table's findings between its two data rows (variant keys `<column> | <data row>`):
+    """The transfer table's findings between its two data rows (variant keys from `transfer_cell`):
     the captions' gain for each column, and whether the one tower gains more (the paper's claim).
     The paper's values are the means of its three gains (top-1, TR@1, IR@1)."""
     gain = {
         column: sum(paper.TRANSFER_ROWS["gain"][column]) / len(paper.TRANSFER_METRICS)
         for column in ("two heads", "one tower")
     }
-    two, one = (f"{column} | " for column in ("two heads", "one tower"))
+    two = (transfer_cell("two heads", with_captions), transfer_cell("two heads", without))
+    one = (transfer_cell("one tower", with_captions), transfer_cell("one tower", without))
     return (
-        Finding("unpaired captions help two heads", two + with_captions, two + without, paper_value=gain["two heads"]),
-        Finding(
-            "unpaired captions help the one tower", one + with_captions, one + without, paper_value=gain["one tower"]
-        ),
+        Finding("unpaired captions help two heads", *two, paper_value=gain["two heads"]),
+        Finding("unpaired captions help the one tower", *one, paper_value=gain["one tower"]),
         Finding(
             "the one tower gains more than two heads",
-            one + with_captions,
-            one + without,
-            less=(two + with_captions, two + without),
+            *one,
+            less=two,
             paper_value=gain["one tower"] - gain["two heads"],
         ),
     )

@@ -401,7 +401,8 @@ def _fine_tuning_findings(
     for row, published in rows:
         tuned = (*published.fine_tuned_tr, *published.fine_tuned_ir)
         zero = (*published.zero_shot_tr, *published.zero_shot_ir)
-        gain = sum(t - z for t, z in zip(tuned, zero) if t is not None and z is not None) / len(tuned)
+        both = [t - z for t, z in zip(tuned, zero) if t is not None and z is not None]
+        gain = sum(both) / len(both)
         listed.append(
             findings.Finding(
                 f"{row}: fine-tuned on COCO over zero-shot", f"{row} fine-tuned", f"{row} zero-shot", paper_value=gain
@@ -494,13 +495,13 @@ def transfer_table(runs: pd.DataFrame) -> ResultTable:
     metrics = " / ".join(f"{label} ({key.split('/')[1]})" for key, label in keys.items())
     title = _title(runs, f"cross-modal transfer; cells {metrics or 'top-1 / TR@1 / IR@1'}")
     paper_title = f"Paper ({paper.TRANSFER_SETTING}): published numbers, not ours"
-    found = None
+    found, title_of_findings = None, ""
     if len(data_rows) == 2:  # the findings are about the gain from the first data row to the second
-        cells = chosen.assign(variant=[f"{c} | {d}" for c, d in zip(chosen["column"], chosen["data"])])
+        cells = chosen.assign(variant=list(map(findings.transfer_cell, chosen["column"], chosen["data"])))
         found = findings.findings_frame(cells, keys, findings.transfer_findings(*data_rows))
-    title_of_findings = findings.findings_title(list(keys.values()))
-    if len(data_rows) == 2:
-        title_of_findings += f"; gain = {data_rows[1]} over {data_rows[0]}"
+        title_of_findings = (
+            findings.findings_title(list(keys.values())) + f"; gain = {data_rows[1]} over {data_rows[0]}"
+        )
     notes = _dedupe([*footnotes, *missing])
     blocks = _findings_blocks(found, title_of_findings)
     return ResultTable(title, frame, display, notes, paper_title, paper_transfer_table(), *blocks)

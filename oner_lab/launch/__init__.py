@@ -12,30 +12,28 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "ClusterProfile": "cluster",
-    "LaunchError": "cluster",
-    "SlurmResources": "cluster",
-    "Dispatch": "executors",
-    "make_executor": "executors",
-    "submit": "executors",
-    "JobOutcome": "job",
-    "OwnerControl": "job",
-    "TrainingJob": "job",
-    "run_study": "sweep",
-    "stop": "wait",
-    "wait_for": "wait",
+    "ClusterProfile": ("cluster", "ClusterProfile"),
+    "LaunchError": ("cluster", "LaunchError"),
+    "SlurmResources": ("cluster", "SlurmResources"),
+    "resolve_slurm": ("cluster", "resolve"),
+    "Dispatch": ("executors", "Dispatch"),
+    "make_executor": ("executors", "make_executor"),
+    "submit": ("executors", "submit"),
+    "JobOutcome": ("job", "JobOutcome"),
+    "OwnerControl": ("job", "OwnerControl"),
+    "TrainingJob": ("job", "TrainingJob"),
+    "run_study": ("sweep", "run_study"),
+    "stop": ("wait", "stop"),
+    "wait_for": ("wait", "wait_for"),
 }
-_RENAMED = {"resolve_slurm": ("cluster", "resolve")}
+"""Public name -> (module of this package, attribute there)."""
 
 
 def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        module, attribute = _WHERE[name], name
-    elif name in _RENAMED:
-        module, attribute = _RENAMED[name]
-    else:
+    if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _WHERE[name]
     return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
 
 
-__all__ = sorted([*_WHERE, *_RENAMED])
+__all__ = sorted(_WHERE)

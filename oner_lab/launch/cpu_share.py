@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,15 +41,29 @@ def busy_slots(slots: Sequence[Path], mine: Path) -> int:
     return busy
 
 
-class CpuShare:
-    """A `RunControl` that, each time the training loop asks whether to stop (once a step), sets torch's
-    intra-op threads to this run's share of the CPUs: `cpus // runs training now`, at least one."""
+SHARE_EVERY_S = 1.0
+"""How often the slot locks are probed: a run's share changes when another starts or ends, not per step."""
 
-    def __init__(self, inner: RunControl, slots: Sequence[Path], mine: Path, cpus: int | None = None) -> None:
+
+class CpuShare:
+    """A `RunControl` that, when the training loop asks whether to stop (once a step) and `every_s` has
+    passed, sets torch's intra-op threads to this run's share of the CPUs: `cpus // runs training now`,
+    at least one."""
+
+    def __init__(
+        self,
+        inner: RunControl,
+        slots: Sequence[Path],
+        mine: Path,
+        cpus: int | None = None,
+        every_s: float = SHARE_EVERY_S,
+    ) -> None:
         self.inner = inner
         self.slots = list(slots)
         self.mine = mine
         self.cpus = cpus or usable_cpus()
+        self.every_s = every_s
+        self.shared_at = time.monotonic()
         self.share()
 
     def share(self) -> int:
@@ -60,8 +75,10 @@ class CpuShare:
         return threads
 
     def should_stop(self) -> bool:
-        self.share()
+        if time.monotonic() - self.shared_at >= self.every_s:
+            self.shared_at = time.monotonic()
+            self.share()
         return self.inner.should_stop()
 
 
-__all__ = ["CpuShare", "busy_slots", "usable_cpus"]
+__all__ = ["SHARE_EVERY_S", "CpuShare", "busy_slots", "usable_cpus"]
