@@ -135,8 +135,9 @@ def init_from_env(device: torch.device | str) -> DistInfo:
     return info
 
 
-def _collective_device() -> torch.device:
-    """Where a small tensor for a collective must live: this rank's GPU under NCCL, else the CPU."""
+def collective_device() -> torch.device:
+    """Where a small tensor for a collective must live: this rank's GPU under NCCL (the one `init_from_env`
+    bound, which is cuda:0 on sites giving each task one GPU), else the CPU."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -145,27 +146,9 @@ def main_rank_says(flag: bool) -> bool:
     taken by every rank, so no rank takes another branch and waits in a collective the others skip."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
     dist.broadcast(value, src=0)
     return bool(value.item())
-
-
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Mean of each gradient over ranks, in one flat all-reduce.
-
-    The objectives call the tower's submodules directly (views, heads), which DDP's
-    forward hooks cannot see, so gradients are averaged here explicitly.
-    """
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
 
 
 def barrier() -> None:

@@ -29,7 +29,6 @@ from oner_lab.data import DataBundle, check_config, prepare
 from oner_lab.data.tokenizer import TextTokenizer
 from oner_lab.distributed import (
     DistInfo,
-    average_gradients,
     barrier,
     env_ranks,
     gpus_requested,
@@ -37,6 +36,7 @@ from oner_lab.distributed import (
     select_device,
 )
 from oner_lab.evaluate import evaluate
+from oner_lab.grad_sync import GradientSync, StepReport
 from oner_lab.model import (
     OneTower,
     TowerConfig,
@@ -297,6 +297,7 @@ class Trainer:
             obj, self.weights, tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids
         ).to(self.device)
         self.params = [p for m in (self.model, self.objective) for p in m.parameters() if p.requires_grad]
+        self.grad_sync = GradientSync(self.params)
         self.optimizer = torch.optim.AdamW(
             param_groups([self.model, self.objective], t.weight_decay),
             lr=t.lr,
@@ -431,22 +432,19 @@ class Trainer:
             group["lr"] = lr
         with self.autocast:
             total, values = self.objective(self.model, self.target, inputs, generator)
-        self.check_finite(total, values)
+        temperature = self.objective.temperature_tensor()  # the one this step's logits used
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        average_gradients(self.params)
+        total.backward()  # gradient buckets are all-reduced while it runs (grad_sync.py)
+        report = self.grad_sync.step_report([*values.values(), total], same=[temperature])
+        self.check_finite(report, list(values))
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
         self.optimizer.step()
         obj = self.config.objective
         ema_update(self.target, self.model, momentum_at(self.step, t.steps, obj.momentum, obj.momentum_end))
         self.step += 1
-        losses = torch.stack([loss.detach().float() for loss in (total, *values.values())])
-        if self.dist.world_size > 1:  # each rank's loss covers its share of the global batch: log their mean
-            torch.distributed.all_reduce(losses)
-            losses /= self.dist.world_size
-        total_loss, *term_losses = losses.tolist()
-        scalars = {"train/loss": total_loss, "train/lr": lr, "train/temperature": self.objective.temperature()}
+        *term_losses, total_loss = report.losses  # each rank's loss covers its share of the global batch: their mean
+        scalars = {"train/loss": total_loss, "train/lr": lr, "train/temperature": report.same[0]}
         scalars.update({f"train/loss_{name}": value for name, value in zip(values, term_losses)})
         if t.loss_spike_factor is not None:
             self.check_spike(
@@ -454,26 +452,17 @@ class Trainer:
             )
         return scalars
 
-    def check_finite(self, total: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
-        """Raise `NonFiniteLossError` on every rank when any rank's loss is not finite.
+    def check_finite(self, report: StepReport, names: list[str]) -> None:
+        """Raise `NonFiniteLossError` on every rank when any rank's loss is not finite, before the
+        optimizer step, so the weights never take a NaN.
 
-        Masked terms differ per rank, so one rank alone can see a NaN; the flags are all-reduced so
-        that every rank raises the same error at the same step instead of the others waiting in the
-        next collective until the process-group timeout."""
-        local = torch.stack([~torch.isfinite(v.detach()) for v in (*values.values(), total)])
-        if self.dist.world_size > 1:
-            per_rank = torch.zeros(self.dist.world_size, dtype=torch.bool, device=local.device)
-            per_rank[self.dist.rank] = bool(local.any())
-            flags = torch.cat([local, per_rank]).float()
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            local, per_rank = flags[: local.numel()].bool(), flags[local.numel() :].bool()
-            ranks = f" on rank(s) {', '.join(str(r) for r in per_rank.nonzero().flatten().tolist())}"
-        else:
-            ranks = ""
-        if not local.any():
+        Masked terms differ per rank, so one rank alone can see a NaN; the flags come from the step's one
+        all-reduce (`GradientSync.step_report`), so every rank raises the same error at the same step
+        instead of the others waiting in the next collective until the process-group timeout."""
+        if not any(report.non_finite):
             return
-        names = [*values, "total"]
-        bad = [name for name, flag in zip(names, local.tolist()) if flag and name != "total"] or ["total"]
+        ranks = f" on rank(s) {', '.join(str(r) for r in report.ranks)}" if self.dist.world_size > 1 else ""
+        bad = [name for name, flag in zip(names, report.non_finite) if flag] or ["total"]
         raise NonFiniteLossError(
             f"non-finite loss at step {self.step}{ranks} in term(s) {', '.join(bad)}; {self.quarantine_checkpoint()}"
         )

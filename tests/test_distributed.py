@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from oner_lab.distributed import average_gradients
+from oner_lab.grad_sync import GradientSync
 from oner_lab.objectives import info_nce
 
 BATCH, DIM = 8, 6
@@ -37,12 +37,11 @@ def worker(rank: int, world: int, port: int, results: dict) -> None:
     x, y, w = global_batch()
     weight = torch.nn.Parameter(w.clone())
     rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    sync = GradientSync([weight])
     loss = loss_and_grad(x[rows], y[rows], weight)
     loss.backward()
-    average_gradients([weight])
-    mean_loss = loss.detach().clone()
-    dist.all_reduce(mean_loss)
-    results[rank] = (mean_loss.item() / world, weight.grad.clone())
+    (mean_loss,) = sync.step_report([loss]).losses
+    results[rank] = (mean_loss, weight.grad.clone())
     dist.destroy_process_group()
 
 

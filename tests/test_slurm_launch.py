@@ -31,9 +31,12 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "experiments" / "smoke.yaml"
 ON_SLURM = ["--set", "launcher.backend=slurm", "--set", "launcher.slurm.cluster=local"]
-STEPS, CHECKPOINT_EVERY, SIGNAL_AFTER = 120, 100, 10
+STEPS, CHECKPOINT_EVERY, SIGNAL_AFTER = 160, 150, 10
 """Preemption runs: long enough to interrupt mid-way; the signal lands long before the periodic
-checkpoint, so a resume from anything but the signal's own checkpoint would start from scratch."""
+checkpoint, so a resume from anything but the signal's own checkpoint would start from scratch. A job
+alone on a node trains a step in about 50 ms, so the signal has about 7 s between SIGNAL_AFTER and
+CHECKPOINT_EVERY to land (at 120/100 it once landed after the last step: the poll reads SQLite while
+six jobs write to it)."""
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 POLL_S = 0.3
 SCENARIO_TIMEOUT_S = 300
@@ -64,6 +67,13 @@ def history(client: MlflowClient, run_id: str, key: str = "train/loss") -> list[
 
 def last_step(client: MlflowClient, run_id: str) -> int:
     return max((step for step, _ in history(client, run_id)), default=0)
+
+
+def progress(client: MlflowClient, run_id: str) -> tuple[Run, int]:
+    """The run and its latest logged training step, in one read of the store (the latest value of
+    each metric carries its step), so the poll that times the signals is not slowed by history reads."""
+    run = client.get_run(run_id)
+    return run, max((m.step for m in run.data._metric_objs if m.key == "train/loss"), default=0)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -319,12 +329,12 @@ def preemption(
         assert time.monotonic() < deadline, f"interruptions not done: {pending}, {waiting_requeue}\n{squeue_all()}"
         for name in list(pending):
             scenario = scenarios[name]
-            run = client.get_run(scenario.run.info.run_id)
-            after = scenario.stopped_at_step[-1] + SIGNAL_AFTER if scenario.stopped_at_step else SIGNAL_AFTER
             if name in waiting_requeue:
                 continue
+            run, step = progress(client, scenario.run.info.run_id)
+            after = scenario.stopped_at_step[-1] + SIGNAL_AFTER if scenario.stopped_at_step else SIGNAL_AFTER
             assert run.info.status not in TERMINAL, f"{name} ended before it could be interrupted: {run.data.tags}"
-            if run.info.status == "RUNNING" and last_step(client, run.info.run_id) >= after:
+            if run.info.status == "RUNNING" and step >= after:
                 command = pending[name].pop(0)
                 scenario.event_before = run.data.tags.get("oner.slurm.last_event")
                 subprocess.run([*command, scenario.job_id], check=True)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from oner_lab.host_copy import to_device
+
 if TYPE_CHECKING:
     from .tokenizer import TextTokenizer
 
@@ -29,7 +31,7 @@ class Batch:
     text_mask: torch.Tensor
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return Batch(**{f.name: to_device(getattr(self, f.name), device) for f in fields(self)})
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from oner_lab.contract import ConfigError
+from oner_lab.host_copy import to_device
 from oner_lab.seeds import DataStream
 from oner_lab.spec.config import DataConfig, UnpairedSourceConfig
 
@@ -273,7 +274,7 @@ class UnpairedBatch:
     def to(self, device: torch.device | str) -> UnpairedBatch:
         return UnpairedBatch(
             **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                f.name: None if getattr(self, f.name) is None else to_device(getattr(self, f.name), device)
                 for f in fields(self)
             }
         )

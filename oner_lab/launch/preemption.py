@@ -46,10 +46,9 @@ class SignalStop:
         if dist.is_initialized() and dist.get_world_size() > 1:
             import torch
 
-            device = (
-                torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl" else None
-            )
-            flag = torch.tensor([self.received], device=device)
+            from oner_lab.distributed import collective_device
+
+            flag = torch.tensor([self.received], device=collective_device())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             self.agreed = int(flag.item())
         return self.agreed != NONE

@@ -11,7 +11,6 @@ leaves the trial RUNNING: the next driver resumes it into the same trial, run an
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -101,10 +100,9 @@ class PruneOrStop:
         if dist.is_initialized() and dist.get_world_size() > 1:
             import torch
 
-            device = (
-                torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl" else None
-            )
-            flag = torch.tensor([int(pruned)], device=device)
+            from oner_lab.distributed import collective_device
+
+            flag = torch.tensor([int(pruned)], device=collective_device())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             pruned = bool(flag.item())
         self.agreed_pruned = pruned

@@ -47,7 +47,11 @@ class Objective(nn.Module):
         self.logit_scale.clamp_(0, self.max_logit_scale)
 
     def temperature(self) -> float:
-        return float(torch.exp(-self.logit_scale.detach().clamp(0, self.max_logit_scale)))
+        return float(self.temperature_tensor())
+
+    def temperature_tensor(self) -> torch.Tensor:
+        """The temperature as a tensor on the parameter's device (read with the step's losses, no sync of its own)."""
+        return torch.exp(-self.logit_scale.detach().clamp(0, self.max_logit_scale))
 
     def forward(
         self, online: OneTower, target: OneTower, inputs: StepInputs, generator: torch.Generator

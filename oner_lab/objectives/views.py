@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from oner_lab.host_copy import to_device
 from oner_lab.model import OneTower, TowerOutput
 from oner_lab.objectives.infonce import info_nce, mix
-from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text, patchify
+from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text, masked_count, patchify, take_masked
 from oner_lab.seeds import StepStream
 
 HEAD_OF_VIEW = {"I": "image", "T": "text", "I|T": "image", "T|I": "text", "I,T": "joint"}
@@ -93,7 +94,7 @@ class Views:
         if self._patch_mask is None:
             b = self.inputs.images.shape[0]
             mask = mask_patches(b, self.online.cfg.num_patches, self.settings.mim_ratio, self.generator)
-            self._patch_mask = mask.to(self.inputs.images.device)
+            self._patch_mask = to_device(mask, self.inputs.images.device)
         return self._patch_mask
 
     def extra_generator(self, stream: int) -> torch.Generator:
@@ -135,7 +136,7 @@ class Views:
                     self.settings.mim_ratio,
                     self.extra_generator(int(StepStream.UNPAIRED_IMAGE_MASK)),
                 )
-                images, mask = torch.cat([images, extra]), torch.cat([mask, extra_mask.to(extra.device)])
+                images, mask = torch.cat([images, extra]), torch.cat([mask, to_device(extra_mask, extra.device)])
             self._all_masked_images = (images, mask)
         images, mask = self._all_masked_images
         return images[:rows], mask[:rows]
@@ -217,6 +218,7 @@ class Views:
     def mim_loss(self, out: TowerOutput) -> torch.Tensor:
         """SimMIM: L1 between predicted and true (normalised) pixels of the masked patches (of every row `out` holds)."""
         images, mask = self.masked_images(out.image_tokens.shape[0])
-        pred = self.online.mim_head(out.image_tokens[mask])
-        target = patchify(images, self.online.cfg.patch_size)[mask]
+        count = masked_count(self.online.cfg.num_patches, self.settings.mim_ratio)  # the same in every row
+        pred = self.online.mim_head(take_masked(out.image_tokens, mask, count))
+        target = take_masked(patchify(images, self.online.cfg.patch_size), mask, count)
         return F.l1_loss(pred.float(), target.float())
