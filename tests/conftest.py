@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -127,3 +128,13 @@ def _require_server_for_marked_tests(request: pytest.FixtureRequest) -> None:
     """Gives every `server`-marked test the server check."""
     if request.node.get_closest_marker("server") is not None:
         request.getfixturevalue("tracking_server")
+
+
+@pytest.fixture(scope="session")
+def kernel() -> str:
+    """The `python3` Jupyter kernel the notebooks name, installed into this environment if missing."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True)
+    return "python3"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import html
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jupytext
@@ -22,7 +20,6 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 from mlflow import MlflowClient
 from mlflow_store import copy_store
 
@@ -426,14 +423,6 @@ def test_outputs_are_logged_to_one_analysis_run_that_no_table_counts(store_copy:
 
 
 # --- notebooks ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def kernel() -> str:
-    """The `python3` Jupyter kernel the notebooks name, installed into this environment if missing."""
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True)
-    return "python3"
 
 
 def execute(

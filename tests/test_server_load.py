@@ -15,8 +15,11 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from test_analysis import ABLATION_LABELS, execute
 from test_slurm_launch import SMOKE, runs_in, squeue_all
 
 from oner_lab import status, table
@@ -42,6 +45,7 @@ def test_sixteen_jobs_over_two_nodes_lose_no_metric_on_the_server(
     tmp_path: Path,
     tracking_server,
     two_slurm_nodes: list[str],
+    kernel: str,
     monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -153,3 +157,23 @@ def test_sixteen_jobs_over_two_nodes_lose_no_metric_on_the_server(
         assert any(
             line.split("│")[1:3] == [f" {variant:7s} ", f" {JOBS // 2} "] for line in shown.splitlines() if "│" in line
         ), shown
+
+    # the ablation notebook reads the same server in a real Jupyter kernel and logs its outputs there
+    out = tmp_path / "notebook"
+    executed = execute("ablation", tracking_server.uri, experiment, out, kernel, tmp_path)
+    assert f"{JOBS} runs" in "".join(
+        output.get("text", "")
+        for cell in executed.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    ), "the notebook did not find the 16 runs on the server"
+    shown = pd.read_csv(out / "ablation.csv", index_col=0)
+    assert sorted(shown.index) == ["itc", "oner"]
+    assert (shown["n"] == JOBS // 2).all(), shown
+    assert np.isfinite(shown[ABLATION_LABELS].to_numpy(dtype=float)).all()
+    logged = client.search_runs([client.get_experiment_by_name(f"{experiment}/analysis").experiment_id])
+    assert [run.info.run_name for run in logged] == ["analysis/ablation"]
+    artifacts = {item.path for item in client.list_artifacts(logged[0].info.run_id)}
+    assert {"ablation.csv", "ablation_metrics.png"} <= {Path(path).name for path in artifacts} | {
+        Path(item.path).name for path in artifacts for item in client.list_artifacts(logged[0].info.run_id, path)
+    }, artifacts

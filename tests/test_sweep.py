@@ -13,7 +13,6 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 from mlflow_store import copy_store
 from optuna.trial import TrialState
 from sweep_study import (
@@ -249,15 +248,13 @@ def test_table_of_a_sweep_that_never_ran_says_so(
 
 
 @pytest.mark.slow
-def test_sweep_notebook(killed_study: KilledStudy, tmp_path: Path) -> None:
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        pytest.fail("no python3 Jupyter kernel (tests/test_analysis.py's kernel fixture installs one)")
+def test_sweep_notebook(killed_study: KilledStudy, tmp_path: Path, kernel: str) -> None:
     out, executed = tmp_path / "out", tmp_path / "sweep.out.ipynb"
     uri = f"sqlite:///{killed_study.directory / 'mlflow.db'}"
     papermill.execute_notebook(
         str(ROOT / "analysis" / "sweep.ipynb"),
         str(executed),
-        kernel_name="python3",
+        kernel_name=kernel,
         cwd=str(ROOT / "analysis"),
         progress_bar=False,
         parameters={
