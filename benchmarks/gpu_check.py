@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -307,33 +308,27 @@ def main() -> int:
     def save() -> None:
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
 
-    for mode in ("eager", "compile"):
-        if mode in args.skip:
-            continue
+    def part(key: str, measure: Callable[[], dict]) -> None:
+        """One part of the report; an error is reported and the next part still runs."""
         try:
-            report[f"step_{mode}"] = step_benchmark(
-                args.variant, args.batch, args.steps, mode == "compile", peak, device
-            )
-        except Exception as error:  # noqa: BLE001 - report and go on: the other parts still tell something
-            report[f"step_{mode}"] = {"error": f"{type(error).__name__}: {error}"}
+            report[key] = measure()
+        except Exception as error:  # noqa: BLE001 - the other parts still tell something
+            report[key] = {"error": f"{type(error).__name__}: {error}"}
         torch.cuda.empty_cache()
-        print(mode, json.dumps(report[f"step_{mode}"], default=str), flush=True)
+        print(key, json.dumps(report[key], default=str), flush=True)
         save()
+
+    for mode in ("eager", "compile"):
+        if mode not in args.skip:
+            part(
+                f"step_{mode}",
+                lambda mode=mode: step_benchmark(args.variant, args.batch, args.steps, mode == "compile", peak, device),
+            )
     with tempfile.TemporaryDirectory() as folder:
         if "run" not in args.skip:
-            try:
-                report["run"] = real_run(args.run_steps, Path(folder) / "one")
-            except Exception as error:  # noqa: BLE001
-                report["run"] = {"error": f"{type(error).__name__}: {error}"}
-            print("run", json.dumps(report["run"], default=str), flush=True)
-            save()
+            part("run", lambda: real_run(args.run_steps, Path(folder) / "one"))
         if "ranks" not in args.skip and torch.cuda.device_count() >= 2:
-            try:
-                report["two_ranks"] = two_ranks(args.run_steps, Path(folder) / "two")
-            except Exception as error:  # noqa: BLE001
-                report["two_ranks"] = {"error": f"{type(error).__name__}: {error}"}
-            print("two ranks", json.dumps(report["two_ranks"], default=str), flush=True)
-            save()
+            part("two_ranks", lambda: two_ranks(args.run_steps, Path(folder) / "two"))
     save()
     print(f"report: {out / 'gpu_check.json'}")
     return 0

@@ -5,11 +5,11 @@ is seen by both."""
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_distributed import free_port
 
 from oner_lab.grad_sync import GradientSync
 
@@ -69,12 +69,6 @@ def worker(rank: int, world: int, port: int, results: dict) -> None:
     out["nan"] = (report.non_finite, report.ranks)
     results[rank] = out
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_buckets_average_during_backward_and_match_one_process() -> None:
