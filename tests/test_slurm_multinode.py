@@ -30,8 +30,9 @@ from test_slurm_launch import (
     VOLATILE,
     client_of,
     history,
-    last_step,
+    progress,
     runs_in,
+    same_curve,
     same_training,
     spec_arguments,
     wait_until,
@@ -43,9 +44,10 @@ from oner_lab.run import main
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-STEPS, CHECKPOINT_EVERY = 60, 50
-"""Half test_slurm_launch's preemption run: long enough to interrupt mid-way, the signal's checkpoint
-long before the periodic one."""
+STEPS, CHECKPOINT_EVERY = 100, 90
+"""Long enough to interrupt mid-way, the signal's checkpoint long before the periodic one: with three
+jobs sharing the two nodes the requeue has once landed 44 steps after the poll saw step 10 (at 60/50 it
+came after the periodic checkpoint)."""
 RUN = [
     "--only",
     "variant=itc",
@@ -56,6 +58,14 @@ RUN = [
     "--set",
     f"base.train.checkpoint_every={CHECKPOINT_EVERY}",
 ]
+
+
+def ready_for_signal(client: MlflowClient, run_id: str) -> bool:
+    """RUNNING and SIGNAL_AFTER steps logged, seen in one read of the store."""
+    run, step = progress(client, run_id)
+    return run.info.status == "RUNNING" and step >= SIGNAL_AFTER
+
+
 TWO_NODES = ["--set", "launcher.slurm.nodes=2", "--set", "launcher.slurm.tasks_per_node=1"]
 SCENARIOS = {"reference": [], "nodes2": TWO_NODES, "nodes2_requeue": TWO_NODES}
 
@@ -135,7 +145,7 @@ def _run_scenarios(root: Path, mlflow_template: Path, second_node: str) -> Multi
 
     target = runs["nodes2_requeue"].info.run_id
     wait_until(
-        lambda: client.get_run(target).info.status == "RUNNING" and last_step(client, target) >= SIGNAL_AFTER,
+        lambda: ready_for_signal(client, target),
         SCENARIO_TIMEOUT_S,
         "the two-node job to train",
     )
@@ -149,7 +159,7 @@ def _run_scenarios(root: Path, mlflow_template: Path, second_node: str) -> Multi
     target = runs[down].info.run_id
     job_ids[down] = client.get_run(target).data.tags["oner.slurm.job_id"]
     wait_until(
-        lambda: client.get_run(target).info.status == "RUNNING" and last_step(client, target) >= SIGNAL_AFTER,
+        lambda: ready_for_signal(client, target),
         SCENARIO_TIMEOUT_S,
         "the two-node job to train",
     )
@@ -230,8 +240,7 @@ def test_two_node_run_matches_the_one_process_run(multinode: MultiNode, two_slur
         want = history(multinode.client, reference.info.run_id, key)
         assert [step for step, _ in got] == [step for step, _ in want] == list(range(1, STEPS + 1)), key
         values, expected = [value for _, value in got], [value for _, value in want]
-        assert values[:20] == pytest.approx(expected[:20], rel=1e-4), key
-        assert values == pytest.approx(expected, rel=5e-2), key
+        same_curve(values, expected, key)
         if key == "train/loss":
             worst = max(abs(a - b) / abs(b) for a, b in zip(values, expected))
             first20 = max(abs(a - b) / abs(b) for a, b in zip(values[:20], expected[:20]))

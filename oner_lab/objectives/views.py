@@ -210,9 +210,11 @@ class Views:
 
     def mlm_loss(self, out: TowerOutput) -> torch.Tensor:
         """Cross-entropy of the tied MLM head on the corrupted text positions (of every row `out` holds)."""
-        labels = self.masked_text(out.text_tokens.shape[0])[2]
-        chosen = labels != IGNORE
-        logits = self.online.mlm_head(out.text_tokens[chosen])
+        labels = self.masked_text(out.text_tokens.shape[0])[2].reshape(-1)
+        # one host sync: how many tokens were chosen is random, and the head's input size depends on it
+        chosen = (labels != IGNORE).nonzero().squeeze(1)
+        tokens = out.text_tokens.reshape(-1, out.text_tokens.shape[-1])
+        logits = self.online.mlm_head(tokens[chosen])
         return F.cross_entropy(logits.float(), labels[chosen])
 
     def mim_loss(self, out: TowerOutput) -> torch.Tensor:
