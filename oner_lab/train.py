@@ -79,6 +79,17 @@ SPIKE_MIN_HISTORY = 5
 """Steps the guard waits for before judging (the first losses of a run fall fast)."""
 
 
+PROGRESS_ENV = "ONER_PROGRESS_S"
+
+
+def progress_interval_s() -> float:
+    """Seconds between progress-bar lines: 0.1 on a terminal; in a log file (a SLURM job's stderr) 30,
+    or $ONER_PROGRESS_S, so a week-long run's log holds a line per 30 s rather than one per step."""
+    if sys.stderr.isatty():
+        return 0.1
+    return float(os.environ.get(PROGRESS_ENV, "30"))
+
+
 def resolve_tower(config: RunConfig, vocab_size: int = 30522) -> TowerConfig:
     """The preset with the config's overrides applied."""
     overrides = config.model.model_dump(exclude={"preset"})
@@ -529,7 +540,7 @@ class Trainer:
             desc="train",
             disable=not self.dist.is_main,
             dynamic_ncols=True,
-            mininterval=0.1 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s, not every step
+            mininterval=progress_interval_s(),
         )
         window: dict[str, list[float]] = {}
         window_start, window_samples = time.perf_counter(), 0
@@ -548,7 +559,9 @@ class Trainer:
                 last["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
                 if self.device.type == "cpu":  # local runs sharing the machine split its CPUs (launch/cpu_share.py)
                     last["train/threads"] = float(torch.get_num_threads())
-                bar.set_postfix(loss=f"{last['train/loss']:.3f}", samples_s=f"{last['train/samples_per_s']:.0f}")
+                bar.set_postfix(  # no refresh of its own: the bar's interval decides when a line is written
+                    loss=f"{last['train/loss']:.3f}", samples_s=f"{last['train/samples_per_s']:.0f}", refresh=False
+                )
                 if log:
                     with self.clock("tracking"):
                         log.log_metrics(last, self.step)

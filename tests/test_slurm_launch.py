@@ -26,18 +26,19 @@ from mlflow_store import copy_store
 from oner_lab import checkpoint, status
 from oner_lab.launch import scheduler
 from oner_lab.run import main
+from oner_lab.train import PROGRESS_ENV
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "experiments" / "smoke.yaml"
 ON_SLURM = ["--set", "launcher.backend=slurm", "--set", "launcher.slurm.cluster=local"]
-STEPS, CHECKPOINT_EVERY, SIGNAL_AFTER = 160, 150, 10
+STEPS, CHECKPOINT_EVERY, SIGNAL_AFTER = 100, 90, 10
 """Preemption runs: long enough to interrupt mid-way; the signal lands long before the periodic
 checkpoint, so a resume from anything but the signal's own checkpoint would start from scratch. A job
-alone on a node trains a step in about 50 ms, so the signal has about 7 s between SIGNAL_AFTER and
-CHECKPOINT_EVERY to land (at 120/100 it once landed after the last step: the poll reads SQLite while
-six jobs write to it)."""
+alone on a node trains a step in about 50 ms, so the signal has about 4 s between SIGNAL_AFTER and
+CHECKPOINT_EVERY to land; it is sent as soon as the job's own log shows SIGNAL_AFTER steps
+(`trained_step`), well under a second later."""
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 POLL_S = 0.3
 SCENARIO_TIMEOUT_S = 300
@@ -70,11 +71,27 @@ def last_step(client: MlflowClient, run_id: str) -> int:
     return max((step for step, _ in history(client, run_id)), default=0)
 
 
-def progress(client: MlflowClient, run_id: str) -> tuple[Run, int]:
-    """The run and its latest logged training step, in one read of the store (the latest value of
-    each metric carries its step), so the poll that times the signals is not slowed by history reads."""
-    run = client.get_run(run_id)
-    return run, max((m.step for m in run.data._metric_objs if m.key == "train/loss"), default=0)
+TRAIN_BAR = re.compile(rb"train:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/\d+")
+
+
+def job_log(runs_dir: Path, job_id: str, rank: int = 0) -> Path:
+    """The stderr file submitit gives a task of the job (every start of a requeued job appends to it)."""
+    return runs_dir / "submitit" / job_id / f"{job_id}_{rank}_log.err"
+
+
+def trained_step(log: Path) -> int:
+    """The step rank 0's progress bar last showed in the job's stderr file: 0 before the bar appears.
+
+    The signals are timed from this file, not from the store: a store read waits on the jobs' own
+    writes and on CPU the training takes (a poll of SQLite once saw step 10 five seconds late, when the
+    job alone on the cluster had finished all 100 steps)."""
+    try:
+        with log.open("rb") as file:
+            file.seek(max(0, log.stat().st_size - 4096))
+            steps = TRAIN_BAR.findall(file.read())
+    except FileNotFoundError:
+        return 0
+    return int(steps[-1]) if steps else 0
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -105,6 +122,7 @@ def live_metrics() -> Iterator[None]:
     """Jobs inherit the submitting process's environment (sbatch --export=ALL)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ONER_MLFLOW_FLUSH_S", "0")
+        patch.setenv(PROGRESS_ENV, "0")  # a progress line per step in the job's log: what `trained_step` reads
         yield
 
 
@@ -254,7 +272,7 @@ class Scenario:
     """The step each interruption stopped at: from the run's new oner.slurm.last_event tag, else (a run that
     ended on it) its last checkpoint."""
     event_before: str | None = None
-    """oner.slurm.last_event when the latest signal was sent."""
+    """oner.slurm.last_event as the latest interruption left it (None before the first)."""
 
 
 PREEMPTION_RUN = [
@@ -335,12 +353,11 @@ def preemption(
             scenario = scenarios[name]
             if name in waiting_requeue:
                 continue
-            run, step = progress(client, scenario.run.info.run_id)
+            step = trained_step(job_log(root / name, scenario.job_id))
             after = scenario.stopped_at_step[-1] + SIGNAL_AFTER if scenario.stopped_at_step else SIGNAL_AFTER
-            assert run.info.status not in TERMINAL, f"{name} ended before it could be interrupted: {run.data.tags}"
-            if run.info.status == "RUNNING" and step >= after:
+            assert step < STEPS, f"{name} trained all {STEPS} steps before it could be interrupted"
+            if step >= after:
                 command = pending[name].pop(0)
-                scenario.event_before = run.data.tags.get("oner.slurm.last_event")
                 subprocess.run([*command, scenario.job_id], check=True)
                 scenario.signals.append(" ".join(command))
                 waiting_requeue.add(name)
@@ -353,6 +370,7 @@ def preemption(
             # a new event tag stays, whereas SCHEDULED may last less than a poll (the job is back RUNNING)
             if event != scenario.event_before and (found := re.match(r"\S+ at step (\d+) ", event or "")):
                 scenario.stopped_at_step.append(int(found.group(1)))
+                scenario.event_before = event
                 waiting_requeue.discard(name)
             elif run.info.status in TERMINAL:  # ended on the signal (cancelled, over budget): its last checkpoint
                 state = checkpoint.load(Path(run.data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")

@@ -30,24 +30,26 @@ from test_slurm_launch import (
     VOLATILE,
     client_of,
     history,
-    progress,
+    job_log,
     runs_in,
     same_curve,
     same_training,
     spec_arguments,
+    trained_step,
     wait_until,
 )
 
 from oner_lab import checkpoint
 from oner_lab.launch import scheduler
 from oner_lab.run import main
+from oner_lab.train import PROGRESS_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 STEPS, CHECKPOINT_EVERY = 100, 90
-"""Long enough to interrupt mid-way, the signal's checkpoint long before the periodic one: with three
-jobs sharing the two nodes the requeue has once landed 44 steps after the poll saw step 10 (at 60/50 it
-came after the periodic checkpoint)."""
+"""Long enough to interrupt mid-way, the signal's checkpoint long before the periodic one: a two-node job
+alone on the cluster trains about 17 steps a second, and the signal follows the job's log within a
+second (`trained_step`; polling the store instead once saw step 10 only after the job had finished)."""
 RUN = [
     "--only",
     "variant=itc",
@@ -60,10 +62,11 @@ RUN = [
 ]
 
 
-def ready_for_signal(client: MlflowClient, run_id: str) -> bool:
-    """RUNNING and SIGNAL_AFTER steps logged, seen in one read of the store."""
-    run, step = progress(client, run_id)
-    return run.info.status == "RUNNING" and step >= SIGNAL_AFTER
+def ready_for_signal(root: Path, name: str, job_id: str) -> bool:
+    """SIGNAL_AFTER steps shown in rank 0's log, and not yet all of them."""
+    step = trained_step(job_log(root / name, job_id))
+    assert step < STEPS, f"{name} trained all {STEPS} steps before it could be interrupted"
+    return step >= SIGNAL_AFTER
 
 
 TWO_NODES = ["--set", "launcher.slurm.nodes=2", "--set", "launcher.slurm.tasks_per_node=1"]
@@ -85,12 +88,13 @@ class MultiNode:
 
 @pytest.fixture(scope="module")
 def multinode(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path, two_slurm_nodes: list[str]) -> MultiNode:
-    """Submits the three jobs with --no-wait, requeues one two-node job once it has logged SIGNAL_AFTER
+    """Submits the three jobs with --no-wait, requeues one two-node job once its log shows SIGNAL_AFTER
     steps, records the step of the checkpoint it stopped at, and waits for all three to end; then runs
     the node-down job alone the same way. Jobs inherit ONER_MLFLOW_FLUSH_S=0 (every metric written at
-    once), as in test_slurm_launch."""
+    once) and ONER_PROGRESS_S=0 (a progress line per step), as in test_slurm_launch."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ONER_MLFLOW_FLUSH_S", "0")
+        patch.setenv(PROGRESS_ENV, "0")  # a progress line per step in the job's log: what `trained_step` reads
         return _run_scenarios(tmp_path_factory.mktemp("multinode"), mlflow_template, two_slurm_nodes[1])
 
 
@@ -145,7 +149,7 @@ def _run_scenarios(root: Path, mlflow_template: Path, second_node: str) -> Multi
 
     target = runs["nodes2_requeue"].info.run_id
     wait_until(
-        lambda: ready_for_signal(client, target),
+        lambda: ready_for_signal(root, "nodes2_requeue", job_ids["nodes2_requeue"]),
         SCENARIO_TIMEOUT_S,
         "the two-node job to train",
     )
@@ -159,7 +163,7 @@ def _run_scenarios(root: Path, mlflow_template: Path, second_node: str) -> Multi
     target = runs[down].info.run_id
     job_ids[down] = client.get_run(target).data.tags["oner.slurm.job_id"]
     wait_until(
-        lambda: ready_for_signal(client, target),
+        lambda: ready_for_signal(root, down, job_ids[down]),
         SCENARIO_TIMEOUT_S,
         "the two-node job to train",
     )
