@@ -24,6 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow_store import subprocess_env
 
+from oner_lab.train import PROGRESS_ENV
+
 EXPERIMENT = STUDY = "sweep-micro"
 STEPS, EVAL_EVERY = 40, 20
 LEARNING_RATES = [3.0e-3, 2.0e-3, 5.0e-4, 1.0e-9]
@@ -59,12 +61,13 @@ def write_spec(directory: Path, data_cache: Path) -> Path:
 
 
 def start_driver(directory: Path, spec: Path, *arguments: str) -> subprocess.Popen:
-    """`python -m oner_lab.run` in `directory`; its jobs write every metric at once (progress is visible)."""
+    """`python -m oner_lab.run` in `directory`; its jobs write every metric at once and a progress line
+    per step to their logs (progress is visible)."""
     log = (directory / f"driver-{time.monotonic_ns()}.log").open("w")
     return subprocess.Popen(
         [sys.executable, "-m", "oner_lab.run", str(spec), *arguments],
         cwd=directory,
-        env={**subprocess_env(), "ONER_MLFLOW_FLUSH_S": "0"},
+        env={**subprocess_env(), "ONER_MLFLOW_FLUSH_S": "0", PROGRESS_ENV: "0"},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
