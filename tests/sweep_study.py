@@ -12,6 +12,8 @@ meet two completed trials at step 20 in an uninterrupted study, is above their m
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from contextlib import closing
 from pathlib import Path
 
 import optuna
+from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow_store import subprocess_env
@@ -27,7 +30,7 @@ from mlflow_store import subprocess_env
 from oner_lab.train import PROGRESS_ENV
 
 EXPERIMENT = STUDY = "sweep-micro"
-STEPS, EVAL_EVERY = 40, 20
+STEPS, EVAL_EVERY, LOG_EVERY = 40, 20, 5
 LEARNING_RATES = [3.0e-3, 2.0e-3, 5.0e-4, 1.0e-9]
 PRUNED_TRIAL = 3
 
@@ -38,7 +41,7 @@ base:
   model: {{preset: tiny, width: 32, depth: 1, num_heads: 2}}
   objective: {{variant: oner}}
   data: {{source: {{kind: shapes}}, train_size: 256, eval_images: 32, cls_images_per_class: 2, cache_dir: DATA_CACHE}}
-  train: {{batch_size: 16, steps: {STEPS}, min_lr: 0.0, warmup_steps: 1, checkpoint_every: {STEPS}, log_every: 5, threads: 1}}
+  train: {{batch_size: 16, steps: {STEPS}, min_lr: 0.0, warmup_steps: 1, checkpoint_every: {STEPS}, log_every: {LOG_EVERY}, threads: 1}}
   eval: {{sets: [shapes], every_steps: {EVAL_EVERY}, batch_size: 32}}
 grid:
   variants: {{oner: }}
@@ -104,23 +107,96 @@ def runs_in(directory: Path) -> list[Run]:
     )
 
 
-def wait_mid_study(directory: Path, driver: subprocess.Popen, timeout_s: float = 240) -> None:
-    """Returns once a trial has completed and another is training in its first half (it has logged a
-    step, at most STEPS // 2): a trial seen near its last step could finish, and end its trial COMPLETE,
-    before the killed driver's jobs notice, leaving nothing to resume on a slow machine."""
+def job_processes(job: str) -> list[int]:
+    """A SLURM job's training processes: submitit's entry point with SLURM_JOB_ID=job in their
+    environment (the test nodes are network namespaces, so their processes are visible from here)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if b"submitit.core._submit" in (entry / "cmdline").read_bytes() and (
+                f"SLURM_JOB_ID={job}".encode() in (entry / "environ").read_bytes().split(b"\0")
+            ):
+                found.append(int(entry.name))
+        except (OSError, ValueError):  # not a process, ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+def lock_holders(lock: Path) -> list[int]:
+    """The processes with `lock` open: a local trial's job holds its run directory's `.lock` while it trains."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if entry.readlink() == lock:
+                found.append(int(entry.parts[2]))
+        except OSError:
+            continue
+    return sorted(set(found))
+
+
+def trial_job(directory: Path, trial: optuna.trial.FrozenTrial) -> tuple[list[int], Path | None]:
+    """The processes of the trial's job and its stderr file: by SLURM job id (what the driver records
+    on SLURM), else by its run directory's lock, the log being the holder's stderr."""
+    if "slurm_job" in trial.user_attrs:
+        job = trial.user_attrs["slurm_job"]
+        return job_processes(job), job_log(directory / "runs", job)
+    if "run_dir" not in trial.user_attrs:
+        return [], None
+    pids = lock_holders(Path(trial.user_attrs["run_dir"]) / ".lock")
+    try:
+        return pids, (Path(os.readlink(f"/proc/{pids[0]}/fd/2")) if pids else None)
+    except OSError:
+        return [], None
+
+
+def signal_all(pids: list[int], signum: signal.Signals) -> bool:
+    try:
+        for pid in pids:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def hold_after_first_steps(log: Path, pids: list[int], timeout_s: float = 60) -> int:
+    """Lets the stopped job run 20 ms at a time until its log shows a step past the first logged one
+    (so its run has a metric), and leaves it stopped there: the step it holds at, or 0 if the job
+    ended meanwhile."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed"
-        if study_created(directory) and (directory / "mlflow.db").exists():
-            trials = study_in(directory).get_trials(deepcopy=False)
-            running = [
-                t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
-            ]
-            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
-                client = client_of(directory)
-                for trial in running:
-                    steps = [m.step for m in client.get_metric_history(trial.user_attrs["mlflow_run_id"], "train/loss")]
-                    if steps and max(steps) <= STEPS // 2:
-                        return
-        time.sleep(0.2)
+        step = trained_step(log)
+        if step > LOG_EVERY:
+            return step
+        if not signal_all(pids, signal.SIGCONT):
+            return 0
+        time.sleep(0.02)
+        if not signal_all(pids, signal.SIGSTOP):
+            return 0
+    signal_all(pids, signal.SIGCONT)
+    return 0
+
+
+def hold_a_trial_mid_training(
+    directory: Path, driver: subprocess.Popen, timeout_s: float = 240
+) -> tuple[int, int, list[int]]:
+    """Once a trial completed, stops (SIGSTOP) the job of another one (not the trial to be pruned,
+    whose fate is decided at step 20) after its first trained steps, at most half-way: (trial number,
+    step it is held at, its processes). A 40-step trial trains in about a second on a fast machine,
+    less than a poll of the stores and the driver's reaction take; held, it is still training when the
+    driver goes. SLURM's scancel continues it (SIGCONT, then SIGTERM); a local job needs SIGCONT."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be stopped"
+        trials = study_in(directory).get_trials(deepcopy=False) if study_created(directory) else []
+        if any(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials):
+            for trial in trials:
+                if trial.state != optuna.trial.TrialState.RUNNING or trial.number == PRUNED_TRIAL:
+                    continue
+                pids, log = trial_job(directory, trial)
+                if pids and log is not None and signal_all(pids, signal.SIGSTOP):
+                    step = hold_after_first_steps(log, pids)
+                    if LOG_EVERY < step <= STEPS // 2:  # far from the end: the signal lands mid-training
+                        return trial.number, step, pids
+                    signal_all(pids, signal.SIGCONT)
+        time.sleep(0.1)
     raise AssertionError(f"no trial was training after one completed within {timeout_s}s")

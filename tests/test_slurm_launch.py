@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow_store import copy_store
@@ -69,29 +70,6 @@ def history(client: MlflowClient, run_id: str, key: str = "train/loss") -> list[
 
 def last_step(client: MlflowClient, run_id: str) -> int:
     return max((step for step, _ in history(client, run_id)), default=0)
-
-
-TRAIN_BAR = re.compile(rb"train:\s+\d+%\|[^|\r\n]*\|\s*(\d+)/\d+")
-
-
-def job_log(runs_dir: Path, job_id: str, rank: int = 0) -> Path:
-    """The stderr file submitit gives a task of the job (every start of a requeued job appends to it)."""
-    return runs_dir / "submitit" / job_id / f"{job_id}_{rank}_log.err"
-
-
-def trained_step(log: Path) -> int:
-    """The step rank 0's progress bar last showed in the job's stderr file: 0 before the bar appears.
-
-    The signals are timed from this file, not from the store: a store read waits on the jobs' own
-    writes and on CPU the training takes (a poll of SQLite once saw step 10 five seconds late, when the
-    job alone on the cluster had finished all 100 steps)."""
-    try:
-        with log.open("rb") as file:
-            file.seek(max(0, log.stat().st_size - 4096))
-            steps = TRAIN_BAR.findall(file.read())
-    except FileNotFoundError:
-        return 0
-    return int(steps[-1]) if steps else 0
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

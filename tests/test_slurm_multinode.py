@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow_store import copy_store
@@ -30,12 +31,10 @@ from test_slurm_launch import (
     VOLATILE,
     client_of,
     history,
-    job_log,
     runs_in,
     same_curve,
     same_training,
     spec_arguments,
-    trained_step,
     wait_until,
 )
 

@@ -23,10 +23,11 @@ from sweep_study import (
     STEPS,
     STUDY,
     client_of,
+    hold_a_trial_mid_training,
     runs_in,
+    signal_all,
     start_driver,
     study_in,
-    wait_mid_study,
     write_spec,
 )
 
@@ -124,14 +125,15 @@ class KilledStudy:
 @pytest.fixture(scope="module")
 def killed_study(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path, data_cache: Path) -> KilledStudy:
     """The micro study on the local backend: driver SIGKILLed once a trial completed and another is
-    training, then the same command run again to the end."""
+    training (held there, `hold_a_trial_mid_training`), then the same command run again to the end."""
     directory = tmp_path_factory.mktemp("sweep_local")
     copy_store(mlflow_template, directory)
     spec = write_spec(directory, data_cache)
     driver = start_driver(directory, spec)
-    wait_mid_study(directory, driver)
+    _, _, held = hold_a_trial_mid_training(directory, driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
+    signal_all(held, signal.SIGCONT)  # the held job goes on, finds its driver gone and stops
     deadline = time.monotonic() + 60  # its jobs notice and stop after a checkpoint
     while any(run.info.status == "RUNNING" for run in runs_in(directory) if "oner.sweep.trial" in run.data.tags):
         assert time.monotonic() < deadline, "a trial of the killed driver went on training"
@@ -209,7 +211,7 @@ def test_trials_left_running_resume_into_the_same_trial_run_and_directory(killed
             trained_before_kill += 1
             assert max(before) < min(after), f"resumed trial {number} did not continue its run"
         assert Path(run_dir, "checkpoints", "last.pt").exists()
-    assert trained_before_kill, "no resumed trial had trained before the kill (wait_mid_study waits for one)"
+    assert trained_before_kill, "no resumed trial had trained before the kill (hold_a_trial_mid_training holds one)"
 
 
 @pytest.mark.slow

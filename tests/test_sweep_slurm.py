@@ -6,12 +6,12 @@ run again resumes the cancelled trials as new jobs into the same trials, MLflow 
 A trial of this study trains its 40 steps in about a second on a fast machine: less than a poll of
 the store and the driver's cancellation take together (CI once saw the only running trial finish
 between the test's decision and the driver's scancel, leaving nothing to resume). So the test holds
-the trial's job with SIGSTOP, as an overloaded node would, once its own log shows a trained step;
-the driver's scancel continues it (SLURM sends SIGCONT before SIGTERM) and it checkpoints and stops."""
+the trial's job with SIGSTOP (`hold_a_trial_mid_training`), as an overloaded node would, once its own
+log shows a trained step; the driver's scancel continues it (SLURM sends SIGCONT before SIGTERM) and
+it checkpoints and stops."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -24,82 +24,16 @@ from sweep_study import (
     PRUNED_TRIAL,
     STEPS,
     client_of,
+    hold_a_trial_mid_training,
     runs_in,
     start_driver,
-    study_created,
     study_in,
     write_spec,
 )
-from test_slurm_launch import job_log, trained_step
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ON_SLURM = ["--set", "launcher.backend=slurm", "--set", "launcher.slurm.cluster=local"]
-
-
-def job_processes(job: str) -> list[int]:
-    """The job's training processes: submitit's entry point with SLURM_JOB_ID=job in its environment
-    (the test nodes are network namespaces, so their processes are visible from here)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if b"submitit.core._submit" in (entry / "cmdline").read_bytes() and (
-                f"SLURM_JOB_ID={job}".encode() in (entry / "environ").read_bytes().split(b"\0")
-            ):
-                found.append(int(entry.name))
-        except OSError:  # ended meanwhile, or not ours to read
-            continue
-    return found
-
-
-def signal_all(pids: list[int], signum: signal.Signals) -> bool:
-    try:
-        for pid in pids:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def hold_after_first_steps(log: Path, pids: list[int], timeout_s: float = 60) -> int:
-    """Lets the stopped job run 20 ms at a time until its log shows a trained step, and leaves it
-    stopped there: the step it holds at, or 0 if the job ended (or was still starting) meanwhile."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        step = trained_step(log)
-        if step:
-            return step
-        if not signal_all(pids, signal.SIGCONT):
-            return 0
-        time.sleep(0.02)
-        if not signal_all(pids, signal.SIGSTOP):
-            return 0
-    signal_all(pids, signal.SIGCONT)
-    return 0
-
-
-def hold_a_trial_mid_training(directory: Path, driver, timeout_s: float = 240) -> tuple[int, int]:  # noqa: ANN001
-    """Once a trial completed, stops the job of another one (not the trial to be pruned, whose fate is
-    decided at step 20) after its first trained steps, at most half-way: (trial number, step it is held at)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be stopped"
-        trials = study_in(directory).get_trials(deepcopy=False) if study_created(directory) else []
-        if any(trial.state == TrialState.COMPLETE for trial in trials):
-            for trial in trials:
-                job = trial.user_attrs.get("slurm_job")
-                if trial.state != TrialState.RUNNING or trial.number == PRUNED_TRIAL or job is None:
-                    continue
-                pids = job_processes(job)
-                if pids and signal_all(pids, signal.SIGSTOP):
-                    step = hold_after_first_steps(job_log(directory / "runs", job), pids)
-                    if 0 < step <= STEPS // 2:  # far from the end: the SIGTERM lands mid-training
-                        return trial.number, step
-                    signal_all(pids, signal.SIGCONT)
-        time.sleep(0.1)
-    raise AssertionError(f"no trial was training after one completed within {timeout_s}s")
 
 
 def test_a_study_on_slurm_interrupted_and_rerun_ends_with_four_finished_trials(
@@ -108,7 +42,7 @@ def test_a_study_on_slurm_interrupted_and_rerun_ends_with_four_finished_trials(
     copy_store(mlflow_template, tmp_path)
     spec = write_spec(tmp_path, tmp_path / "data_cache")
     driver = start_driver(tmp_path, spec, *ON_SLURM)
-    held, held_at = hold_a_trial_mid_training(tmp_path, driver)
+    held, held_at, _ = hold_a_trial_mid_training(tmp_path, driver)
     driver.send_signal(signal.SIGTERM)
     assert driver.wait(timeout=90) == 130
     interrupted = study_in(tmp_path).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
