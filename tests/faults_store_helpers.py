@@ -3,6 +3,8 @@ EXCLUSIVE lock on it, the CLI as a subprocess, and readers of what MLflow holds.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -123,3 +125,24 @@ def forget_cached_stores() -> None:
     for engine in SqlAlchemyStore._engine_map.values():  # engines are cached per database URI as well
         engine.dispose()
     SqlAlchemyStore._engine_map.clear()
+
+
+def wait_slowed(process: subprocess.Popen, run_s: float = 0.05, pause_s: float = 0.2, timeout_s: float = 300) -> int:
+    """Waits for `process`, letting it run `run_s` at a time with pauses of `pause_s` (SIGSTOP, SIGCONT):
+    its clock goes on while it trains at a fifth of its speed. A tracking outage window is wall time, so
+    a run must still be training when it closes; on a fast machine the built-in run's 200 steps take
+    about 2 s (86 steps/s seen in CI), less than the window and its retries. Returns the exit code."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while process.poll() is None:
+            assert time.monotonic() < deadline, f"still running after {timeout_s}s"
+            os.kill(process.pid, signal.SIGCONT)
+            time.sleep(run_s)
+            os.kill(process.pid, signal.SIGSTOP)
+            time.sleep(pause_s)
+    except ProcessLookupError:
+        pass
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+    return process.wait(timeout=60)
