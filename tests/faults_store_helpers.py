@@ -3,7 +3,6 @@ EXCLUSIVE lock on it, the CLI as a subprocess, and readers of what MLflow holds.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from held_processes import run_a_slice, signal_all
 from mlflow import MlflowClient
 from mlflow_store import subprocess_env
 
@@ -134,15 +134,10 @@ def wait_slowed(process: subprocess.Popen, run_s: float = 0.05, pause_s: float =
     about 2 s (86 steps/s seen in CI), less than the window and its retries. Returns the exit code."""
     deadline = time.monotonic() + timeout_s
     try:
-        while process.poll() is None:
+        while process.poll() is None and run_a_slice([process.pid], run_s):
             assert time.monotonic() < deadline, f"still running after {timeout_s}s"
-            os.kill(process.pid, signal.SIGCONT)
-            time.sleep(run_s)
-            os.kill(process.pid, signal.SIGSTOP)
             time.sleep(pause_s)
-    except ProcessLookupError:
-        pass
     finally:
         if process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)
+            signal_all([process.pid], signal.SIGCONT)
     return process.wait(timeout=60)

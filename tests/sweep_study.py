@@ -22,6 +22,7 @@ from contextlib import closing
 from pathlib import Path
 
 import optuna
+from held_processes import run_a_slice, signal_all
 from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -149,15 +150,6 @@ def trial_job(directory: Path, trial: optuna.trial.FrozenTrial) -> tuple[list[in
         return [], None
 
 
-def signal_all(pids: list[int], signum: signal.Signals) -> bool:
-    try:
-        for pid in pids:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def hold_after_first_steps(log: Path, pids: list[int], timeout_s: float = 60) -> int:
     """Lets the stopped job run 20 ms at a time until its log shows a step past the first logged one
     (so its run has a metric), and leaves it stopped there: the step it holds at, or 0 if the job
@@ -167,10 +159,7 @@ def hold_after_first_steps(log: Path, pids: list[int], timeout_s: float = 60) ->
         step = trained_step(log)
         if step > LOG_EVERY:
             return step
-        if not signal_all(pids, signal.SIGCONT):
-            return 0
-        time.sleep(0.02)
-        if not signal_all(pids, signal.SIGSTOP):
+        if not run_a_slice(pids, 0.02):
             return 0
     signal_all(pids, signal.SIGCONT)
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+from held_processes import signal_all
 from mlflow_store import copy_store
 from optuna.trial import TrialState
 from sweep_study import (
@@ -25,7 +26,6 @@ from sweep_study import (
     client_of,
     hold_a_trial_mid_training,
     runs_in,
-    signal_all,
     start_driver,
     study_in,
     write_spec,
