@@ -21,7 +21,10 @@ MLFLOW_DB_LOGGER = "mlflow.store.db.utils"
 
 DEFAULT_WINDOW_S = 600.0
 FIRST_RETRY_S = 1.0
-MAX_RETRY_S = 30.0
+MAX_RETRY_S = 5.0
+"""A failed try costs one refused connection or one non-blocking lock probe, so trying every 5 s is
+cheap; it means a store back from an outage gets the held metrics within 5 s (at 30 s, a server back
+after 38 s down waited another 23 s for the next try)."""
 EXIT_STORE_LOST = 3
 """The CLI's exit code when the tracking store failed during the runs (docs/reliability.md)."""
 

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 WRITE_GIVE_UP_S = 30.0
 """A sample that cannot be written for this long (store locked or gone) is dropped, training goes on."""
+FINISH_WAIT_S = 5.0
+"""How long a run's end waits for the sample being written (a healthy store takes milliseconds)."""
 
 
 def leads_node() -> bool:
@@ -55,10 +57,20 @@ class NodeMonitor(SystemMetricsMonitor):
         self.samples = 0
 
     def monitor(self) -> None:
-        """MLflow's sampling loop; `cpu_s` adds up the CPU time its thread used (what it takes from training)."""
+        """Samples every interval and writes each sample; on shutdown, a session that wrote none writes its
+        end state. Unlike MLflow's loop it does not read the run back every interval (a server request per
+        node per sample) and goes on after a failed read: an outage of the store ends no sampling.
+        `cpu_s` adds up the CPU time this thread used (what it takes from training)."""
         started = time.thread_time()
         try:
-            super().monitor()
+            while True:
+                self.collect_metrics()
+                if self._shutdown_event.wait(self.sampling_interval):
+                    break
+                self.publish_metrics(self.aggregate_metrics())
+            if self.samples == 0:
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
         finally:
             self.cpu_s += time.thread_time() - started
 
@@ -88,14 +100,22 @@ class NodeMonitor(SystemMetricsMonitor):
         self.spent_s += time.perf_counter() - started
 
     def finish(self) -> None:
-        """Stops sampling; a session shorter than one interval still gets one sample (its end state)."""
-        started = self._process is not None
-        super().finish()
-        if started and self.samples == 0:
-            cpu = time.thread_time()
-            self.collect_metrics()
-            self.publish_metrics(self.aggregate_metrics())
-            self.cpu_s += time.thread_time() - cpu
+        """Stops sampling, waiting at most FINISH_WAIT_S for a sample being written: a store that does not
+        answer (a server down, a SQLite file locked) keeps the thread in MLflow's retries for minutes, and
+        the run must not wait for them to end (seen: 61 s after training under a 30 s server outage)."""
+        if self._process is None:
+            return
+        self._shutdown_event.set()
+        self._process.join(timeout=FINISH_WAIT_S)
+        if self._process.is_alive():
+            log.warning(
+                "system metrics: the last sample of run %s is still waiting on the tracking store %s after %.0f s; "
+                "the run ends without it",
+                self._run_id,
+                self._tracking_uri,
+                FINISH_WAIT_S,
+            )
+        self._process = None
 
 
 @contextmanager

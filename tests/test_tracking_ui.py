@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults_store_helpers import hold_exclusive_lock
 from mlflow import MlflowClient
 from mlflow_store import copy_store
 
@@ -117,6 +118,35 @@ def test_system_metrics_are_sampled_into_the_run_and_named_per_node(store, monke
         assert monitor is None
     with system_metrics.node_metrics(uri, run_id, tracking_ui.JobOptions(system_metrics=False)) as monitor:
         assert monitor is None
+
+
+def test_a_run_ends_without_waiting_for_a_sample_stuck_on_a_locked_store(store) -> None:
+    """Another process holds the SQLite file's EXCLUSIVE lock while a sample is written: the write waits
+    (MLflow's busy timeout, then retries for WRITE_GIVE_UP_S), but the end of the run waits at most
+    FINISH_WAIT_S for it. Before, the monitor was joined without a limit (61 s seen under a server outage)."""
+    uri, client = store
+    run_id = client.create_run(tracking.experiment_id(client, "sm")).info.run_id
+    tracking.set_status(client, run_id, tracking.RUNNING)
+    options = tracking_ui.JobOptions(system_metrics_interval_s=0.2)
+    with system_metrics.node_metrics(uri, run_id, options) as monitor:
+        assert monitor is not None
+        deadline = time.monotonic() + 30
+        while monitor.samples < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        holder = hold_exclusive_lock(tracking.sqlite_path(uri), seconds=system_metrics.WRITE_GIVE_UP_S)
+        try:
+            time.sleep(1.0)  # the next sample's write is waiting on the lock by now
+            thread = monitor._process
+            stopping = time.monotonic()
+        except BaseException:
+            holder.kill()
+            raise
+    waited = time.monotonic() - stopping
+    stuck = thread is not None and thread.is_alive()
+    holder.kill()
+    holder.wait()
+    assert stuck, "the sampling thread had ended: no write was waiting on the lock"
+    assert waited < system_metrics.FINISH_WAIT_S + 2, f"the end of the run waited {waited:.1f}s for the monitor"
 
 
 def test_cost_counts_the_real_model_and_grows_with_the_terms_and_the_batch() -> None:
