@@ -22,7 +22,7 @@ from contextlib import closing
 from pathlib import Path
 
 import optuna
-from held_processes import run_a_slice, signal_all
+from held_processes import job_processes, run_a_slice, signal_all
 from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -106,21 +106,6 @@ def runs_in(directory: Path) -> list[Run]:
         if experiment is None
         else client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     )
-
-
-def job_processes(job: str) -> list[int]:
-    """A SLURM job's training processes: submitit's entry point with SLURM_JOB_ID=job in their
-    environment (the test nodes are network namespaces, so their processes are visible from here)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if b"submitit.core._submit" in (entry / "cmdline").read_bytes() and (
-                f"SLURM_JOB_ID={job}".encode() in (entry / "environ").read_bytes().split(b"\0")
-            ):
-                found.append(int(entry.name))
-        except (OSError, ValueError):  # not a process, ended meanwhile, or not ours to read
-            continue
-    return found
 
 
 def lock_holders(lock: Path) -> list[int]:

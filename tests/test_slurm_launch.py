@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from held_processes import job_processes, signal_all, stop_outside_locks
 from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -184,11 +186,44 @@ def test_bad_slurm_input_exits_2_before_anything_is_queued(
 # --- the smoke grid as one job array, eight tasks writing one SQLite store at once ----------------
 
 
+ARRAY_STEPS, HOLD_AT = 40, 2
+"""The array's runs are short; each task is held (SIGSTOP) once its log shows HOLD_AT steps, so its
+first metrics are logged, until all eight are: released together, they write at the same time however
+far apart their start-ups (1 to 11 s seen on the busy nodes) and however fast their steps."""
+
+
+def hold_all_tasks_after_first_steps(
+    runs_dir: Path, job_ids: list[str], shared: list[Path], timeout_s: float = SCENARIO_TIMEOUT_S
+) -> int:
+    """Stops each task's processes once its log shows HOLD_AT steps, at a moment they hold no lock on
+    the `shared` files (the store: a task stopped mid-transaction would hold every other task's writes),
+    then continues them all at once; the most steps any task had trained when it was stopped."""
+    held: dict[str, list[int]] = {}
+    reached = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(held) < len(job_ids):
+            assert time.monotonic() < deadline, f"held {sorted(held)} of {job_ids}\n{squeue_all()}"
+            for job_id in job_ids:
+                if job_id in held or trained_step(job_log(runs_dir, job_id)) < HOLD_AT:
+                    continue
+                pids = job_processes(job_id)
+                assert pids and stop_outside_locks(pids, shared), f"task {job_id} ended before it was held"
+                held[job_id] = pids
+                step = trained_step(job_log(runs_dir, job_id))
+                assert step < ARRAY_STEPS, f"task {job_id} trained all {ARRAY_STEPS} steps before it was held"
+                reached = max(reached, step)
+            time.sleep(0.05)
+    finally:
+        for pids in held.values():
+            signal_all(pids, signal.SIGCONT)
+    return reached
+
+
 def test_smoke_grid_is_one_job_array_and_eight_concurrent_tasks_lose_no_metric(
     tmp_path: Path, mlflow_template: Path, data_cache: Path, live_metrics: None
 ) -> None:
     store = copy_store(mlflow_template, tmp_path)
-    steps = 240  # enough that the tasks' logging overlaps although they start up to ~10 s apart (imports, cost count)
     code = submit(
         store,
         tmp_path / "runs",
@@ -196,31 +231,46 @@ def test_smoke_grid_is_one_job_array_and_eight_concurrent_tasks_lose_no_metric(
         "--set",
         "grid.seed=[0,1,2,3]",
         "--set",
-        f"base.train.steps={steps}",
+        f"base.train.steps={ARRAY_STEPS}",
         "--set",
-        f"base.train.checkpoint_every={steps}",
+        f"base.train.checkpoint_every={ARRAY_STEPS}",
+        "--no-wait",
     )
     assert code == 0
-
     client = client_of(store)
     runs = runs_in(client, "oner-smoke")
-    assert len(runs) == 8 and {run.info.status for run in runs} == {"FINISHED"}
+    assert len(runs) == 8
     job_ids = sorted(run.data.tags["oner.slurm.job_id"] for run in runs)
     assert len({job_id.split("_")[0] for job_id in job_ids}) == 1, f"not one array: {job_ids}"
     assert sorted(int(job_id.split("_")[1]) for job_id in job_ids) == list(range(8))
+    database = Path(store.removeprefix("sqlite:///"))
+    held_at = hold_all_tasks_after_first_steps(tmp_path / "runs", job_ids, [database, Path(f"{database}-journal")])
+    wait_until(
+        lambda: (
+            all(client.get_run(run.info.run_id).info.status in TERMINAL for run in runs)
+            and not set(scheduler.queue_states(job_ids).values()) & set(scheduler.ALIVE_STATES)
+        ),
+        SCENARIO_TIMEOUT_S,
+        "the eight tasks to end",
+    )
+    runs = runs_in(client, "oner-smoke")
+    assert {run.info.status for run in runs} == {"FINISHED"}, {
+        r.info.run_name: r.data.tags.get("oner.error") for r in runs
+    }
     spans = []
     for run in runs:
         train_keys = [key for key in run.data.metrics if key.startswith("train/")]
         assert "train/loss" in train_keys and "eval/shapes/tr_r1" in run.data.metrics
         for key in train_keys:
-            assert [step for step, _ in history(client, run.info.run_id, key)] == list(range(1, steps + 1)), key
+            assert [step for step, _ in history(client, run.info.run_id, key)] == list(range(1, ARRAY_STEPS + 1)), key
         stamps = [metric.timestamp for metric in client.get_metric_history(run.info.run_id, "train/loss")]
         spans.append((min(stamps), max(stamps)))
-    # how many logged at once, at the busiest moment: the tasks start up to ~10 s apart on the two busy
-    # nodes, so the first can end before the last begins (seen once, by 1 s); six writers at once is the load
+    # every run had logged its first steps when all were released together: all eight wrote at once
     events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     at_once = max(itertools.accumulate(change for _, change in events))
-    assert at_once >= 6, f"only {at_once} of the eight runs logged at the same time: {spans}"
+    assert at_once == 8, (
+        f"only {at_once} of the eight runs logged at the same time (held at most at {held_at}): {spans}"
+    )
     (script,) = (tmp_path / "runs" / "submitit").glob("*/*_submission.sh")
     for line in (
         "--array=0-7%8",
