@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from mlflow_store import mlflow_template  # noqa: F401  (a session fixture every MLflow test shares)
@@ -128,6 +129,24 @@ def _require_server_for_marked_tests(request: pytest.FixtureRequest) -> None:
     """Gives every `server`-marked test the server check."""
     if request.node.get_closest_marker("server") is not None:
         request.getfixturevalue("tracking_server")
+
+
+@pytest.fixture(scope="session")
+def preemption(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path, slurm_partition: str):  # noqa: ANN201, F811
+    """The preemption scenarios (tests/slurm_scenarios.py), run once for test_slurm_launch and
+    test_slurm_multinode; the two-node ones where the partition has two usable nodes. Jobs inherit
+    ONER_MLFLOW_FLUSH_S=0 (every metric written at once) and ONER_PROGRESS_S=0 (a progress line per
+    step in each job's log, which the interruptions are timed from)."""
+    import slurm_scenarios
+
+    from oner_lab.train import PROGRESS_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONER_MLFLOW_FLUSH_S", "0")
+        patch.setenv(PROGRESS_ENV, "0")
+        return slurm_scenarios.run_scenarios(
+            tmp_path_factory.mktemp("preemption"), mlflow_template, two_nodes=len(_usable_nodes(slurm_partition)) >= 2
+        )
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,10 @@ write the SQLite store as often as they can).
 from __future__ import annotations
 
 import itertools
-import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,22 @@ from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow_store import copy_store
+from slurm_scenarios import (
+    CHECKPOINT_EVERY,
+    ON_SLURM,
+    REPO,
+    SCENARIO_TIMEOUT_S,
+    SIGNAL_AFTER,
+    SMOKE,
+    STEPS,
+    TERMINAL,
+    Preemption,
+    client_of,
+    runs_in,
+    spec_arguments,
+    squeue_all,
+    wait_until,
+)
 
 from oner_lab import checkpoint, status
 from oner_lab.launch import scheduler
@@ -33,18 +47,6 @@ from oner_lab.train import PROGRESS_ENV
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "experiments" / "smoke.yaml"
-ON_SLURM = ["--set", "launcher.backend=slurm", "--set", "launcher.slurm.cluster=local"]
-STEPS, CHECKPOINT_EVERY, SIGNAL_AFTER = 100, 90, 10
-"""Preemption runs: long enough to interrupt mid-way; the signal lands long before the periodic
-checkpoint, so a resume from anything but the signal's own checkpoint would start from scratch. A job
-alone on a node trains a step in about 50 ms, so the signal has about 4 s between SIGNAL_AFTER and
-CHECKPOINT_EVERY to land; it is sent as soon as the job's own log shows SIGNAL_AFTER steps
-(`trained_step`), well under a second later."""
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
-POLL_S = 0.3
-SCENARIO_TIMEOUT_S = 300
 VOLATILE = ("train/samples_per_s", "train/threads")
 """Metrics that measure speed or the machine's share, not training: they differ between any two runs."""
 TIMES = "time/"
@@ -57,33 +59,12 @@ def is_training_metric(key: str) -> bool:
     return key not in VOLATILE and not key.startswith((SYSTEM_METRICS, TIMES))
 
 
-def client_of(store: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=store)
-
-
-def runs_in(client: MlflowClient, experiment: str) -> list[Run]:
-    found = client.get_experiment_by_name(experiment)
-    return [] if found is None else client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
-
-
 def history(client: MlflowClient, run_id: str, key: str = "train/loss") -> list[tuple[int, float]]:
     return [(metric.step, metric.value) for metric in client.get_metric_history(run_id, key)]
 
 
 def last_step(client: MlflowClient, run_id: str) -> int:
     return max((step for step, _ in history(client, run_id)), default=0)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; queue:\n{squeue_all()}")
-        time.sleep(POLL_S)
-
-
-def squeue_all() -> str:
-    return subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T %j %r"], capture_output=True, text=True).stdout
 
 
 def job_ids_in_queue() -> set[str]:
@@ -104,21 +85,6 @@ def live_metrics() -> Iterator[None]:
         patch.setenv("ONER_MLFLOW_FLUSH_S", "0")
         patch.setenv(PROGRESS_ENV, "0")  # a progress line per step in the job's log: what `trained_step` reads
         yield
-
-
-def spec_arguments(store: str, runs_dir: Path, data_cache: Path, *arguments: str) -> list[str]:
-    """The smoke spec on the local cluster profile, with this test's store, run and data directories."""
-    return [
-        str(SMOKE),
-        *ON_SLURM,
-        "--set",
-        f"tracking.uri={store}",
-        "--set",
-        f"launcher.runs_dir={runs_dir}",
-        "--set",
-        f"base.data.cache_dir={data_cache}",
-        *arguments,
-    ]
 
 
 def submit(store: str, runs_dir: Path, data_cache: Path, *arguments: str) -> int:
@@ -286,139 +252,6 @@ def test_smoke_grid_is_one_job_array_and_eight_concurrent_tasks_lose_no_metric(
 # --- preemption, requeue budget, DDP: five jobs at once, interrupted while they run ---------------
 
 
-@dataclass
-class Scenario:
-    """One submission of the same run config, in its own experiment and run directory."""
-
-    name: str
-    arguments: list[str]
-    """The CLI's arguments (spec and --set ...), as `run` and `status` take them."""
-    run: Run | None = None
-    job_id: str = ""
-    signals: list[str] = field(default_factory=list)
-    stopped_at_step: list[int] = field(default_factory=list)
-    """The step each interruption stopped at: from the run's new oner.slurm.last_event tag, else (a run that
-    ended on it) its last checkpoint."""
-    event_before: str | None = None
-    """oner.slurm.last_event as the latest interruption left it (None before the first)."""
-
-
-PREEMPTION_RUN = [
-    "--only",
-    "variant=itc",
-    "--set",
-    "base.objective.masked_terms=false",
-    "--set",
-    f"base.train.steps={STEPS}",
-    "--set",
-    f"base.train.checkpoint_every={CHECKPOINT_EVERY}",
-]
-SCENARIOS = {
-    "reference": [],
-    "usr2": [],
-    "requeue": [],
-    "ddp": ["--set", "launcher.slurm.tasks_per_node=2"],
-    "budget": ["--set", "launcher.slurm.tasks_per_node=2", "--set", "launcher.slurm.max_requeues=1"],
-    "cancel": [],
-}
-INTERRUPTIONS = {
-    "usr2": [["scancel", "--signal=USR2"]],
-    "requeue": [["scontrol", "requeue"]],
-    "budget": [["scancel", "--signal=USR2"], ["scancel", "--signal=USR2"]],
-    "cancel": [["scancel"]],
-}
-
-
-@dataclass
-class Preemption:
-    client: MlflowClient
-    scenarios: dict[str, Scenario]
-    no_wait_s: float
-    alive_after_no_wait: bool
-
-
-@pytest.fixture(scope="module")
-def preemption(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path, data_cache: Path, live_metrics: None
-) -> Preemption:
-    """Submits every scenario with --no-wait, interrupts three of them mid-run (the budget one twice),
-    records each interruption's checkpoint while the job waits to come back, and waits for all to end."""
-    root = tmp_path_factory.mktemp("preemption")
-    store = copy_store(mlflow_template, root)
-    client = client_of(store)
-    scenarios = {
-        name: Scenario(
-            name,
-            spec_arguments(
-                store,
-                root / name,
-                data_cache,
-                *PREEMPTION_RUN,
-                *arguments,
-                "--set",
-                f"tracking.experiment=slurm-{name}",
-            ),
-        )
-        for name, arguments in SCENARIOS.items()
-    }
-    no_wait_s = 0.0
-    alive_after_no_wait = True
-    for scenario in scenarios.values():
-        started = time.monotonic()
-        code = main([*scenario.arguments, "--no-wait"])
-        no_wait_s = max(no_wait_s, time.monotonic() - started)
-        assert code == 0
-        (scenario.run,) = runs_in(client, f"slurm-{scenario.name}")
-        scenario.job_id = client.get_run(scenario.run.info.run_id).data.tags["oner.slurm.job_id"]
-        alive_after_no_wait &= scheduler.queue_states([scenario.job_id]).get(scenario.job_id) in scheduler.ALIVE_STATES
-
-    pending = {name: list(commands) for name, commands in INTERRUPTIONS.items()}
-    waiting_requeue: set[str] = set()
-    deadline = time.monotonic() + SCENARIO_TIMEOUT_S
-    while pending or waiting_requeue:
-        assert time.monotonic() < deadline, f"interruptions not done: {pending}, {waiting_requeue}\n{squeue_all()}"
-        for name in list(pending):
-            scenario = scenarios[name]
-            if name in waiting_requeue:
-                continue
-            step = trained_step(job_log(root / name, scenario.job_id))
-            after = scenario.stopped_at_step[-1] + SIGNAL_AFTER if scenario.stopped_at_step else SIGNAL_AFTER
-            assert step < STEPS, f"{name} trained all {STEPS} steps before it could be interrupted"
-            if step >= after:
-                command = pending[name].pop(0)
-                subprocess.run([*command, scenario.job_id], check=True)
-                scenario.signals.append(" ".join(command))
-                waiting_requeue.add(name)
-                if not pending[name]:
-                    del pending[name]
-        for name in list(waiting_requeue):
-            scenario = scenarios[name]
-            run = client.get_run(scenario.run.info.run_id)
-            event = run.data.tags.get("oner.slurm.last_event")
-            # a new event tag stays, whereas SCHEDULED may last less than a poll (the job is back RUNNING)
-            if event != scenario.event_before and (found := re.match(r"\S+ at step (\d+) ", event or "")):
-                scenario.stopped_at_step.append(int(found.group(1)))
-                scenario.event_before = event
-                waiting_requeue.discard(name)
-            elif run.info.status in TERMINAL:  # ended on the signal (cancelled, over budget): its last checkpoint
-                state = checkpoint.load(Path(run.data.tags["oner.run_dir"]) / "checkpoints" / "last.pt")
-                scenario.stopped_at_step.append(state["step"])
-                waiting_requeue.discard(name)
-        time.sleep(POLL_S)
-
-    for scenario in scenarios.values():
-        wait_until(
-            lambda scenario=scenario: (
-                client.get_run(scenario.run.info.run_id).info.status in TERMINAL
-                and scheduler.queue_states([scenario.job_id]).get(scenario.job_id) not in scheduler.ALIVE_STATES
-            ),
-            SCENARIO_TIMEOUT_S,
-            f"scenario {scenario.name} to end",
-        )
-        scenario.run = client.get_run(scenario.run.info.run_id)
-    return Preemption(client, scenarios, no_wait_s, alive_after_no_wait)
-
-
 def test_no_wait_returns_right_after_submission(preemption: Preemption) -> None:
     assert preemption.no_wait_s < 20, f"run --no-wait took {preemption.no_wait_s:.1f}s"
     assert preemption.alive_after_no_wait, "a job was no longer queued or running when --no-wait returned"
@@ -451,8 +284,10 @@ def final_model(run: Run) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
-@pytest.mark.parametrize("name", ["usr2", "requeue"])
+@pytest.mark.parametrize("name", ["usr2"])
 def test_interrupted_job_is_requeued_and_resumes_into_the_same_run(preemption: Preemption, name: str) -> None:
+    """SIGUSR2 (SLURM's warning before the time limit); `scontrol requeue` (SIGTERM) is the two-node
+    scenario's, test_slurm_multinode."""
     scenario, reference = preemption.scenarios[name], preemption.scenarios["reference"].run
     run = scenario.run
     assert run.info.status == "FINISHED", run.data.tags.get("oner.error")
