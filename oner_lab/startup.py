@@ -1,8 +1,8 @@
 """Process start-up without the cyclic garbage collector.
 
 Importing torch, timm, torchvision and MLflow creates millions of long-lived objects, and the
-collector walks them again and again while they load: 1.2 of 4.8 CPU-seconds of a job's imports on
-the 2-core test machine (`python benchmarks/startup_time.py`). Every run starts a process per rank and
+collector walks them again and again while they load: 1.2 of 5.7 CPU-seconds of a job's imports on
+the 2-core test machine (`python benchmarks/startup_time.py`: 5.68 -> 4.44). Every run starts a process per rank and
 per requeue, so a sweep or an ablation pays it many times over. A job process (submitit's entry
 point) therefore imports with the collector paused and, once the heavy imports are done, freezes
 what they created (`gc.freeze`: long-lived, never scanned again) and turns the collector back on.

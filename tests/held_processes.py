@@ -59,14 +59,15 @@ def locks_held(pids: list[int], paths: list[Path]) -> list[Path]:
             inodes[os.stat(path).st_ino] = path
         except FileNotFoundError:
             continue
-    wanted = {str(pid) for pid in pids}
+    holders = {str(pid) for pid in pids}
     found = []
     for line in Path("/proc/locks").read_text().splitlines():
         fields = line.split()
         if fields[1] == "->":  # a waiter, listed under the lock it waits for
             fields = fields[:1] + fields[2:]
-        if fields[4] in wanted and int(fields[5].split(":")[2]) in inodes:
-            found.append(inodes[int(fields[5].split(":")[2])])
+        inode = int(fields[5].split(":")[2])
+        if fields[4] in holders and inode in inodes:
+            found.append(inodes[inode])
     return found
 
 

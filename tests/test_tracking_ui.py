@@ -95,16 +95,26 @@ def test_file_datasets_are_told_apart_by_their_files_fingerprint(store, tmp_path
     assert json.loads(absent.profile)["files"] == "not found where the run was created"
 
 
-def test_system_metrics_are_sampled_into_the_run_and_named_per_node(store, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri, client = store
+def running_run(client: MlflowClient) -> str:
+    """A RUNNING run to sample system metrics into."""
     run_id = client.create_run(tracking.experiment_id(client, "sm")).info.run_id
     tracking.set_status(client, run_id, tracking.RUNNING)
+    return run_id
+
+
+def wait_for_samples(monitor: system_metrics.NodeMonitor | None, count: int, timeout_s: float = 30) -> None:
+    assert monitor is not None
+    deadline = time.monotonic() + timeout_s
+    while monitor.samples < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_system_metrics_are_sampled_into_the_run_and_named_per_node(store, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri, client = store
+    run_id = running_run(client)
     options = tracking_ui.JobOptions(system_metrics_interval_s=0.2)
     with system_metrics.node_metrics(uri, run_id, options) as monitor:
-        assert monitor is not None
-        deadline = time.monotonic() + 30
-        while monitor.samples < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_samples(monitor, 2)
     assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 2
     assert "system/system_memory_usage_megabytes" in client.get_run(run_id).data.metrics
 
@@ -125,26 +135,22 @@ def test_a_run_ends_without_waiting_for_a_sample_stuck_on_a_locked_store(store) 
     (MLflow's busy timeout, then retries for WRITE_GIVE_UP_S), but the end of the run waits at most
     FINISH_WAIT_S for it. Before, the monitor was joined without a limit (61 s seen under a server outage)."""
     uri, client = store
-    run_id = client.create_run(tracking.experiment_id(client, "sm")).info.run_id
-    tracking.set_status(client, run_id, tracking.RUNNING)
+    run_id = running_run(client)
     options = tracking_ui.JobOptions(system_metrics_interval_s=0.2)
-    with system_metrics.node_metrics(uri, run_id, options) as monitor:
-        assert monitor is not None
-        deadline = time.monotonic() + 30
-        while monitor.samples < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        holder = hold_exclusive_lock(tracking.sqlite_path(uri), seconds=system_metrics.WRITE_GIVE_UP_S)
-        try:
+    holder = None
+    try:
+        with system_metrics.node_metrics(uri, run_id, options) as monitor:
+            wait_for_samples(monitor, 1)
+            holder = hold_exclusive_lock(tracking.sqlite_path(uri), seconds=system_metrics.WRITE_GIVE_UP_S)
             time.sleep(1.0)  # the next sample's write is waiting on the lock by now
             thread = monitor._process
             stopping = time.monotonic()
-        except BaseException:
+        waited = time.monotonic() - stopping
+        stuck = thread is not None and thread.is_alive()
+    finally:
+        if holder is not None:
             holder.kill()
-            raise
-    waited = time.monotonic() - stopping
-    stuck = thread is not None and thread.is_alive()
-    holder.kill()
-    holder.wait()
+            holder.wait()
     assert stuck, "the sampling thread had ended: no write was waiting on the lock"
     assert waited < system_metrics.FINISH_WAIT_S + 2, f"the end of the run waited {waited:.1f}s for the monitor"
 
