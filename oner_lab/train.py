@@ -299,9 +299,9 @@ class Trainer:
         self.model = OneTower(self.tower_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         self.target = momentum_copy(self.model)
-        if t.compile:  # in place: parameter names, checkpoints and the momentum copy stay as they are
-            for block in self.model.blocks:
-                block.compile()
+        if t.compile:  # in place: parameter names and checkpoints stay as they are
+            self.model.compile_blocks()
+            self.target.compile_blocks()
         obj = config.objective
         self.weights = resolve_terms(obj.variant, obj.terms, obj.masked_terms)
         self.objective = build_objective(

@@ -308,10 +308,14 @@ def bf16_inputs(trainer):
 
 
 def test_compiled_blocks_give_the_eager_losses_and_weights(tmp_path) -> None:
-    """`train.compile` compiles the tower's blocks in place (inductor on CPU): the same losses to float
-    rounding, and the same parameter names, so checkpoints load either way."""
-    eager, compiled = _trainer(tmp_path, "eager", "itc"), _trainer(tmp_path, "compiled", "itc", compile=True)
+    """`train.compile` compiles the blocks of the tower and of its momentum copy in place (inductor on
+    CPU): the same losses to float rounding (`oner`'s CMC reads the momentum copy, without gradient), and
+    the same parameter names, so checkpoints load either way."""
+    eager, compiled = _trainer(tmp_path, "eager", "oner"), _trainer(tmp_path, "compiled", "oner", compile=True)
     assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    assert list(compiled.target.state_dict()) == list(eager.target.state_dict())
+    for tower in (compiled.model, compiled.target):  # nn.Module.compile's in-place wrapper, on every block
+        assert all(block._compiled_call_impl is not None for block in tower.blocks)
     plain = [eager.train_step()["train/loss"] for _ in range(3)]
     fused = [compiled.train_step()["train/loss"] for _ in range(3)]
     assert fused == pytest.approx(plain, rel=1e-4)

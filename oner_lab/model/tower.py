@@ -76,6 +76,15 @@ class OneTower(nn.Module):
         for table in (self.image_pos, self.text_pos, self.cls_token, self.image_mask_token):
             trunc_normal_(table, std=0.02)
 
+    def compile_blocks(self, mode: str | None = None) -> None:
+        """Compile each block in place (`nn.Module.compile`) for fused kernels.
+
+        In place, so parameter names and state dicts stay as they are and checkpoints load either way.
+        The blocks share one code object: inductor compiles each sequence length and grad mode once for
+        all of them (and for the momentum copy's blocks)."""
+        for block in self.blocks:
+            block.compile(mode=mode)
+
     def embed_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens plus positions; masked patches (True in [B, Ni]) become the mask token."""
         tokens = self.patch_embed(images)
