@@ -25,11 +25,13 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch._dynamo.utils
 import torch.multiprocessing as mp
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -80,6 +82,8 @@ def step_benchmark(
     peak: float | None,
     device: torch.device,
     preset: str | None = None,
+    tables: Path | None = None,
+    compile_mode: str | None = None,
 ) -> dict:
     """One GPU's training step of the paper recipe on synthetic inputs of the recipe's shapes (`preset`: another
     tower, for a smoke run of this script on a CPU)."""
@@ -95,9 +99,6 @@ def step_benchmark(
     model = OneTower(tower).to(device)
     model.activation_checkpointing = config.train.activation_checkpointing
     target = momentum_copy(model)
-    if compile_blocks:
-        for block in model.blocks:
-            block.compile()
     obj = config.objective
     weights = resolve_terms(obj.variant, obj.terms, obj.masked_terms)
     objective = train.build_objective(obj, weights, 103, vocab, torch.tensor([0, 101, 102, 103])).to(device)
@@ -125,19 +126,44 @@ def step_benchmark(
         ema_update(target, model, 0.999)
         return report.losses[-1]
 
+    # FLOPs are counted on an eager step, before any compilation: a compiled block called under a dispatch
+    # mode (FlopCounterMode is one) ran eager ever after on torch 2.11 (seen on an H200: no compiled kernel
+    # in the profile, and the eager step time).
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    if compile_blocks:  # as train.compile does
+        model.compile_blocks(compile_mode)
+        target.compile_blocks(compile_mode)
+        torch._dynamo.utils.counters.clear()
     started = time.perf_counter()
-    for seed in range(3):  # warm-up: allocator, cuBLAS heuristics, and compilation when asked
+    for seed in range(1, 4):  # warm-up: allocator, cuBLAS heuristics, and compilation when asked
         step(seed)
     wait(device)
     warm_s = time.perf_counter() - started
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(3)
-    activity = torch.profiler.ProfilerActivity.CUDA if gpu else torch.profiler.ProfilerActivity.CPU
-    with torch.profiler.profile(activities=[activity]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gpu else [])
+    with torch.profiler.profile(activities=activities, with_stack=tables is not None) as prof:
         step(4)
         wait(device)
-    kernels = {event.key for event in prof.key_averages()}
+    if tables is not None:  # which operators and which lines of the lab launch the kernels that take the time
+        order = "device_time_total" if gpu else "cpu_time_total"
+        tables.write_text(
+            prof.key_averages().table(sort_by=order, row_limit=70, max_name_column_width=90)
+            + "\n\n"
+            + prof.key_averages(group_by_stack_n=6).table(sort_by=order, row_limit=50, max_name_column_width=90)
+        )
+    averages = prof.key_averages()
+    kernels = {event.key for event in averages if event.device_type == torch.autograd.DeviceType.CUDA}
+    compiled_calls = sum(
+        event.count for event in averages if event.key in ("CompiledFunction", "CompiledFunctionBackward")
+    )
+
+    def self_device_ms(event) -> float:
+        return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1e3
+
+    on_device = [event for event in averages if event.device_type == torch.autograd.DeviceType.CUDA]
+    busiest = sorted(on_device, key=lambda event: -self_device_ms(event))
+    top_kernels = [(event.key[:100], round(self_device_ms(event), 3)) for event in busiest[:15]]
     attention = sorted(
         {
             kind
@@ -161,7 +187,11 @@ def step_benchmark(
         finally:
             if gpu:
                 torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message).splitlines()[0][:120] for w in caught if "synchroniz" in str(w.message).lower()]
+    syncs = [
+        str(w.message).splitlines()[0][:120]
+        for w in caught
+        if "synchroniz" in str(w.message).lower() and "prototype" not in str(w.message)
+    ]
     wait(device)
     started = time.perf_counter()
     for seed in range(steps):
@@ -171,9 +201,14 @@ def step_benchmark(
     flops = counter.get_total_flops()
     estimated = estimate.rank_memory(cost.count(config, vocab), world_size=1, bf16=True)
     peak_bytes = torch.cuda.max_memory_allocated() if gpu else None
+    dynamo = {
+        group: dict(values)
+        for group, values in torch._dynamo.utils.counters.items()
+        if group in ("stats", "frames", "graph_break", "recompiles", "unimplemented") and values
+    }
     return {
         "variant": variant,
-        "compile": compile_blocks,
+        "compile": compile_blocks and (compile_mode or "default"),
         "batch_per_gpu": batch,
         "step_s": seconds,
         "samples_per_s": batch / seconds,
@@ -182,12 +217,21 @@ def step_benchmark(
         "mfu": flops / seconds / peak if peak else None,
         "warmup_s": warm_s,
         "attention_kernels": attention,
+        "attention_kernel_names": sorted(
+            n[:100]
+            for n in kernels
+            if "attention" in n.lower() or "fmha" in n.lower() or "flash" in n.lower() or "sdpa" in n.lower()
+        )[:8],
+        "top_kernels_ms": top_kernels,
         "host_syncs_per_step": len(syncs),
         "host_sync_sites": sorted(set(syncs)),
         "peak_memory_gib": peak_bytes / 2**30 if peak_bytes else None,
         "estimated_memory_gib": estimated.total / 2**30,
         "memory_error": estimated.total / peak_bytes - 1 if peak_bytes else None,
         "final_loss": loss,
+        "dynamo": dynamo,
+        "compiled_calls_in_profiled_step": compiled_calls,
+        "counted_tflop_per_step_on_meta": cost.count(config, vocab).flops_per_step / 1e12,
     }
 
 
@@ -271,6 +315,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128, help="samples per GPU (the paper profile's share: 4096 / 32)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of the step benchmark")
     parser.add_argument("--run-steps", type=int, default=200)
+    parser.add_argument("--compile-mode", default=None, help="torch.compile's mode for the compiled step")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--skip", nargs="*", default=[], choices=["eager", "compile", "run", "ranks"])
     parser.add_argument(
@@ -280,7 +325,9 @@ def main() -> int:
     if args.cpu_smoke:
         device = torch.device("cpu")
         report = {"device": "cpu (smoke run of the script)"}
-        report["step_eager"] = step_benchmark(args.variant, 4, 1, False, None, device, preset="tiny")
+        report["step_eager"] = step_benchmark(
+            args.variant, 4, 1, False, None, device, preset="tiny", tables=Path(tempfile.gettempdir()) / "profile.txt"
+        )
         with tempfile.TemporaryDirectory() as folder:
             report["run"] = real_run(args.run_steps, Path(folder), "cpu")
         print(json.dumps(report, indent=2, default=str))
@@ -313,7 +360,8 @@ def main() -> int:
         try:
             report[key] = measure()
         except Exception as error:  # noqa: BLE001 - the other parts still tell something
-            report[key] = {"error": f"{type(error).__name__}: {error}"}
+            where = traceback.format_exception(error)[-6:]
+            report[key] = {"error": f"{type(error).__name__}: {error}", "where": "".join(where)[-3000:]}
         torch.cuda.empty_cache()
         print(key, json.dumps(report[key], default=str), flush=True)
         save()
@@ -322,7 +370,16 @@ def main() -> int:
         if mode not in args.skip:
             part(
                 f"step_{mode}",
-                lambda mode=mode: step_benchmark(args.variant, args.batch, args.steps, mode == "compile", peak, device),
+                lambda mode=mode: step_benchmark(
+                    args.variant,
+                    args.batch,
+                    args.steps,
+                    mode == "compile",
+                    peak,
+                    device,
+                    tables=out / f"profile_{mode}.txt",
+                    compile_mode=args.compile_mode,
+                ),
             )
     with tempfile.TemporaryDirectory() as folder:
         if "run" not in args.skip:
