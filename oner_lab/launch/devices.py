@@ -39,7 +39,15 @@ DEVICES: dict[str, Device] = {
         Device("a100-80gb", 312e12, 80, 0.13, _GPU_ASSUMED),
         Device("a100-40gb", 312e12, 40, 0.13, _GPU_ASSUMED),
         Device("h100-80gb", 989e12, 80, 0.13, _GPU_ASSUMED),
-        Device("h200", 989e12, 141, 0.13, _GPU_ASSUMED),
+        Device(
+            "h200",
+            989e12,
+            141,
+            0.26,
+            "measured: benchmarks/gpu_check.py on one H200 (torch 2.11, CUDA 13.0), the ablation's paper recipe "
+            "(oner, ViT-B/16) at 128 samples per GPU, bf16, eager: 0.246 and 0.257 in two runs; the step alone on "
+            "synthetic inputs, so data loading and evaluation are not in it (docs/gpu.md)",
+        ),
         Device(
             "cpu",
             None,
