@@ -318,6 +318,9 @@ class Trainer:
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint this process wrote last
         self.loss_history: dict[str, list[float]] = {}  # the loss-spike guard's window, per term and total
+        # the scalars of the steps since the last logged window; in the checkpoint, so that a run stopped
+        # mid-window logs, once resumed, the same window means as a run that never stopped
+        self.log_window: dict[str, list[float]] = {}
 
     # --- checkpoints --------------------------------------------------------------------
     def state(self) -> dict:
@@ -332,6 +335,7 @@ class Trainer:
             "tower": asdict(self.tower_cfg),
             "tokenizer": self.data.tokenizer.to_str(),  # a run started from this checkpoint keeps the vocabulary
             "loss_history": {key: list(values) for key, values in self.loss_history.items()},
+            "log_window": {key: list(values) for key, values in self.log_window.items()},
         }
 
     def save(self) -> None:
@@ -417,6 +421,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
         self.loss_history = {key: list(values) for key, values in state.get("loss_history", {}).items()}
+        self.log_window = {key: list(values) for key, values in state.get("log_window", {}).items()}
         self.step = state["step"]
         return True
 
@@ -542,20 +547,19 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=progress_interval_s(),
         )
-        window: dict[str, list[float]] = {}
-        window_start, window_samples = time.perf_counter(), 0
+        window_start, window_samples = time.perf_counter(), 0  # this process's steps: the rate's
         last: dict[str, float] = {}
         self.model.train()
         while self.step < t.steps:
             with self.clock("steps"):
                 scalars = self.train_step()
             for key, value in scalars.items():
-                window.setdefault(key, []).append(value)
+                self.log_window.setdefault(key, []).append(value)
             window_samples += t.batch_size
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == t.steps:
                 elapsed = time.perf_counter() - window_start
-                last = {key: sum(v) / len(v) for key, v in window.items()}
+                last = {key: sum(v) / len(v) for key, v in self.log_window.items()}
                 last["train/samples_per_s"] = window_samples / max(elapsed, 1e-9)
                 if self.device.type == "cpu":  # local runs sharing the machine split its CPUs (launch/cpu_share.py)
                     last["train/threads"] = float(torch.get_num_threads())
@@ -565,7 +569,7 @@ class Trainer:
                 if log:
                     with self.clock("tracking"):
                         log.log_metrics(last, self.step)
-                window, window_start, window_samples = {}, time.perf_counter(), 0
+                self.log_window, window_start, window_samples = {}, time.perf_counter(), 0
             if every and self.step % every == 0 and self.step < t.steps:
                 with self.clock("eval"):
                     metrics = self.evaluate()

@@ -107,6 +107,29 @@ def test_a_stopped_run_resumes_under_other_operational_settings(tmp_path: Path) 
     assert resumed["eval/shapes/tr_r1"] == straight["eval/shapes/tr_r1"]
 
 
+def test_a_run_stopped_mid_window_logs_the_same_window_means_once_resumed(tmp_path: Path) -> None:
+    """A preemption between two logged windows: the steps already trained in the window travel in the
+    checkpoint, so every logged `train/` mean equals the uninterrupted run's (the rate aside)."""
+    config = micro_config(tmp_path / "cache", steps=8, log_every=4, checkpoint_every=8)
+    straight = ListLogger()
+    train.run(config, tmp_path / "straight", straight)
+    with pytest.raises(Interrupted):
+        train.run(config, tmp_path / "resumed", ListLogger(), control=StopAt(2, []))
+    resumed = ListLogger()
+    train.run(config, tmp_path / "resumed", resumed)
+    rate = ("train/samples_per_s", "train/threads")
+
+    def windows(logger: ListLogger) -> dict[int, dict[str, float]]:
+        return {
+            step: {k: v for k, v in metrics.items() if k.startswith("train/") and k not in rate}
+            for step, metrics in logger.metrics
+            if "train/loss" in metrics
+        }
+
+    assert sorted(windows(straight)) == [4, 8]
+    assert windows(resumed) == windows(straight)
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     config = micro_config(tmp_path / "cache", steps=3)
     train.run(config, tmp_path / "run")
