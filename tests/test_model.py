@@ -86,6 +86,30 @@ def test_mask_rows_of_each_view() -> None:
     assert full[5].tolist() == [True, True, True, True, True, True]  # the pad row keeps itself
 
 
+def test_masks_are_built_without_reading_the_device_back() -> None:
+    """No data-dependent op (`nonzero`, which boolean indexing runs) while a mask is built: on a GPU each
+    one waits for the device, in every joint pass of every step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    text_mask = torch.tensor([[True, True, False], [True, False, False]])
+    for view in ("T", "I|T", "T|I", "I,T"):
+        with Ops() as ops:
+            attention_mask(view, 2, text_mask)
+        assert not ops.seen & {"aten.nonzero", "aten.index", "aten.masked_select", "aten._local_scalar_dense"}, (
+            view,
+            sorted(ops.seen),
+        )
+
+
 def test_padding_never_changes_real_outputs(tower: OneTower) -> None:
     images, ids, mask = inputs(0)
     other = ids.clone()

@@ -33,10 +33,13 @@ def attention_mask(view: str, num_image: int, text_mask: torch.Tensor | None) ->
     is_image[1 : 1 + num_image] = True
     is_text = torch.zeros(length, dtype=torch.bool, device=device)
     is_text[1 + num_image :] = True
-    context = {"I|T": is_text, "T|I": is_image}.get(view)
+    # context rows see only context columns; rows chosen by a slice, not a boolean index, which would
+    # read the mask back on the host (a GPU sync in every joint pass)
+    rows, context = {"I|T": (slice(1 + num_image, length), is_text), "T|I": (slice(1, 1 + num_image), is_image)}.get(
+        view, (None, None)
+    )
     if context is not None:
-        # context rows see only context columns
-        allowed[:, context, :] &= context[None, None, :]
+        allowed[:, rows, :] &= context[None, None, :]
     # every row keeps itself, so padded text rows never see an all-masked row (NaN in SDPA)
     allowed |= torch.eye(length, dtype=torch.bool, device=device)[None]
     return allowed[:, None]
