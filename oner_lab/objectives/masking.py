@@ -21,7 +21,7 @@ def mask_text(
 
     At least one token per batch is always chosen so the loss is never an empty mean.
     """
-    candidates = ~torch.isin(ids, special_ids.to(ids.device))
+    candidates = ~torch.isin(ids, to_device(special_ids, ids.device))  # the tokenizer's ids live on the CPU
     draw = to_device(torch.rand(ids.shape, generator=generator), ids.device)
     chosen = candidates & (draw < prob)
     # none drawn: the first candidate, decided on the device (no host sync); argmax returns the first maximum
