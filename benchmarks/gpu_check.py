@@ -145,38 +145,7 @@ def step_benchmark(
     with torch.profiler.profile(activities=activities, with_stack=tables is not None) as prof:
         step(4)
         wait(device)
-    if tables is not None:  # which operators and which lines of the lab launch the kernels that take the time
-        order = "device_time_total" if gpu else "cpu_time_total"
-        tables.write_text(
-            prof.key_averages().table(sort_by=order, row_limit=70, max_name_column_width=90)
-            + "\n\n"
-            + prof.key_averages(group_by_stack_n=6).table(sort_by=order, row_limit=50, max_name_column_width=90)
-        )
-    averages = prof.key_averages()
-    kernels = {event.key for event in averages if event.device_type == torch.autograd.DeviceType.CUDA}
-    compiled_calls = sum(
-        event.count for event in averages if event.key in ("CompiledFunction", "CompiledFunctionBackward")
-    )
-
-    def self_device_ms(event) -> float:
-        return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1e3
-
-    on_device = [event for event in averages if event.device_type == torch.autograd.DeviceType.CUDA]
-    busiest = sorted(on_device, key=lambda event: -self_device_ms(event))
-    top_kernels = [(event.key[:100], round(self_device_ms(event), 3)) for event in busiest[:15]]
-    attention = sorted(
-        {
-            kind
-            for kind, marks in (
-                ("flash", ("flash",)),
-                ("memory-efficient", ("mem_eff", "efficient_attention", "fmha")),
-                ("cudnn", ("cudnn_sdpa", "cudnn")),
-            )
-            for name in kernels
-            if any(mark in name.lower() for mark in marks)
-            and ("attention" in name.lower() or "fmha" in name.lower() or "flash" in name.lower())
-        }
-    )
+    profiled = profile_summary(prof, gpu, tables)
     wait(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -199,7 +168,8 @@ def step_benchmark(
     wait(device)
     seconds = (time.perf_counter() - started) / steps
     flops = counter.get_total_flops()
-    estimated = estimate.rank_memory(cost.count(config, vocab), world_size=1, bf16=True)
+    counted = cost.count(config, vocab)
+    estimated = estimate.rank_memory(counted, world_size=1, bf16=True)
     peak_bytes = torch.cuda.max_memory_allocated() if gpu else None
     dynamo = {
         group: dict(values)
@@ -216,13 +186,7 @@ def step_benchmark(
         "tflops": flops / seconds / 1e12,
         "mfu": flops / seconds / peak if peak else None,
         "warmup_s": warm_s,
-        "attention_kernels": attention,
-        "attention_kernel_names": sorted(
-            n[:100]
-            for n in kernels
-            if "attention" in n.lower() or "fmha" in n.lower() or "flash" in n.lower() or "sdpa" in n.lower()
-        )[:8],
-        "top_kernels_ms": top_kernels,
+        **profiled,
         "host_syncs_per_step": len(syncs),
         "host_sync_sites": sorted(set(syncs)),
         "peak_memory_gib": peak_bytes / 2**30 if peak_bytes else None,
@@ -230,8 +194,55 @@ def step_benchmark(
         "memory_error": estimated.total / peak_bytes - 1 if peak_bytes else None,
         "final_loss": loss,
         "dynamo": dynamo,
-        "compiled_calls_in_profiled_step": compiled_calls,
-        "counted_tflop_per_step_on_meta": cost.count(config, vocab).flops_per_step / 1e12,
+        "counted_tflop_per_step_on_meta": counted.flops_per_step / 1e12,
+    }
+
+
+ATTENTION_KINDS = (
+    ("flash", ("flash",)),
+    ("memory-efficient", ("mem_eff", "efficient_attention", "fmha")),
+    ("cudnn", ("cudnn_sdpa", "cudnn")),
+)
+
+
+def profile_summary(prof: torch.profiler.profile, gpu: bool, tables: Path | None) -> dict:
+    """What one profiled step ran: its attention kernels, its busiest kernels and how many compiled calls;
+    with `tables`, the operator tables (which lines of the lab launch the kernels that take the time)."""
+    averages = prof.key_averages()
+    if tables is not None:
+        order = "device_time_total" if gpu else "cpu_time_total"
+        tables.write_text(
+            averages.table(sort_by=order, row_limit=70, max_name_column_width=90)
+            + "\n\n"
+            + prof.key_averages(group_by_stack_n=6).table(sort_by=order, row_limit=50, max_name_column_width=90)
+        )
+
+    def self_device_ms(event) -> float:
+        return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0)) / 1e3
+
+    on_device = [event for event in averages if event.device_type == torch.autograd.DeviceType.CUDA]
+    attention_names = sorted(
+        {
+            event.key[:100]
+            for event in on_device
+            if any(mark in event.key.lower() for mark in ("attention", "fmha", "flash", "sdpa"))
+        }
+    )
+    busiest = sorted(on_device, key=lambda event: -self_device_ms(event))[:15]
+    return {
+        "attention_kernels": sorted(
+            {
+                kind
+                for kind, marks in ATTENTION_KINDS
+                for name in attention_names
+                if any(m in name.lower() for m in marks)
+            }
+        ),
+        "attention_kernel_names": attention_names[:8],
+        "top_kernels_ms": [(event.key[:100], round(self_device_ms(event), 3)) for event in busiest],
+        "compiled_calls_in_profiled_step": sum(
+            event.count for event in averages if event.key in ("CompiledFunction", "CompiledFunctionBackward")
+        ),
     }
 
 

@@ -547,7 +547,7 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=progress_interval_s(),
         )
-        window_start, window_samples = time.perf_counter(), 0  # this process's steps: the rate's
+        window_start, window_samples = time.perf_counter(), 0  # the rate counts this process's steps only
         last: dict[str, float] = {}
         self.model.train()
         while self.step < t.steps:
