@@ -127,17 +127,30 @@ def forget_cached_stores() -> None:
     SqlAlchemyStore._engine_map.clear()
 
 
-def wait_slowed(process: subprocess.Popen, run_s: float = 0.05, pause_s: float = 0.2, timeout_s: float = 300) -> int:
-    """Waits for `process`, letting it run `run_s` at a time with pauses of `pause_s` (SIGSTOP, SIGCONT):
-    its clock goes on while it trains at a fifth of its speed. A tracking outage window is wall time, so
-    a run must still be training when it closes; on a fast machine the built-in run's 200 steps take
-    about 2 s (86 steps/s seen in CI), less than the window and its retries. Returns the exit code."""
+def run_slowed(
+    process: subprocess.Popen,
+    during: subprocess.Popen | None = None,
+    run_s: float = 0.05,
+    pause_s: float = 0.2,
+    timeout_s: float = 300,
+) -> None:
+    """Lets `process` run `run_s` at a time with pauses of `pause_s` (SIGSTOP, SIGCONT) until it ends or,
+    with `during`, until that process ends: its clock goes on while it trains at a fifth of its speed. A
+    fault that lasts a wall-clock time (a tracking outage window, a lock held for 8 s) must find the run
+    still training; on a fast machine the built-in run's 200 steps take about 2 s (86 steps/s seen in CI)."""
     deadline = time.monotonic() + timeout_s
     try:
-        while process.poll() is None and run_a_slice([process.pid], run_s):
+        while (
+            process.poll() is None and (during is None or during.poll() is None) and run_a_slice([process.pid], run_s)
+        ):
             assert time.monotonic() < deadline, f"still running after {timeout_s}s"
             time.sleep(pause_s)
     finally:
         if process.poll() is None:
             signal_all([process.pid], signal.SIGCONT)
+
+
+def wait_slowed(process: subprocess.Popen, **slowed: float) -> int:
+    """`run_slowed` until `process` ends; returns its exit code."""
+    run_slowed(process, **slowed)
     return process.wait(timeout=60)

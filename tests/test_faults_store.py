@@ -28,6 +28,7 @@ from faults_store_helpers import (
     hold_exclusive_lock,
     output,
     read_only,
+    run_slowed,
     runs_of,
     start_cli,
     steps_of,
@@ -226,6 +227,7 @@ def test_a_store_locked_for_a_while_does_not_stop_training_and_loses_no_metric(
     run_id = wait_for_steps(tmp_path, cli, at_least=3)
     locked_from = time.time() * 1000
     holder = hold_exclusive_lock(tmp_path / "mlflow.db", 8.0)
+    run_slowed(cli, during=holder)  # still training all through the lock, however fast the machine
     holder.wait(timeout=60)
     locked_to = time.time() * 1000
     assert cli.wait(timeout=600) == 0, output(cli)
