@@ -196,3 +196,17 @@ def test_presets_have_the_paper_scale() -> None:
         16,
     )
     assert b16.num_patches == 196
+
+
+def test_patch_embedding_as_one_matrix_product_is_the_strided_convolution() -> None:
+    """`embed_patches` runs PatchEmbed's stride-p convolution as a GEMM (a GPU ran the convolution
+    through a slow cuDNN kernel): the same tokens in the same order, from the same weights."""
+    from timm.layers import PatchEmbed
+
+    from oner_lab.model.tower import embed_patches
+
+    torch.manual_seed(0)
+    for size, patch, width in ((32, 8, 16), (48, 16, 24)):
+        embed = PatchEmbed(img_size=size, patch_size=patch, in_chans=3, embed_dim=width)
+        images = torch.randn(3, 3, size, size)
+        torch.testing.assert_close(embed_patches(images, embed.proj), embed(images), rtol=1e-5, atol=1e-5)

@@ -76,18 +76,21 @@ class OneTower(nn.Module):
         for table in (self.image_pos, self.text_pos, self.cls_token, self.image_mask_token):
             trunc_normal_(table, std=0.02)
 
-    def compile_blocks(self, mode: str | None = None) -> None:
+    def compile_blocks(self, mode: str | None = None, dynamic: bool | None = None) -> None:
         """Compile each block in place (`nn.Module.compile`) for fused kernels.
 
         In place, so parameter names and state dicts stay as they are and checkpoints load either way.
         The blocks share one code object: inductor compiles each sequence length and grad mode once for
-        all of them (and for the momentum copy's blocks)."""
+        all of them (and for the momentum copy's blocks). `dynamic=True` compiles shape-generic graphs
+        from the first call, so the kernels a step runs do not depend on which shapes the process met
+        before (torch's default swaps in dynamic graphs at the second shape it sees, and a resumed run
+        meets its shapes in another order)."""
         for block in self.blocks:
-            block.compile(mode=mode)
+            block.compile(mode=mode, dynamic=dynamic)
 
     def embed_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens plus positions; masked patches (True in [B, Ni]) become the mask token."""
-        tokens = self.patch_embed(images)
+        tokens = embed_patches(images, self.patch_embed.proj)
         if patch_mask is not None:
             keep = (~patch_mask).unsqueeze(-1).to(tokens.dtype)
             tokens = tokens * keep + self.image_mask_token.to(tokens.dtype) * (1 - keep)
@@ -141,6 +144,18 @@ class OneTower(nn.Module):
 
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return self.project(self(view="T", text_ids=text_ids, text_mask=text_mask).cls, "text")
+
+
+def embed_patches(images: torch.Tensor, proj: nn.Conv2d) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, Np, W]: PatchEmbed's strided convolution as one matrix product.
+
+    The same sums over the same weights (`proj` keeps its shape, so checkpoints load as before), but a
+    GPU runs it as a plain GEMM: cuDNN picked a slow implicit-GEMM kernel plus layout transposes for
+    the stride-16 convolution, 7% of the compiled ViT-B/16 step's GPU time on an H200 (docs/gpu.md)."""
+    b, c, h, w = images.shape
+    ph, pw = proj.kernel_size
+    patches = images.reshape(b, c, h // ph, ph, w // pw, pw).permute(0, 2, 4, 1, 3, 5)
+    return F.linear(patches.reshape(b, (h // ph) * (w // pw), c * ph * pw), proj.weight.flatten(1), proj.bias)
 
 
 def _init_weights(module: nn.Module) -> None:
