@@ -347,6 +347,17 @@ class Trainer:
         self.saved_step = self.step
         barrier()
 
+    def uncompiled(self) -> contextlib.AbstractContextManager:
+        """Evaluation and the embedding sample run the blocks eager under `train.compile`.
+
+        Their batch sizes are not the step's: at the second shape a block meets, dynamo compiles a
+        shape-generic graph and runs it from then on, for the step's passes too. A run resumed mid-way
+        meets the sample's shape at another step than the straight run did, so its kernels, and its
+        rounding, differed from there (an H200, the built-in oner run: loss 6.8409 resumed against
+        6.8389 straight after 200 steps). Compiling shape-generic graphs from the start instead cost
+        a third of the compiled step's speed there (docs/gpu.md)."""
+        return torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
+
     @torch.no_grad()
     def log_embeddings(self, log: RunLogger | None, when: str) -> None:
         """Embeds the fixed t-SNE sample (`oner_lab.embedding_sample`) into `run_dir/embeddings/<when>.npz`
@@ -356,7 +367,7 @@ class Trainer:
             return
         self.model.eval()
         try:
-            with self.autocast:
+            with self.autocast, self.uncompiled():
                 sample = embedding_sample.embed(self.model, *found, self.step, self.device)
         finally:
             self.model.train()
@@ -512,7 +523,7 @@ class Trainer:
         runs inside the encoders); the other ranks wait at a barrier and return the data counts only."""
         self.model.eval()
         try:
-            with self.autocast:
+            with self.autocast, self.uncompiled():
                 metrics = (
                     evaluate(
                         self.model.encode_image,

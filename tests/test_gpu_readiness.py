@@ -264,7 +264,7 @@ def test_activation_checkpointing_gives_identical_losses_and_gradients(tmp_path)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _trainer(tmp_path, name: str, variant: str = "oner", **train):
+def _trainer(tmp_path, name: str, variant: str = "oner", eval_images: int = 16, **train):
     from oner_lab.distributed import DistInfo
     from oner_lab.spec.config import RunConfig
     from oner_lab.train import Trainer
@@ -272,7 +272,12 @@ def _trainer(tmp_path, name: str, variant: str = "oner", **train):
     config = RunConfig.model_validate(
         {
             "objective": {"variant": variant},
-            "data": {"train_size": 256, "eval_images": 16, "cls_images_per_class": 2, "cache_dir": str(tmp_path / "c")},
+            "data": {
+                "train_size": 256,
+                "eval_images": eval_images,
+                "cls_images_per_class": 2,
+                "cache_dir": str(tmp_path / "c"),
+            },
             "train": {"steps": 3, "batch_size": 16, "device": "cpu", **train},
             "eval": {"sets": ["shapes"]},
         }
@@ -321,3 +326,21 @@ def test_compiled_blocks_give_the_eager_losses_and_weights(tmp_path) -> None:
     assert fused == pytest.approx(plain, rel=1e-4)
     for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_evaluation_under_compile_runs_eager_and_leaves_the_steps_graphs_alone(tmp_path) -> None:
+    """Evaluation and the embedding sample meet batch sizes the step never does. Compiled, such a second
+    shape made dynamo compile shape-generic graphs, which the step's passes then ran from that step on;
+    a resumed run meets the sample at another step, so it rounded differently from the straight run
+    (seen on an H200). Under `train.compile` they run eager: no graph is compiled after the first step."""
+    torch._dynamo.reset()  # the blocks share one code object with every earlier test's towers
+    trainer = _trainer(tmp_path, "compiled", "oner", eval_images=24, compile=True)
+    stats = torch._dynamo.utils.counters["stats"]
+    trainer.train_step()
+    graphs = stats["unique_graphs"]
+    assert graphs > 0, "the step compiled nothing"
+    metrics = trainer.evaluate()
+    trainer.log_embeddings(None, "early")
+    trainer.train_step()
+    assert stats["unique_graphs"] == graphs, "evaluation or the embedding sample compiled new graphs"
+    assert metrics["eval/shapes/rsum"] > 0
