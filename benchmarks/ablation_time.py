@@ -3,6 +3,7 @@
     python benchmarks/ablation_time.py                                   # the README's first command
     python benchmarks/ablation_time.py --set grid.seed=[0]               # one seed
     python benchmarks/ablation_time.py --set launcher.local.max_parallel=1 --set grid.seed=[0]   # as before
+    python benchmarks/ablation_time.py --code /tmp/old    # another checkout's first command (git worktree)
 
 Runs the CLI in a fresh working directory (its own MLflow store, run directories and, unless
 `--data-cache` names one, its own data cache: a fresh clone generates the built-in data), samples
@@ -10,6 +11,9 @@ the CLI's own CPU time while it waits, then reads every run's `time/<phase>_s` m
 MLflow (oner_lab/phases.py) and prints the breakdown: start-up and imports, data and tokenizer,
 model building, training steps, evaluation, checkpoints, tracking, embeddings, and the CLI itself.
 Machines differ by 2x and more, and a shared VM drifts: compare settings side by side, same hour.
+`--code` times an older checkout's own first command with this environment (its directory first on
+PYTHONPATH, for the CLI and every job it starts); a checkout older than the phase metrics gives the
+wall time and the CLI's CPU only.
 """
 
 from __future__ import annotations
@@ -32,14 +36,19 @@ from oner_lab.phases import PHASES
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(spec: Path, overrides: list[str], workdir: Path, data_cache: Path | None) -> tuple[float, float, int]:
+def run_cli(
+    spec: Path, overrides: list[str], workdir: Path, data_cache: Path | None, code: Path | None = None
+) -> tuple[float, float, int]:
     """Wall seconds, the CLI's own CPU seconds (its children excluded) and its exit code."""
     command = [sys.executable, "-m", "oner_lab.run", str(spec), *(arg for o in overrides for arg in ("--set", o))]
     if data_cache is not None:
         command += ["--set", f"base.data.cache_dir={data_cache}"]
     log = (workdir / "cli.log").open("w")
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(code), env.get("PYTHONPATH"))))
+    process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
     watched = psutil.Process(process.pid)
     cpu = 0.0
     while process.poll() is None:
@@ -90,17 +99,20 @@ def report(console: Console, wall: float, cli_cpu: float, started: float, runs: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=ROOT / "experiments" / "ablation.yaml")
+    parser.add_argument("--code", type=Path, help="another checkout to time (default: this one)")
+    parser.add_argument("--spec", type=Path, help="default: experiments/ablation.yaml of the timed checkout")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="as the CLI's --set")
     parser.add_argument("--data-cache", type=Path, help="share a data cache (default: a fresh one, as a fresh clone)")
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     args = parser.parse_args()
+    code = args.code.resolve() if args.code else None
+    spec = (args.spec or (code or ROOT) / "experiments" / "ablation.yaml").resolve()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ablation_time_"))
     workdir.mkdir(parents=True, exist_ok=True)
     console = Console()
-    console.print(f"{args.spec.name} {' '.join(args.overrides)} in {workdir} on {os.cpu_count()} CPUs")
+    console.print(f"{spec} {' '.join(args.overrides)} in {workdir} on {os.cpu_count()} CPUs")
     started = time.time()
-    wall, cli_cpu, code = run_cli(args.spec.resolve(), args.overrides, workdir, args.data_cache)
+    wall, cli_cpu, code = run_cli(spec, args.overrides, workdir, args.data_cache, code)
     if code != 0:
         console.print(f"the CLI exited with {code}; its output: {workdir / 'cli.log'}")
         raise SystemExit(code)

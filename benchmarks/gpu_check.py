@@ -84,6 +84,7 @@ def step_benchmark(
     preset: str | None = None,
     tables: Path | None = None,
     compile_mode: str | None = None,
+    dynamic: bool | None = None,
 ) -> dict:
     """One GPU's training step of the paper recipe on synthetic inputs of the recipe's shapes (`preset`: another
     tower, for a smoke run of this script on a CPU)."""
@@ -133,8 +134,8 @@ def step_benchmark(
     with counter:
         step(0)
     if compile_blocks:  # as train.compile does
-        model.compile_blocks(compile_mode)
-        target.compile_blocks(compile_mode)
+        model.compile_blocks(compile_mode, dynamic)
+        target.compile_blocks(compile_mode, dynamic)
         torch._dynamo.utils.counters.clear()
     started = time.perf_counter()
     for seed in range(1, 4):  # warm-up: allocator, cuBLAS heuristics, and compilation when asked
@@ -179,6 +180,7 @@ def step_benchmark(
     return {
         "variant": variant,
         "compile": compile_blocks and (compile_mode or "default"),
+        "dynamic": dynamic,
         "batch_per_gpu": batch,
         "step_s": seconds,
         "samples_per_s": batch / seconds,
@@ -262,9 +264,10 @@ def wait(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def builtin_config(steps: int, device: str = "cuda"):
+def builtin_config(steps: int, device: str = "cuda", compile_blocks: bool = False):
     overrides = [
         f"base.train.steps={steps}",
+        f"base.train.compile={str(compile_blocks).lower()}",
         f"base.train.device={device}",
         f"base.eval.every_steps={steps // 2}",
         f"base.train.checkpoint_every={steps // 2}",
@@ -273,22 +276,32 @@ def builtin_config(steps: int, device: str = "cuda"):
     return run.config
 
 
-def real_run(steps: int, folder: Path, device: str = "cuda") -> dict:
+def real_run(steps: int, folder: Path, device: str = "cuda", compile_blocks: bool = False) -> dict:
     """The built-in recipe on the GPU: straight, and stopped a third of the way then resumed."""
-    config = builtin_config(steps, device)
+    config = builtin_config(steps, device, compile_blocks)
+
+    def fresh_process() -> None:
+        """Each run in a job has its own process: dynamo's cache (shared by code object) starts empty, so
+        a later run does not start from the dynamic-shape graphs an earlier run's evaluation left."""
+        torch._dynamo.reset()
+
     times = estimate.StepTimes()
     started = time.perf_counter()
+    fresh_process()
     straight = train.run(config, folder / "straight", times)
     straight_s = time.perf_counter() - started
     try:
+        fresh_process()
         train.run(config, folder / "resumed", control=_StopAt(steps // 3))
         raise AssertionError("the stopped run was not interrupted")
     except Interrupted as stop:
         stopped_at = stop.step
+    fresh_process()
     resumed = train.run(config, folder / "resumed")
     keys = ("train/loss", "eval/shapes/rsum", "eval/shapes_cls/top1")
     return {
         "steps": steps,
+        "compile": compile_blocks,
         "straight_s": straight_s,
         "samples_per_s_windows": [round(x) for x in times.samples_per_s],
         "stopped_at": stopped_at,
@@ -329,6 +342,8 @@ def main() -> int:
     parser.add_argument("--compile-mode", default=None, help="torch.compile's mode for the compiled step")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--skip", nargs="*", default=[], choices=["eager", "compile", "run", "ranks"])
+    parser.add_argument("--run-compiled", action="store_true", help="the real run with train.compile too")
+    parser.add_argument("--dynamic", action="store_true", help="compile the step's blocks shape-generic")
     parser.add_argument(
         "--cpu-smoke", action="store_true", help="run every part on the CPU at a small size (checks the script)"
     )
@@ -390,11 +405,14 @@ def main() -> int:
                     device,
                     tables=out / f"profile_{mode}.txt",
                     compile_mode=args.compile_mode,
+                    dynamic=args.dynamic or None,
                 ),
             )
     with tempfile.TemporaryDirectory() as folder:
         if "run" not in args.skip:
             part("run", lambda: real_run(args.run_steps, Path(folder) / "one"))
+        if args.run_compiled:
+            part("run_compiled", lambda: real_run(args.run_steps, Path(folder) / "compiled", compile_blocks=True))
         if "ranks" not in args.skip and torch.cuda.device_count() >= 2:
             part("two_ranks", lambda: two_ranks(args.run_steps, Path(folder) / "two"))
     save()
