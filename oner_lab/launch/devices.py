@@ -45,8 +45,9 @@ DEVICES: dict[str, Device] = {
             141,
             0.26,
             "measured: benchmarks/gpu_check.py on one H200 (torch 2.11, CUDA 13.0), the ablation's paper recipe "
-            "(oner, ViT-B/16) at 128 samples per GPU, bf16, eager: 0.246 and 0.257 in two runs; the step alone on "
-            "synthetic inputs, so data loading and evaluation are not in it (docs/gpu.md)",
+            "(oner, ViT-B/16) at 128 samples per GPU, bf16, eager: 0.246, 0.257 and 0.260 in three runs (0.32 with "
+            "train.compile); the step alone on synthetic inputs, so data loading and evaluation are not in it "
+            "(docs/gpu.md)",
         ),
         Device(
             "cpu",
