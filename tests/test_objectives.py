@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oner_lab.model import OneTower, momentum_copy, tower_config
+from oner_lab.model import OneTower, momentum_copy, patchify, tower_config
 from oner_lab.objectives import (
     TERMS,
     VARIANTS,
@@ -22,7 +22,7 @@ from oner_lab.objectives import (
     mix,
     resolve_terms,
 )
-from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text, patchify
+from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text
 
 VOCAB = 60
 SPECIAL = torch.tensor([0, 1, 2, 3, 4])

@@ -2,7 +2,7 @@
 
 from oner_lab.model.masks import VIEWS, attention_mask
 from oner_lab.model.momentum import ema_update, momentum_at, momentum_copy
-from oner_lab.model.tower import OneTower, TowerOutput
+from oner_lab.model.tower import OneTower, TowerOutput, patchify
 from oner_lab.presets import PRESETS, TowerConfig, tower_config
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "ema_update",
     "momentum_at",
     "momentum_copy",
+    "patchify",
     "tower_config",
 ]

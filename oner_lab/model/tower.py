@@ -146,16 +146,22 @@ class OneTower(nn.Module):
         return self.project(self(view="T", text_ids=text_ids, text_mask=text_mask).cls, "text")
 
 
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, Np, p*p*3] in PatchEmbed's row-major patch order (also the MIM targets)."""
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+
 def embed_patches(images: torch.Tensor, proj: nn.Conv2d) -> torch.Tensor:
     """[B, 3, H, W] -> [B, Np, W]: PatchEmbed's strided convolution as one matrix product.
 
     The same sums over the same weights (`proj` keeps its shape, so checkpoints load as before), but a
     GPU runs it as a plain GEMM: cuDNN picked a slow implicit-GEMM kernel plus layout transposes for
     the stride-16 convolution, 7% of the compiled ViT-B/16 step's GPU time on an H200 (docs/gpu.md)."""
-    b, c, h, w = images.shape
-    ph, pw = proj.kernel_size
-    patches = images.reshape(b, c, h // ph, ph, w // pw, pw).permute(0, 2, 4, 1, 3, 5)
-    return F.linear(patches.reshape(b, (h // ph) * (w // pw), c * ph * pw), proj.weight.flatten(1), proj.bias)
+    weight = proj.weight.permute(0, 2, 3, 1).flatten(1)  # [W, 3, p, p] -> [W, p*p*3], patchify's order
+    return F.linear(patchify(images, proj.kernel_size[0]), weight, proj.bias)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -21,7 +21,7 @@ def mask_text(
 
     At least one token per batch is always chosen so the loss is never an empty mean.
     """
-    candidates = ~torch.isin(ids, to_device(special_ids, ids.device))  # the tokenizer's ids live on the CPU
+    candidates = ~torch.isin(ids, to_device(special_ids, ids.device))  # a no-op for the objective's own copy
     draw = to_device(torch.rand(ids.shape, generator=generator), ids.device)
     chosen = candidates & (draw < prob)
     # none drawn: the first candidate, decided on the device (no host sync); argmax returns the first maximum
@@ -48,14 +48,6 @@ def mask_patches(batch: int, num_patches: int, ratio: float, generator: torch.Ge
     noise = torch.rand(batch, num_patches, generator=generator)
     ranks = noise.argsort(dim=1).argsort(dim=1)
     return ranks < count
-
-
-def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, 3, H, W] -> [B, Np, p*p*3] in PatchEmbed's row-major patch order."""
-    b, c, h, w = images.shape
-    p = patch_size
-    x = images.reshape(b, c, h // p, p, w // p, p)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
 
 def take_masked(x: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -36,6 +37,9 @@ class Objective(nn.Module):
             raise KeyError(f"unknown objective terms {unknown}; allowed: {', '.join(sorted(TERMS))}")
         self.weights = dict(weights)
         self.settings = settings
+        # on the module's device once (`.to` moves buffers), not copied from the tokenizer's CPU tensor each step;
+        # not persistent: the tokenizer, saved beside the checkpoint, is where they come from
+        self.register_buffer("special_ids", settings.special_ids.clone(), persistent=False)
         given = dict(options or {})
         self.options = {name: given.get(name) or TERMS[name].options() for name in self.weights}
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature_init)), requires_grad=learn_temperature)
@@ -58,7 +62,8 @@ class Objective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted total, {named value: unweighted value}) for one batch; a term's value is the sum of its named values."""
         self.clamp_temperature()
-        views = Views(online, target, inputs, self.settings, self.logit_scale, generator)
+        settings = replace(self.settings, special_ids=self.special_ids)
+        views = Views(online, target, inputs, settings, self.logit_scale, generator)
         values: dict[str, torch.Tensor] = {}
         parts = []
         for name, weight in self.weights.items():

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from oner_lab.host_copy import to_device
-from oner_lab.model import OneTower, TowerOutput
+from oner_lab.model import OneTower, TowerOutput, patchify
 from oner_lab.objectives.infonce import info_nce, mix
-from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text, masked_count, patchify, take_masked
+from oner_lab.objectives.masking import IGNORE, mask_patches, mask_text, masked_count, take_masked
 from oner_lab.seeds import StepStream
 
 HEAD_OF_VIEW = {"I": "image", "T": "text", "I|T": "image", "T|I": "text", "I,T": "joint"}
