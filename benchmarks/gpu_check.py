@@ -279,24 +279,20 @@ def builtin_config(steps: int, device: str = "cuda", compile_blocks: bool = Fals
 def real_run(steps: int, folder: Path, device: str = "cuda", compile_blocks: bool = False) -> dict:
     """The built-in recipe on the GPU: straight, and stopped a third of the way then resumed."""
     config = builtin_config(steps, device, compile_blocks)
-
-    def fresh_process() -> None:
-        """Each run in a job has its own process: dynamo's cache (shared by code object) starts empty, so
-        a later run does not start from the dynamic-shape graphs an earlier run's evaluation left."""
-        torch._dynamo.reset()
-
+    # Each run below empties dynamo's cache first, as its own process would: the blocks share one code object,
+    # so a later run would otherwise start from the shape-generic graphs an earlier run left.
     times = estimate.StepTimes()
     started = time.perf_counter()
-    fresh_process()
+    torch._dynamo.reset()
     straight = train.run(config, folder / "straight", times)
     straight_s = time.perf_counter() - started
     try:
-        fresh_process()
+        torch._dynamo.reset()
         train.run(config, folder / "resumed", control=_StopAt(steps // 3))
         raise AssertionError("the stopped run was not interrupted")
     except Interrupted as stop:
         stopped_at = stop.step
-    fresh_process()
+    torch._dynamo.reset()
     resumed = train.run(config, folder / "resumed")
     keys = ("train/loss", "eval/shapes/rsum", "eval/shapes_cls/top1")
     return {
