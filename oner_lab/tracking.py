@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import time
 import traceback
@@ -36,6 +35,7 @@ from mlflow.utils.validation import (
 )
 
 from oner_lab.spec.identity import SCHEME
+from oner_lab.sqlite_wait import short_lock_wait
 from oner_lab.store_outage import DEFAULT_WINDOW_S, Outage, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -534,44 +534,31 @@ class MlflowRunLogger:
             self._write_spill()
 
     def _write(self) -> None:
+        """One try at writing everything held. A SQLite lock fails it within a quarter second
+        (sqlite_wait.py), a server within one short HTTP try: the training step never waits it out."""
         self._check_store_file()
-        while self._buffer:
-            chunk = self._buffer[:MAX_METRICS_PER_BATCH]
-            beat = {**self._owner_tags, TAG_HEARTBEAT: f"{time.time():.0f}"} if self._owner_tags else {}
-            tags = [RunTag(key, value) for key, value in beat.items()]
-            with _fail_fast_http():
-                retry_locked(
-                    lambda: self.client.log_batch(self.run_id, metrics=chunk, tags=tags, synchronous=True),
-                    give_up_after_s=0,
-                )
-            del self._buffer[: len(chunk)]
-        while self._artifacts:
-            path, artifact_path = self._artifacts[0]
-            with _fail_fast_http():
+        with short_lock_wait(), _fail_fast_http():
+            while self._buffer:
+                chunk = self._buffer[:MAX_METRICS_PER_BATCH]
+                beat = {**self._owner_tags, TAG_HEARTBEAT: f"{time.time():.0f}"} if self._owner_tags else {}
+                tags = [RunTag(key, value) for key, value in beat.items()]
+                self.client.log_batch(self.run_id, metrics=chunk, tags=tags, synchronous=True)
+                del self._buffer[: len(chunk)]
+            while self._artifacts:
+                path, artifact_path = self._artifacts[0]
                 if path.is_dir():
                     self.client.log_artifacts(self.run_id, str(path), artifact_path)
                 else:
                     self.client.log_artifact(self.run_id, str(path), artifact_path)
-            del self._artifacts[0]
+                del self._artifacts[0]
         if self.spill is not None and self.spill.exists():
             self.spill.unlink()
 
     def _check_store_file(self) -> None:
-        """A deleted SQLite file stays writable through open connections, so writes would vanish; a
-        locked one would hold the training step for MLflow's 20 s busy timeout per call."""
+        """A deleted SQLite file stays writable through open connections, so writes would vanish."""
         path = sqlite_path(self.uri)
-        if path is None:
-            return
-        if _file_identity(path) != self._store_file:
+        if path is not None and _file_identity(path) != self._store_file:
             raise TrackingError(f"the store file {path} was deleted or replaced while the run was writing to it")
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0)
-        try:  # takes the write lock and gives it back at once: "database is locked" without waiting
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute("ROLLBACK")
-        except sqlite3.Error as error:
-            raise TrackingError(f"{error} ({path})") from error
-        finally:
-            connection.close()
 
     def _write_spill(self) -> None:
         """Keeps what MLflow did not take in the run directory (rewritten whole, so repeats do no harm)."""

@@ -37,6 +37,8 @@ from faults_store_helpers import (
 )
 from mlflow import MlflowClient
 from mlflow_store import copy_store
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from oner_lab import checkpoint, tracking
 from oner_lab.launch.owner import LEASE_S, Owner, is_alive, this_process
@@ -129,6 +131,36 @@ def test_an_exclusive_lock_does_not_hold_training_and_loses_no_metric(mlflow_tem
     logger.close()
     for key in KEYS:
         assert logged(client, run_id, key) == list(range(1, 41))
+
+
+def test_a_lock_taken_as_a_flush_begins_does_not_hold_the_flush(mlflow_template: Path, tmp_path: Path) -> None:
+    """The lock lands inside the flush, after anything it could have checked first and before MLflow's
+    write (CI once saw a run stand still for the whole 8 s a lock was held, from such a race)."""
+    uri = copy_store(mlflow_template, tmp_path)
+    client, run_id = new_run(uri)
+    logger = tracking.MlflowRunLogger(client, run_id, flush_every_s=3600, outage_window_s=600)
+    logger.log_metrics({key: 1.0 for key in KEYS}, 1)
+    holders: list = []
+
+    def lock_as_the_write_begins(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not holders and statement.lstrip().upper().startswith("PRAGMA BUSY_TIMEOUT"):
+            holders.append(hold_exclusive_lock(tmp_path / "mlflow.db", 4.0))  # returns once held
+
+    event.listen(Engine, "before_cursor_execute", lock_as_the_write_begins)
+    try:
+        started = time.monotonic()
+        logger.flush()
+        took = time.monotonic() - started
+    finally:
+        event.remove(Engine, "before_cursor_execute", lock_as_the_write_begins)
+    assert holders, "the flush opened no SQLite session"
+    assert took < 1.0, f"the flush waited {took:.1f}s on the lock (MLflow's busy timeout is 20 s)"
+    assert holders[0].poll() is None, "the lock was released before the flush went through it"
+    holders[0].wait(timeout=30)
+    assert logged(client, run_id) == []  # held by the logger, not lost
+    logger.close()
+    for key in KEYS:
+        assert logged(client, run_id, key) == [1]
 
 
 def test_an_unreachable_server_is_named_with_its_cause() -> None:
