@@ -535,7 +535,7 @@ class MlflowRunLogger:
 
     def _write(self) -> None:
         """One try at writing everything held. A SQLite lock fails it within a quarter second
-        (sqlite_wait.py), a server within one short HTTP try: the training step never waits it out."""
+        (sqlite_wait.py); a server gets one HTTP try without MLflow's retries (PROBE_TIMEOUT_S at most)."""
         self._check_store_file()
         with short_lock_wait(), _fail_fast_http():
             while self._buffer:
