@@ -210,3 +210,67 @@ def test_patch_embedding_as_one_matrix_product_is_the_strided_convolution() -> N
         embed = PatchEmbed(img_size=size, patch_size=patch, in_chans=3, embed_dim=width)
         images = torch.randn(3, 3, size, size)
         torch.testing.assert_close(embed_patches(images, embed.proj), embed(images), rtol=1e-5, atol=1e-5)
+
+
+def test_short_cpu_sequences_skip_sdpa_with_the_same_outputs_and_gradients() -> None:
+    """`TowerAttention` runs a short CPU sequence as plain matmuls (SDPA's CPU kernel is slow there,
+    docs/cost.md): every view's mask, padding and context rows included, the outputs and the gradients
+    of the input and every weight equal SDPA's."""
+    from timm.models.vision_transformer import Attention
+
+    from oner_lab.model.attention import TowerAttention
+
+    torch.manual_seed(0)
+    attn = TowerAttention(24, 3, qkv_bias=True)
+    images, ids, mask = inputs(2, batch=4)
+    mask[1, 3:] = False  # rows with different padding
+    for view in ("I", "T", "I|T", "T|I", "I,T"):
+        num_image = 16 if "I" in view else 0
+        text = mask if "T" in view else None
+        length = 1 + num_image + (8 if text is not None else 0)
+        bool_mask = attention_mask(view, num_image, text)
+        x = torch.randn(4, length, 24)
+        results = []
+        for forward in (TowerAttention.forward, Attention.forward):  # plain products, then timm's SDPA
+            attn.zero_grad()
+            leaf = x.clone().requires_grad_()
+            out = forward(attn, leaf, attn_mask=bool_mask)
+            out.square().sum().backward()
+            results.append((out, leaf.grad, [p.grad.clone() for p in attn.parameters()]))
+        (out, grad, weights), (sdpa_out, sdpa_grad, sdpa_weights) = results
+        torch.testing.assert_close(out, sdpa_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, sdpa_grad, rtol=1e-4, atol=1e-5)
+        for mine, theirs in zip(weights, sdpa_weights, strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_the_tower_calls_sdpa_only_for_long_cpu_sequences() -> None:
+    """The tiny preset's passes never reach the CPU flash kernel; a sequence past `MATH_MAX_TOKENS` does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from oner_lab.model.attention import MATH_MAX_TOKENS
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    tiny = OneTower(tower_config("tiny", vocab_size=VOCAB))
+    images = torch.randn(2, 3, 24, 24)
+    ids = torch.randint(5, VOCAB, (2, 20))
+    with Ops() as short:
+        tiny("I,T", images=images, text_ids=ids, text_mask=torch.ones(2, 20, dtype=torch.bool)).cls.sum().backward()
+    assert not any("scaled_dot_product" in name for name in short.names), sorted(short.names)
+    assert any(name.startswith("bmm") for name in short.names)
+    long_text = MATH_MAX_TOKENS + 8
+    wide = OneTower(tower_config("tiny", vocab_size=VOCAB, max_text_len=long_text))
+    with Ops() as long:
+        wide(
+            "T", text_ids=torch.randint(5, VOCAB, (2, long_text)), text_mask=torch.ones(2, long_text, dtype=torch.bool)
+        )
+    assert any("scaled_dot_product" in name for name in long.names), sorted(long.names)

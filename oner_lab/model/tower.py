@@ -15,6 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from oner_lab.model.attention import TowerAttention
 from oner_lab.model.masks import attention_mask
 from oner_lab.presets import TowerConfig
 
@@ -62,7 +63,15 @@ class OneTower(nn.Module):
             0, cfg.drop_path, cfg.depth, device="cpu"
         ).tolist()  # cpu: also under a meta default device (cost.py)
         self.blocks = nn.ModuleList(
-            Block(width, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, drop_path=rate) for rate in rates
+            Block(
+                width,
+                cfg.num_heads,
+                mlp_ratio=cfg.mlp_ratio,
+                qkv_bias=True,
+                drop_path=rate,
+                attn_layer=TowerAttention,
+            )
+            for rate in rates
         )
         self.norm = nn.LayerNorm(width)
         # Recompute each block's activations in backward instead of keeping them: the paper's batch
