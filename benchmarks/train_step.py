@@ -4,7 +4,8 @@
 
 A step is what `Trainer.train_step` does after the data arrive: every pass of the variant,
 backward, AdamW, EMA update. FLOPs are counted by torch's FlopCounterMode on one step (matmuls
-and attention; the count is exact for those ops), so achieved FLOP/s = counted FLOPs / step time.
+and attention, under SDPA's math backend; the count is exact for those ops), so achieved FLOP/s =
+counted FLOPs / step time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import time
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from oner_lab.model import OneTower, ema_update, momentum_copy, tower_config
@@ -101,7 +103,7 @@ def main() -> None:
         step = build(preset, args.variant, batch, device)
         step()  # warm-up (allocator, kernels)
         counter = FlopCounterMode(display=False)
-        with counter:
+        with sdpa_kernel(SDPBackend.MATH), counter:  # attention counted: no formula for the CPU flash kernel
             step()
         flops = counter.get_total_flops()
         sync(device)

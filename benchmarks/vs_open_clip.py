@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import open_clip
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from oner_lab.grad_sync import GradientSync
@@ -135,8 +136,10 @@ def clip_step(size: Size) -> Callable[[], None]:
 
 
 def flops(step: Callable[[], None]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
+    """One step's FLOPs, attention included: counted under SDPA's math backend, because FlopCounterMode
+    has no formula for the CPU flash kernel and would leave CLIP's attention out (OneR's short CPU
+    sequences run as plain matmuls, which it counts either way)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
 
