@@ -53,10 +53,11 @@ DEVICES: dict[str, Device] = {
             "cpu",
             None,
             None,
-            0.36,
-            "measured: benchmarks/cost_estimate.py and tests/test_cost_estimate.py on the 2-core CI machine, tiny "
-            "preset at batch 128, fastest window of each run: 0.28 to 0.45 of the best float32 matmul rate over "
-            "an afternoon (the shared machine's speed drifts), 0.36 in the middle",
+            0.44,
+            "measured: benchmarks/cost_estimate.py on the 2-core CI machine, tiny preset (oner) at batch 128, "
+            "fastest window of each run: 0.40 to 0.48 of the best float32 matmul rate in five runs within an "
+            "hour (the shared machine's speed drifts), 0.44 in the middle; 0.28 to 0.45 before short CPU "
+            "sequences skipped SDPA (oner_lab/model/attention.py)",
         ),
     )
 }
