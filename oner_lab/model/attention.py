@@ -2,9 +2,9 @@
 
 PyTorch's CPU kernel behind `scaled_dot_product_attention` (flash attention for CPU) is built for
 long sequences. At the tiny preset's 10-30 tokens and 24-wide heads it took up to 1.6x as long,
-forward and backward, as two plain matrix products and a softmax (the same arithmetic) at one thread,
-and up to 2.2x at two (`benchmarks/attention_kernels.py`). So a CPU pass over a short sequence takes the plain products;
-GPUs (flash and cuDNN kernels) and long sequences keep SDPA. Same parameters and state-dict names as
+forward and backward, as two plain matrix products and a softmax (the same arithmetic) at one
+thread, and up to 2.2x at two (`benchmarks/attention_kernels.py`). So a CPU pass over a short
+sequence takes the plain products; GPUs (flash and cuDNN kernels) and long sequences keep SDPA. Same parameters and state-dict names as
 timm's `Attention`, so checkpoints load either way.
 """
 
@@ -35,13 +35,26 @@ class TowerAttention(Attention):
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        scores = (q * self.scale) @ k.transpose(-2, -1)
-        if attn_mask is not None:
-            scores = scores + additive_mask(attn_mask, scores.dtype)
-        # softmax in float32 as SDPA's kernels do, also under bf16 autocast
-        probs = self.attn_drop(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype))
-        out = (probs @ v).transpose(1, 2).reshape(batch, length, self.attn_dim)
+        out = plain_attention(q, k, v, attn_mask, self.scale, self.attn_drop)
+        out = out.transpose(1, 2).reshape(batch, length, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(out)))
+
+
+def plain_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    drop: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """SDPA's arithmetic as two matmuls and a softmax: [B, H, N, D] in, [B, H, N, D] out."""
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores + additive_mask(mask, scores.dtype)
+    # softmax in float32 as SDPA's kernels do, also under bf16 autocast
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+    return (drop(probs) if drop is not None else probs) @ v
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
