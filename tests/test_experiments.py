@@ -84,8 +84,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+# The local profiles train long enough for their tables to show something (150-200 steps); these
+# tests check the plumbing (pretrain, fine-tune, tables, resume) and that each model learned, which
+# fewer steps show with room to spare: on a 2 GHz AVX2 CPU the retrieval profile's parent at 80 steps
+# reached COCO TR@1 9.0 and IR@1 15.4 (the bar is 2.5), and the transfer runs at 60 steps 10-27.5%
+# top-1 on 40 classes (the bar is 2.5); the full profiles took 182 s and 277 s of the suite there.
+RETRIEVAL_SHORT = ("--set", "base.train.steps=80", "--set", "base.train.warmup_steps=8")
+RETRIEVAL_SHORT += ("--set", "base.train.checkpoint_every=40", "--set", "base.eval.every_steps=40")
+TRANSFER_SHORT = ("--set", "base.train.steps=60", "--set", "base.train.warmup_steps=6")
+
+
 def test_retrieval_local_profile_pretrains_fine_tunes_and_fills_both_table_columns(workdir: Path) -> None:
-    result = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--profile", "local", cwd=workdir)
+    retrieval = (str(ROOT / "experiments" / "retrieval_4m.yaml"), "--profile", "local", *RETRIEVAL_SHORT)
+    result = run_cli(*retrieval, cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Parents FINISHED; starting oner_coco_ft/seed0" in result.stdout
     runs = analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", "oner-retrieval-4m-local")
@@ -102,12 +113,12 @@ def test_retrieval_local_profile_pretrains_fine_tunes_and_fills_both_table_colum
     assert table.frame.loc["oner", "fine-tuned TR@1"] == pytest.approx(child["eval/coco5k/tr_r1"])
     assert table.frame.loc["oner", "zero-shot TR@1"] == pytest.approx(parent["eval/coco5k/tr_r1"])
 
-    again = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--profile", "local", cwd=workdir)
+    again = run_cli(*retrieval, cwd=workdir)
     assert again.returncode == 0 and "All 2 runs already FINISHED" in again.stdout
 
 
 def test_transfer_local_profile_trains_with_and_without_text_only_captions(workdir: Path) -> None:
-    result = run_cli(str(ROOT / "experiments" / "transfer.yaml"), "--profile", "local", cwd=workdir)
+    result = run_cli(str(ROOT / "experiments" / "transfer.yaml"), "--profile", "local", *TRANSFER_SHORT, cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", "oner-transfer-local")
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
