@@ -1,8 +1,9 @@
 """What one run costs: parameter count and training FLOPs per optimisation step.
 
 Counted on the real model and the real objective terms, on meta tensors: nothing is allocated or
-computed, so a ViT-B/16 at batch 4096 is counted in about a second on a laptop. The training loop
-logs it as params (`cost.*`, docs/tracking.md) and a cost estimate can reuse `count` before any run.
+computed, so a ViT-B/16 at batch 4096 costs no memory to count, only time: 5-15 s per config on a
+2-core CPU, which is why a count is kept on disk for the next process (cost_cache.py). The training
+loop logs it as params (`cost.*`, docs/tracking.md) and a cost estimate can reuse `count` before any run.
 
 FLOPs are what `torch.utils.flop_counter.FlopCounterMode` counts (matmuls, convolutions, attention;
 a multiply-add is 2 FLOPs) for the forward and backward passes of every active term on the global
@@ -24,7 +25,8 @@ tokens are never masked).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as fields_of
 from typing import Any
 
 import torch
@@ -32,8 +34,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from oner_lab import cost_cache
 from oner_lab.model import OneTower, TowerConfig, momentum_copy, tower_config
-from oner_lab.objectives import StepInputs, resolve_terms
+from oner_lab.objectives import TERMS, StepInputs, resolve_terms
 from oner_lab.spec.config import RunConfig
 
 PARAM_TOTAL = "cost.params_total"
@@ -156,7 +159,8 @@ def _tower(config: RunConfig, vocab_size: int) -> TowerConfig:
 
 
 _COUNTED: dict[tuple[str, int], Cost] = {}
-"""Counts of this process by (config without its seed, vocabulary): the seeds of a grid cost the same."""
+"""Counts of this process by (config without its seed, vocabulary): the seeds of a grid cost the same.
+Between processes they are kept on disk (cost_cache.py), keyed by the code as well."""
 
 
 def count(config: RunConfig, vocab_size: int | None = None) -> Cost:
@@ -168,7 +172,12 @@ def count(config: RunConfig, vocab_size: int | None = None) -> Cost:
     vocab = vocab_size or config.data.vocab_size
     key = (config.model_copy(update={"train": config.train.model_copy(update={"seed": 0})}).model_dump_json(), vocab)
     if key not in _COUNTED:
-        _COUNTED[key] = _count(config, vocab)
+        obj = config.objective
+        weights = resolve_terms(obj.variant, obj.terms, obj.masked_terms)
+        term_modules = [TERMS[name].loss.__module__ for name in weights if name in TERMS]
+        name = cost_cache.key(f"{key[0]}\0{sorted(weights.items())}", vocab, term_modules)
+        fields = [field.name for field in fields_of(Cost)]
+        _COUNTED[key] = Cost(**cost_cache.kept(name, fields, lambda: asdict(_count(config, vocab))))
     return _COUNTED[key]
 
 
