@@ -20,8 +20,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from oner_lab import tracking
-from oner_lab.data import eval_source
-from oner_lab.evaluators import TASKS
 from oner_lab.spec import RunConfig, Spec, SpecError
 from oner_lab.spec.errors import did_you_mean, one_of
 from oner_lab.spec.merge import set_at
@@ -52,6 +50,10 @@ def study_name(spec: Spec) -> str:
 
 def eval_metrics(config: RunConfig) -> list[str]:
     """Every eval/<set>/<metric> a run of `config` logs: each set's metrics as its scoring task declares them."""
+    # imported here: the data and evaluation code needs torch, which reading a study's table does not
+    from oner_lab.data import eval_source
+    from oner_lab.evaluators import TASKS
+
     metrics = []
     for name in config.eval.sets:
         task = TASKS[eval_source(config.data, name).task]
