@@ -4,12 +4,12 @@ a paper recipe prints GPU-hours from the counted FLOPs and the device table."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import oner_run
 
 from oner_lab import cost, train
 from oner_lab.launch import LaunchError, estimate
@@ -48,19 +48,16 @@ def test_a_cpu_run_takes_the_step_time_its_estimate_says_within_25_percent(tmp_p
     pytest.fail("the estimate missed by more than 25% twice: " + "; ".join(attempts))
 
 
-def dry_run(spec: Path, *arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oner_lab.run", str(spec), "--dry-run", *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+def dry_run(
+    spec: Path, *arguments: str, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> subprocess.CompletedProcess[str]:
+    return oner_run([str(spec), "--dry-run", *arguments], cwd, monkeypatch)
 
 
-def test_a_dry_run_of_the_4m_recipe_prints_a100_hours_from_the_counted_flops(tmp_path: Path) -> None:
-    result = dry_run(ROOT / "experiments" / "retrieval_4m.yaml", cwd=tmp_path)
+def test_a_dry_run_of_the_4m_recipe_prints_a100_hours_from_the_counted_flops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = dry_run(ROOT / "experiments" / "retrieval_4m.yaml", cwd=tmp_path, monkeypatch=monkeypatch)
     assert result.returncode == 0, result.stderr
     spec = load_spec(ROOT / "experiments" / "retrieval_4m.yaml")
     a100 = DEVICES["a100-80gb"]
@@ -77,8 +74,8 @@ def test_a_dry_run_of_the_4m_recipe_prints_a100_hours_from_the_counted_flops(tmp
     assert "13% model-FLOPs utilisation, assumed" in result.stdout
 
 
-def test_a_cpu_dry_run_estimates_this_machine(tmp_path: Path) -> None:
-    result = dry_run(ROOT / "experiments" / "smoke.yaml", cwd=tmp_path)
+def test_a_cpu_dry_run_estimates_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = dry_run(ROOT / "experiments" / "smoke.yaml", cwd=tmp_path, monkeypatch=monkeypatch)
     assert result.returncode == 0, result.stderr
     assert "Estimated training cost on this machine's CPU" in result.stdout
     assert "measured for training steps" in result.stdout
@@ -101,10 +98,16 @@ def test_a_profile_naming_an_unknown_card_is_refused_naming_the_file_and_the_car
     assert "'a100-96gb' is not in the cost table" in str(refused.value) and "a100-80gb" in str(refused.value)
 
 
-def test_a_gpu_profile_without_a_card_gets_a_note_instead_of_an_estimate(tmp_path: Path) -> None:
+def test_a_gpu_profile_without_a_card_gets_a_note_instead_of_an_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_profile(tmp_path, gpu="null")
     result = dry_run(
-        ROOT / "experiments" / "retrieval_4m.yaml", "--set", f"launcher.slurm.cluster={path}", cwd=tmp_path
+        ROOT / "experiments" / "retrieval_4m.yaml",
+        "--set",
+        f"launcher.slurm.cluster={path}",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
     )
     assert result.returncode == 0, result.stderr
     assert "No cost estimate: the cluster profile names no `gpu`" in result.stdout
@@ -158,11 +161,13 @@ def test_the_memory_estimate_of_a_step_is_what_a_real_cpu_step_adds_within_25_pe
     )
 
 
-def test_a_paper_profile_that_does_not_fit_its_cards_is_refused_naming_what_would(tmp_path: Path) -> None:
+def test_a_paper_profile_that_does_not_fit_its_cards_is_refused_naming_what_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """oner_cumulative at 512 samples per A100: recomputing the blocks is not enough, a bigger card neither;
     four nodes are (three do not divide the batch)."""
     arguments = ["--profile", "paper", "--set", "launcher.slurm.nodes=1", "--only", "variant=oner_cumulative"]
-    result = dry_run(ROOT / "experiments" / "ablation.yaml", *arguments, cwd=tmp_path)
+    result = dry_run(ROOT / "experiments" / "ablation.yaml", *arguments, cwd=tmp_path, monkeypatch=monkeypatch)
     assert result.returncode == 2, result.stdout[-2000:]
     assert "runs oner_cumulative/seed0, oner_cumulative/seed1, oner_cumulative/seed2: needs about" in result.stderr
     assert "GiB per GPU" in result.stderr and "more than 90% of the 80 GB of one a100-80gb" in result.stderr
@@ -175,9 +180,11 @@ def test_a_paper_profile_that_does_not_fit_its_cards_is_refused_naming_what_woul
     [("ablation.yaml", "paper"), ("transfer.yaml", None)],
 )
 def test_every_paper_profile_prints_a_memory_estimate_that_fits_its_card(
-    tmp_path: Path, spec: str, profile: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, profile: str | None
 ) -> None:
-    result = dry_run(ROOT / "experiments" / spec, *(["--profile", profile] if profile else []), cwd=tmp_path)
+    result = dry_run(
+        ROOT / "experiments" / spec, *(["--profile", profile] if profile else []), cwd=tmp_path, monkeypatch=monkeypatch
+    )
     assert result.returncode == 0, result.stderr
     assert "x a100-80gb" in result.stdout and "memory/rank" in result.stdout
     assert "GiB" in result.stdout and "(too big)" not in result.stdout

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import oner_run
 
 from oner_lab import analysis, train
 from oner_lab.data.sample_corpora import SampleSizes, write_samples
@@ -65,13 +66,17 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_dry_run_of_a_paper_recipe_lists_the_data_missing_here_and_succeeds(tmp_path: Path) -> None:
-    result = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--dry-run", cwd=tmp_path)
+def test_a_dry_run_of_a_paper_recipe_lists_the_data_missing_here_and_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = oner_run([str(ROOT / "experiments" / "retrieval_4m.yaml"), "--dry-run"], tmp_path, monkeypatch)
     assert result.returncode == 0, result.stderr
     assert "2 of 2 runs cannot start on this machine" in result.stdout
     assert "data/coco_pairs/*.tar" in result.stdout and "data/coco/dataset_coco.json" in result.stdout
     assert not (tmp_path / "mlflow.db").exists()
-    refused = run_cli(str(ROOT / "experiments" / "retrieval_4m.yaml"), "--set", "launcher.backend=local", cwd=tmp_path)
+    refused = oner_run(
+        [str(ROOT / "experiments" / "retrieval_4m.yaml"), "--set", "launcher.backend=local"], tmp_path, monkeypatch
+    )
     assert refused.returncode == 2 and "data/coco_pairs/*.tar" in refused.stderr
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import pytest
+from cli_in_process import oner_run
 from golden_hashes import GOLDEN, current
-from mlflow_store import subprocess_env
 from pydantic import Field
 
 from oner_lab.spec import RunConfig, expand, load_spec
@@ -88,17 +86,10 @@ def test_operational_fields_are_exactly_the_marked_ones_and_identity_the_rest() 
     )
 
 
-def _dry_run_hashes(tmp_path: Path, *sets: str) -> dict[str, str]:
+def _dry_run_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *sets: str) -> dict[str, str]:
     """Run name -> config hash as the real CLI's `--dry-run` prints them."""
     arguments = [argument for item in sets for argument in ("--set", item)]
-    done = subprocess.run(
-        [sys.executable, "-m", "oner_lab.run", str(SMOKE), "--dry-run", *arguments],
-        cwd=tmp_path,
-        env={**subprocess_env(), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = oner_run([str(SMOKE), "--dry-run", *arguments], tmp_path, monkeypatch)
     assert done.returncode == 0, done.stdout + done.stderr
     hashes = dict(re.findall(r"│ (\w+/seed\d+)\s+│ ([0-9a-f]{12}) │", done.stdout))
     assert len(hashes) == 2, done.stdout
@@ -106,10 +97,13 @@ def _dry_run_hashes(tmp_path: Path, *sets: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_dry_run_hashes_ignore_operational_settings_and_follow_science_ones(tmp_path: Path) -> None:
-    plain = _dry_run_hashes(tmp_path)
+def test_dry_run_hashes_ignore_operational_settings_and_follow_science_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = _dry_run_hashes(tmp_path, monkeypatch)
     operational = _dry_run_hashes(
         tmp_path,
+        monkeypatch,
         "base.train.device=cpu",
         "base.data.workers=2",
         "base.train.log_every=1",
@@ -121,7 +115,9 @@ def test_dry_run_hashes_ignore_operational_settings_and_follow_science_ones(tmp_
     )
     assert operational == plain
     # one science setting per variant; precision is science: bf16 vs fp32 changes the numbers learned
-    science = _dry_run_hashes(tmp_path, "grid.variants.itc.train.lr=0.002", "grid.variants.oner.train.precision=fp32")
+    science = _dry_run_hashes(
+        tmp_path, monkeypatch, "grid.variants.itc.train.lr=0.002", "grid.variants.oner.train.precision=fp32"
+    )
     assert science["itc/seed0"] != plain["itc/seed0"] and science["oner/seed0"] != plain["oner/seed0"]
 
 
