@@ -5,8 +5,6 @@ real formats, through the CLI and the same loaders as the paper-scale recipes.""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -60,12 +58,6 @@ def test_paper_scale_runs_evaluate_on_real_sets_with_a_paper_sized_vocabulary(
         )
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oner_lab.run", *args], cwd=cwd, capture_output=True, text=True, timeout=900
-    )
-
-
 def test_a_dry_run_of_a_paper_recipe_lists_the_data_missing_here_and_succeeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,9 +91,11 @@ RETRIEVAL_SHORT += ("--set", "base.train.checkpoint_every=40", "--set", "base.ev
 TRANSFER_SHORT = ("--set", "base.train.steps=60", "--set", "base.train.warmup_steps=6")
 
 
-def test_retrieval_local_profile_pretrains_fine_tunes_and_fills_both_table_columns(workdir: Path) -> None:
+def test_retrieval_local_profile_pretrains_fine_tunes_and_fills_both_table_columns(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     retrieval = (str(ROOT / "experiments" / "retrieval_4m.yaml"), "--profile", "local", *RETRIEVAL_SHORT)
-    result = run_cli(*retrieval, cwd=workdir)
+    result = oner_run(retrieval, workdir, monkeypatch)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Parents FINISHED; starting oner_coco_ft/seed0" in result.stdout
     runs = analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", "oner-retrieval-4m-local")
@@ -118,12 +112,15 @@ def test_retrieval_local_profile_pretrains_fine_tunes_and_fills_both_table_colum
     assert table.frame.loc["oner", "fine-tuned TR@1"] == pytest.approx(child["eval/coco5k/tr_r1"])
     assert table.frame.loc["oner", "zero-shot TR@1"] == pytest.approx(parent["eval/coco5k/tr_r1"])
 
-    again = run_cli(*retrieval, cwd=workdir)
+    again = oner_run(retrieval, workdir, monkeypatch)
     assert again.returncode == 0 and "All 2 runs already FINISHED" in again.stdout
 
 
-def test_transfer_local_profile_trains_with_and_without_text_only_captions(workdir: Path) -> None:
-    result = run_cli(str(ROOT / "experiments" / "transfer.yaml"), "--profile", "local", *TRANSFER_SHORT, cwd=workdir)
+def test_transfer_local_profile_trains_with_and_without_text_only_captions(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transfer = (str(ROOT / "experiments" / "transfer.yaml"), "--profile", "local", *TRANSFER_SHORT)
+    result = oner_run(transfer, workdir, monkeypatch)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = analysis.load_runs(f"sqlite:///{workdir / 'mlflow.db'}", "oner-transfer-local")
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
