@@ -61,22 +61,29 @@ def package_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _module_files(modules: Iterable[str]) -> list[Path]:
-    """Source files of the named modules that live outside the package (plugins); the package is hashed whole."""
+def _module_files(modules: Iterable[str]) -> list[Path] | None:
+    """Source files of the named modules that live outside the package (plugins); the package is hashed
+    whole. None when one has no file to read (defined in a notebook or `__main__`): nothing to key it by."""
     files = set()
     for name in modules:
         file = getattr(sys.modules.get(name), "__file__", None)
-        if file and not Path(file).resolve().is_relative_to(_PACKAGE):
+        if not file or not Path(file).is_file():
+            return None
+        if not Path(file).resolve().is_relative_to(_PACKAGE):
             files.add(Path(file).resolve())
     return sorted(files)
 
 
-def key(config_json: str, vocab_size: int, term_modules: Iterable[str]) -> str:
-    """The entry's name: a digest of the config, the vocabulary, the libraries and the code."""
+def key(config_json: str, vocab_size: int, term_modules: Iterable[str]) -> str | None:
+    """The entry's name: a digest of the config, the vocabulary, the libraries and the code; None when a
+    term's code cannot be read, so that its count is never kept."""
+    files = _module_files(term_modules)
+    if files is None:
+        return None
     digest = hashlib.sha256()
     for part in (config_json, str(vocab_size), torch.__version__, timm.__version__, package_fingerprint()):
         digest.update(part.encode() + b"\0")
-    for path in _module_files(term_modules):
+    for path in files:
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -120,8 +127,11 @@ def store(name: str, values: dict[str, int]) -> None:
         log.info("cost cache %s cannot be written (%s); the count is not kept", folder, error)
 
 
-def kept(name: str, fields: Iterable[str], count: Callable[[], dict[str, int]]) -> dict[str, int]:
-    """The entry `name` if it is kept whole, else `count()`, kept for the next process."""
+def kept(name: str | None, fields: Iterable[str], count: Callable[[], dict[str, int]]) -> dict[str, int]:
+    """The entry `name` if it is kept whole, else `count()`, kept for the next process (not when `name`
+    is None: `key` found nothing to key it by)."""
+    if name is None:
+        return count()
     wanted = list(fields)
     found = load(name, wanted)
     if found is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
+import types
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import lab_plugins.align_term as align_term
 import pytest
 
 from oner_lab import cost, cost_cache
+from oner_lab.objectives import TERMS, Term, TermOptions, Views
 from oner_lab.spec import expand, load_spec, parse_only
 from oner_lab.spec.config import RunConfig
 
@@ -125,3 +128,20 @@ def test_a_cache_that_cannot_be_written_or_is_off_still_counts(tmp_path: Path, m
     monkeypatch.delenv(cost_cache.ENV)
     assert count_afresh(run, monkeypatch) == counted
     assert len(list((tmp_path / "xdg" / "oner_lab" / "cost").glob("*.json"))) == 1
+
+
+def test_a_term_whose_code_has_no_file_is_counted_every_time(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A term defined in a notebook cell has no file to key its count by: a kept count could outlive an edit."""
+    cell = types.ModuleType("notebook_cell")
+    monkeypatch.setitem(sys.modules, cell.__name__, cell)
+
+    def loss(views: Views, options: TermOptions) -> dict:
+        return {"cell": views.info_nce(views.contrast("I"), views.contrast("T"))}
+
+    loss.__module__ = cell.__name__
+    monkeypatch.setitem(TERMS, "cell", Term("cell", loss, views=("I", "T")))
+    with_cell = count_afresh(config("base.objective.terms.cell=0.5"), monkeypatch)
+    assert with_cell.flops_per_step > count_afresh(config(), monkeypatch).flops_per_step, (
+        "the cell's term was not counted"
+    )
+    assert len(list(cache.glob("*.json"))) == 1, "only the count without the cell's term is kept"
