@@ -12,14 +12,19 @@ optimiser step, the EMA update and element-wise ops are left out (a few percent 
 
 Memory: the peak of the bytes held by live tensors during the forward and backward passes (every
 tensor's storage counted once, freed when the last reference goes), at the global batch in float32
-with the run's activation checkpointing; a real CPU step's resident memory grows by that much within
-a few percent (tests/test_cost_estimate.py). What a GPU rank needs is built from it in
+with the run's activation checkpointing, every text position included as a GPU runs them; a real CPU
+step's resident memory grows by that much within a few percent when it runs them too
+(tests/test_cost_estimate.py; a CPU pass otherwise skips the padding, model/packing.py). What a GPU rank needs is built from it in
 launch/estimate.py.
 
 Masked positions are data-dependent; on meta tensors they are counted at their configured share:
 `objective.mim_ratio` of the patches (exact: every image masks that many), `objective.mlm_prob` of the
 text positions (an upper estimate: real captions are shorter than `model.max_text_len` and special
 tokens are never masked).
+
+Every text position is counted, as a GPU runs them. A CPU pass skips the padding (model/packing.py),
+so a CPU step does less than its count; the CPU entry of launch/devices.py is measured against the
+count on the built-in data, whose captions fill 60% of the positions.
 """
 
 from __future__ import annotations

@@ -274,3 +274,83 @@ def test_the_tower_calls_sdpa_only_for_long_cpu_sequences() -> None:
             "T", text_ids=torch.randint(5, VOCAB, (2, long_text)), text_mask=torch.ones(2, long_text, dtype=torch.bool)
         )
     assert any("scaled_dot_product" in name for name in long.names), sorted(long.names)
+
+
+def packing_case(seed: int = 3) -> tuple[OneTower, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tiny preset in training mode and a batch whose captions fill 1 to all 20 positions."""
+    torch.manual_seed(seed)
+    model = OneTower(tower_config("tiny", vocab_size=VOCAB)).train()
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(6, 3, 24, 24, generator=g)
+    ids = torch.randint(5, VOCAB, (6, 20), generator=g)
+    mask = torch.arange(20)[None] < torch.tensor([5, 20, 9, 12, 1, 17])[:, None]
+    patch_mask = torch.rand(6, 9, generator=g) < 0.5
+    return model, images, ids, mask, patch_mask
+
+
+def packed_and_padded(model: OneTower, view: str, images, ids, mask, patch_mask):
+    """(output, gradients) of one pass and backward, packed first, then with every position run."""
+    results = []
+    for pack_text in (True, False):
+        model.pack_text = pack_text
+        model.zero_grad()
+        out = model(
+            view,
+            images=images if "I" in view else None,
+            text_ids=ids if "T" in view else None,
+            text_mask=mask if "T" in view else None,
+            patch_mask=patch_mask if "I" in view else None,
+        )
+        loss = out.cls.square().sum()
+        if out.text_tokens is not None:  # every real text token reaches the loss
+            loss = loss + (out.text_tokens * mask[..., None]).sin().sum()
+        loss.backward()
+        results.append((out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+    return results
+
+
+def test_a_cpu_pass_skipping_text_padding_gives_the_padded_outputs_and_gradients() -> None:
+    """model/packing.py: the blocks run on the real tokens only; every view's [CLS] and real text tokens,
+    and every weight's gradient, equal the pass over every position."""
+    model, images, ids, mask, patch_mask = packing_case()
+    for view in ("I", "T", "I|T", "T|I", "I,T"):
+        (packed, packed_grads), (padded, padded_grads) = packed_and_padded(model, view, images, ids, mask, patch_mask)
+        torch.testing.assert_close(packed.cls, padded.cls, rtol=1e-5, atol=1e-6)
+        if "T" in view:
+            torch.testing.assert_close(packed.text_tokens[mask], padded.text_tokens[mask], rtol=1e-5, atol=1e-6)
+            assert not packed.text_tokens[~mask].any()  # zeros where no token is: nothing reads them
+        assert packed_grads.keys() == padded_grads.keys()
+        for name, grad in padded_grads.items():
+            torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-5, msg=f"{view} {name}")
+
+
+def test_the_padded_text_positions_never_reach_the_blocks_of_a_cpu_pass() -> None:
+    """What makes packing pay: each block's projections see one row per real token, not per position.
+    A compiled block, active drop path or a caption without padding keeps the padded pass."""
+    model, images, ids, mask, patch_mask = packing_case()
+    rows: list[int] = []
+    model.blocks[-1].mlp.fc1.register_forward_hook(lambda module, args, out: rows.append(args[0][..., 0].numel()))
+    model("I,T", images=images, text_ids=ids, text_mask=mask, patch_mask=patch_mask)
+    assert rows == [6 * (1 + 9) + int(mask.sum())]  # [CLS] and 9 patches a row, then the captions' tokens
+    model("T", text_ids=ids, text_mask=torch.ones_like(mask))
+    assert rows[-1] == 6 * 21
+    dropping = OneTower(tower_config("tiny", vocab_size=VOCAB, drop_path=0.1)).train()
+    dropping.blocks[0].mlp.fc1.register_forward_hook(lambda module, args, out: rows.append(args[0][..., 0].numel()))
+    dropping("T", text_ids=ids, text_mask=mask)
+    assert rows[-1] == 6 * 21
+    dropping.eval()("T", text_ids=ids, text_mask=mask)  # drop path is off in evaluation: packed again
+    assert rows[-1] == 6 + int(mask.sum())
+    from oner_lab.model.packing import packs
+
+    x = torch.zeros(6, 21, model.cfg.width)
+    assert packs(x, mask, model.blocks, drop_path=False)
+    model.compile_blocks()  # wraps each block's call; nothing compiles until a block runs
+    assert not packs(x, mask, model.blocks, drop_path=False)
+
+
+def test_packed_passes_recompute_under_activation_checkpointing_with_the_same_gradients() -> None:
+    model, images, ids, mask, patch_mask = packing_case(4)
+    model.activation_checkpointing = True
+    (_, checkpointed), (_, padded) = packed_and_padded(model, "I,T", images, ids, mask, patch_mask)
+    for name, grad in padded.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from oner_lab.model.attention import TowerAttention
 from oner_lab.model.masks import attention_mask
+from oner_lab.model.packing import pack, packed_block, packs, real_positions, unpack
 from oner_lab.presets import TowerConfig
 
 Modality = str  # "image", "text" or "joint": which head projects a pooled token
@@ -77,6 +78,9 @@ class OneTower(nn.Module):
         # Recompute each block's activations in backward instead of keeping them: the paper's batch
         # on 8 GPUs holds several passes per step, which do not fit in 80 GB otherwise. Same maths.
         self.activation_checkpointing = False
+        # A CPU pass skips the text padding in its token-wise work (model/packing.py); False runs every
+        # position, as a GPU does. Same maths either way.
+        self.pack_text = True
         head_names = ("shared",) if cfg.head == "shared" else ("image", "text")
         self.heads = nn.ModuleDict({name: nn.Linear(width, cfg.proj_dim) for name in head_names})
         self.mlm_head = MLMHead(width, self.token_embed)
@@ -126,17 +130,31 @@ class OneTower(nn.Module):
         if text_ids is not None:
             parts.append(self.embed_text(text_ids))
         x = torch.cat(parts, dim=1)
-        mask = attention_mask(view, num_image, text_mask if text_ids is not None else None)
+        text_mask = text_mask if text_ids is not None else None
+        mask = attention_mask(view, num_image, text_mask)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            # preserve_rng_state (the default) replays drop-path's randomness in the recomputation
-            x = checkpoint(block, x, attn_mask=mask, use_reentrant=False) if recompute else block(x, attn_mask=mask)
-        x = self.norm(x)
+        drop_path = self.training and self.cfg.drop_path > 0
+        if self.pack_text and packs(x, text_mask, self.blocks, drop_path):
+            x = self._packed_blocks(x, real_positions(text_mask, 1 + num_image), mask, recompute)
+        else:
+            for block in self.blocks:
+                # preserve_rng_state (the default) replays drop-path's randomness in the recomputation
+                x = checkpoint(block, x, attn_mask=mask, use_reentrant=False) if recompute else block(x, attn_mask=mask)
+            x = self.norm(x)
         return TowerOutput(
             cls=x[:, 0],
             image_tokens=x[:, 1 : 1 + num_image] if images is not None else None,
             text_tokens=x[:, 1 + num_image :] if text_ids is not None else None,
         )
+
+    def _packed_blocks(self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, recompute: bool) -> torch.Tensor:
+        """The blocks and final norm on the real tokens only (model/packing.py); padded positions come back as zeros."""
+        batch, length, _ = x.shape
+        x = pack(x, index)
+        for block in self.blocks:
+            args = (block, x, index, batch, length, mask)
+            x = checkpoint(packed_block, *args, use_reentrant=False) if recompute else packed_block(*args)
+        return unpack(self.norm(x), index, batch, length)
 
     def project(self, pooled: torch.Tensor, modality: Modality) -> torch.Tensor:
         """L2-normalised embedding F(.) through the shared head or the modality's own head."""
