@@ -53,11 +53,12 @@ DEVICES: dict[str, Device] = {
             "cpu",
             None,
             None,
-            0.44,
-            "measured: benchmarks/cost_estimate.py on the 2-core CI machine, tiny preset (oner) at batch 128, "
-            "fastest window of each run: 0.40 to 0.48 of the best float32 matmul rate in five runs within an "
-            "hour (the shared machine's speed drifts), 0.44 in the middle; 0.28 to 0.45 before short CPU "
-            "sequences skipped SDPA (oner_lab/model/attention.py)",
+            0.53,
+            "measured: benchmarks/cost_estimate.py on the 2-core CI machine, tiny preset at batch 128, fastest "
+            "window of each run, against the count of every text position: 0.546 (oner) and 0.552 (itc) of the "
+            "best float32 matmul rate once CPU passes skipped text padding (oner_lab/model/packing.py; the "
+            "built-in captions fill 60% of the positions); 0.40 to 0.48 before it, 0.28 to 0.45 before short "
+            "CPU sequences skipped SDPA (oner_lab/model/attention.py)",
         ),
     )
 }

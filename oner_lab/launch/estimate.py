@@ -26,10 +26,11 @@ from oner_lab.launch.devices import DEVICES, Device, device
 from oner_lab.spec import PlannedRun
 
 
-def matmul_flops(threads: int | None = None, size: int = 512, rounds: int = 20, seconds: float = 0.05) -> float:
+def matmul_flops(threads: int | None = None, size: int = 512, rounds: int = 80, seconds: float = 0.05) -> float:
     """This CPU's plain float32 matmul rate with `threads` intra-op threads (the run's `train.threads`):
-    the best of short rounds over a second, so a moment of other load on the machine does not count (on a
-    shared virtual machine the rate was seen to swing 3x from one second to the next)."""
+    the best of short rounds over four seconds, so a moment of other load on the machine does not count.
+    On the shared 2-core CI machine the two-thread rate was 38-41 GFLOP/s most of the time, with
+    bursts at 57-64 a few seconds long every 3-7 s; the best of one second missed them about half the time."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
