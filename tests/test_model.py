@@ -351,6 +351,9 @@ def test_the_padded_text_positions_never_reach_the_blocks_of_a_cpu_pass() -> Non
 def test_packed_passes_recompute_under_activation_checkpointing_with_the_same_gradients() -> None:
     model, images, ids, mask, patch_mask = packing_case(4)
     model.activation_checkpointing = True
+    calls: list[int] = []
+    model.blocks[0].mlp.fc1.register_forward_hook(lambda module, args, out: calls.append(args[0].dim()))
     (_, checkpointed), (_, padded) = packed_and_padded(model, "I,T", images, ids, mask, patch_mask)
+    assert calls == [2, 2, 3, 3]  # packed [N, W] rows run forward and again in backward, then the padded pass
     for name, grad in padded.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -31,12 +31,18 @@ class TowerAttention(Attention):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if is_causal or not uses_plain_products(x):
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        batch, length, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        out = plain_attention(q, k, v, attn_mask, self.scale, self.attn_drop)
-        out = out.transpose(1, 2).reshape(batch, length, self.attn_dim)
+        return self.project_out(self.attend(self.qkv(x), attn_mask))
+
+    def attend(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """The heads' plain-product attention: projected [B, N, 3 * attn_dim] in, [B, N, attn_dim] out
+        (model/packing.py projects only the real tokens and calls this on the padded layout)."""
+        batch, length, _ = qkv.shape
+        q, k, v = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = plain_attention(self.q_norm(q), self.k_norm(k), v, attn_mask, self.scale, self.attn_drop)
+        return out.transpose(1, 2).reshape(batch, length, self.attn_dim)
+
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """timm's output norm, projection and dropout, token by token."""
         return self.proj_drop(self.proj(self.norm(out)))
 
 

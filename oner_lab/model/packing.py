@@ -21,7 +21,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from oner_lab.model.attention import plain_attention, uses_plain_products
+from oner_lab.model.attention import TowerAttention, uses_plain_products
 
 
 def packs(x: torch.Tensor, text_mask: torch.Tensor | None, blocks: nn.ModuleList, drop_path: bool) -> bool:
@@ -43,8 +43,8 @@ def real_positions(text_mask: torch.Tensor, leading: int) -> torch.Tensor:
 
 
 def pack(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[B, L, ...] -> [N, C]: the positions `index` names, trailing dimensions flattened."""
-    return x.reshape(x.shape[0] * x.shape[1], -1).index_select(0, index)
+    """[B, L, C] -> [N, C]: the positions `index` names."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, index)
 
 
 def unpack(x: torch.Tensor, index: torch.Tensor, batch: int, length: int) -> torch.Tensor:
@@ -56,10 +56,7 @@ def packed_block(
     block: Block, x: torch.Tensor, index: torch.Tensor, batch: int, length: int, mask: torch.Tensor
 ) -> torch.Tensor:
     """timm's `Block.forward` (with `TowerAttention`'s plain products) on packed tokens [N, W]."""
-    attn = block.attn
-    qkv = unpack(attn.qkv(block.norm1(x)), index, batch, length)
-    q, k, v = qkv.view(batch, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    out = plain_attention(attn.q_norm(q), attn.k_norm(k), v, mask, attn.scale, attn.attn_drop)
-    out = pack(out.transpose(1, 2), index)
-    x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(attn.norm(out)))))
+    attn: TowerAttention = block.attn
+    out = pack(attn.attend(unpack(attn.qkv(block.norm1(x)), index, batch, length), mask), index)
+    x = x + block.drop_path1(block.ls1(attn.project_out(out)))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
