@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from small_disk import tmpfs
 from tokenizers import Tokenizer
 from tokenizers.processors import TemplateProcessing
 
@@ -341,8 +344,58 @@ def test_prepare_counts_corrupt_training_samples_and_fail_mode_raises(tmp_path: 
 
     again = prepare(tiny_config(tmp_path), IMAGE_SIZE, TEXT_LEN, [])
     assert again.skipped_samples == 2 and again.train.num_samples == 62
+    assert len(list(tmp_path.glob("decoded-*"))) == 1  # the rewritten shard was decoded, and left no copy
     with pytest.raises(CorruptSampleError, match=rf"{shard.name}: sample '{bad_keys[0]}'"):
         prepare(tiny_config(tmp_path, on_corrupt="fail"), IMAGE_SIZE, TEXT_LEN, [])
+
+
+# ---- the decoded copy of the training split (data/decoded.py) ----
+
+
+def same_train(a, b) -> bool:
+    return all(torch.equal(getattr(a.train, key), getattr(b.train, key)) for key in ("images", "text_ids", "text_mask"))
+
+
+def test_later_prepares_read_the_decoded_copy_and_get_what_decoding_gives(tmp_path: Path) -> None:
+    first = prepare(tiny_config(tmp_path), IMAGE_SIZE, TEXT_LEN, [])
+    (copy,) = tmp_path.glob("decoded-shapes-train-*")
+    assert same_train(prepare(tiny_config(tmp_path), IMAGE_SIZE, TEXT_LEN, []), first)
+    # proof that the copy, not the shards, is what a later run reads: change its images
+    np.save(copy / "images.npy", np.zeros_like(first.train.images.numpy()))
+    assert prepare(tiny_config(tmp_path), IMAGE_SIZE, TEXT_LEN, []).train.images.sum() == 0
+    # another image size decodes the same shards into a copy of its own
+    prepare(tiny_config(tmp_path), 16, TEXT_LEN, [])
+    assert len(list(tmp_path.glob("decoded-shapes-train-*"))) == 2
+
+
+@pytest.mark.parametrize("torn", ["images.npy", "fields.json"])
+def test_a_torn_decoded_copy_is_set_aside_with_a_warning_and_made_again(
+    tmp_path: Path, torn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = prepare(tiny_config(tmp_path), IMAGE_SIZE, TEXT_LEN, [])
+    (copy,) = tmp_path.glob("decoded-shapes-train-*")
+    data = (copy / torn).read_bytes()
+    (copy / torn).write_bytes(data[: len(data) // 2])  # what a crash mid-write on a failing disk leaves
+    again = prepare(tiny_config(tmp_path), IMAGE_SIZE, TEXT_LEN, [])
+    assert same_train(again, first)
+    assert f"unreadable decoded copy {copy}" in caplog.text
+    assert (copy / torn).read_bytes() == data  # made again under the same key
+    assert not list(tmp_path.glob(".tmp-*"))  # the torn copy, set aside, was removed by the rebuild
+
+
+def test_a_full_disk_keeps_no_decoded_copy_and_the_run_its_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = prepare(tiny_config(tmp_path / "made"), IMAGE_SIZE, TEXT_LEN, [])
+    with tmpfs(tmp_path / "small", "1m") as small:
+        for made in (tmp_path / "made").glob("[st]*"):  # the shards and the tokenizer, not the decoded copy
+            shutil.copytree(made, small / made.name, copy_function=shutil.copy2)  # copy2 keeps mtimes
+        free = os.statvfs(small)
+        (small / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 16 * 1024))
+        again = prepare(tiny_config(small), IMAGE_SIZE, TEXT_LEN, [])
+        assert same_train(again, first)
+        assert "could not keep a decoded copy" in caplog.text and "bytes of images failed with" in caplog.text
+        assert not list(small.glob("decoded-*")) and not list(small.glob(".tmp-*"))
 
 
 # ---- caching ----

@@ -12,13 +12,12 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow_store import copy_store
+from small_disk import tmpfs
 from test_train import ListLogger, StopAt, final_params, micro_config
 
 from oner_lab import checkpoint, train
@@ -246,21 +245,6 @@ def test_loss_spike_guard_stops_naming_step_and_term(tmp_path: Path) -> None:
 
 
 # --- 3. temporary files and a full disk ------------------------------------------------------------
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real small file system at `path` (needs root, as in CI); unmounted afterwards."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=700", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); CI runs as root and can")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def _dead_pid() -> int:

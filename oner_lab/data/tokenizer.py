@@ -106,12 +106,15 @@ class TextTokenizer:
         """ids [N, max_len] int64 (tokens then [SEP], truncated to fit, right-padded) and mask [N, max_len] bool."""
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1 (room for [SEP]), got {max_len}")
+        rows = [
+            encoding.ids[: max_len - 1]
+            for encoding in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        ]
+        lengths = torch.tensor([len(row) + 1 for row in rows], dtype=torch.int64)
+        mask = torch.arange(max_len)[None, :] < lengths[:, None]
         ids = torch.full((len(texts), max_len), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(texts), max_len), dtype=torch.bool)
-        for row, encoding in enumerate(self._tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-            tokens = encoding.ids[: max_len - 1] + [self.sep_id]
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
-            mask[row, : len(tokens)] = True
+        # row-major order of the mask's True cells is each row's tokens then its [SEP], row after row
+        ids[mask] = torch.tensor([token for row in rows for token in (*row, self.sep_id)], dtype=torch.int64)
         return ids, mask
 
     def decode(self, ids: torch.Tensor) -> list[str]:
