@@ -156,7 +156,7 @@ from oner_lab.train import Trainer
 config = RunConfig.model_validate_json(sys.argv[1])
 trainer = Trainer(config, Path(sys.argv[2]), DistInfo(0, 1, 0))
 trainer.start()
-trainer.model.pack_text = trainer.target.pack_text = False  # every text position, as a GPU rank runs them
+trainer.model.pack_tokens = trainer.target.pack_tokens = False  # every position, as a GPU rank runs them
 def status(key):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
     return int(line.split()[1]) * 1024

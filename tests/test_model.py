@@ -291,8 +291,8 @@ def packing_case(seed: int = 3) -> tuple[OneTower, torch.Tensor, torch.Tensor, t
 def packed_and_padded(model: OneTower, view: str, images, ids, mask, patch_mask):
     """(output, gradients) of one pass and backward, packed first, then with every position run."""
     results = []
-    for pack_text in (True, False):
-        model.pack_text = pack_text
+    for pack_tokens in (True, False):
+        model.pack_tokens = pack_tokens
         model.zero_grad()
         out = model(
             view,
@@ -343,9 +343,86 @@ def test_the_padded_text_positions_never_reach_the_blocks_of_a_cpu_pass() -> Non
     from oner_lab.model.packing import packs
 
     x = torch.zeros(6, 21, model.cfg.width)
-    assert packs(x, mask, model.blocks, drop_path=False)
+    assert packs(x, mask, None, model.blocks, drop_path=False)
     model.compile_blocks()  # wraps each block's call; nothing compiles until a block runs
-    assert not packs(x, mask, model.blocks, drop_path=False)
+    assert not packs(x, mask, None, model.blocks, drop_path=False)
+
+
+def read_positions(mask: torch.Tensor, patch_mask: torch.Tensor, view: str, seed: int) -> torch.Tensor:
+    """A `reads` for `view`: about a third of its image and real text positions, as MIM and MLM read theirs."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    if "I" in view:
+        parts.append(patch_mask & (torch.rand(patch_mask.shape, generator=g) < 0.7))
+    if "T" in view:
+        parts.append(mask & (torch.rand(mask.shape, generator=g) < 0.3))
+    return torch.cat(parts, dim=1)
+
+
+def reading_pass(model: OneTower, view: str, images, ids, mask, patch_mask, reads):
+    """(output, gradients) of one pass whose loss reads [CLS] and the `reads` positions alone."""
+    model.zero_grad()
+    out = model(
+        view,
+        images=images if "I" in view else None,
+        text_ids=ids if "T" in view else None,
+        text_mask=mask if "T" in view else None,
+        patch_mask=patch_mask if "I" in view else None,
+        reads=reads,
+    )
+    loss = out.cls.square().sum()
+    if not isinstance(reads, str):
+        tokens = torch.cat([t for t in (out.image_tokens, out.text_tokens) if t is not None], dim=1)
+        loss = loss + (tokens * reads[..., None]).sin().sum()
+    loss.backward()
+    return out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_a_cpu_pass_runs_its_last_block_on_the_read_rows_with_the_full_outputs_and_gradients() -> None:
+    """model/packing.py: the last block attends from, projects and runs the MLP on [CLS] and the read
+    positions only; those outputs, and every gradient of a loss on them, equal the full pass's, and
+    the unread positions come back as zeros. With reads="cls" the pass has no token outputs. In float64,
+    where the only difference left, the order of float32 rounding, is too small to hide a wrong row."""
+    model, images, ids, mask, patch_mask = packing_case(5)
+    model, images = model.double(), images.double()
+    close = {"rtol": 1e-9, "atol": 1e-11}
+    width = model.cfg.width
+    rows: list[int] = []
+    model.blocks[-1].mlp.fc1.register_forward_hook(lambda module, args, out: rows.append(args[0].numel() // width))
+    for i, view in enumerate(("I", "T", "I|T", "T|I", "I,T")):
+        reads = read_positions(mask, patch_mask, view, seed=i)
+        model.pack_tokens = True
+        packed, packed_grads = reading_pass(model, view, images, ids, mask, patch_mask, reads)
+        assert rows[-1] == 6 + int(reads.sum()), view  # [CLS] of each row, then the read positions
+        model.pack_tokens = False
+        full, full_grads = reading_pass(model, view, images, ids, mask, patch_mask, reads)
+        assert rows[-1] == full.cls.shape[0] * (1 + reads.shape[1]), view  # every position, as a GPU runs it
+        torch.testing.assert_close(packed.cls, full.cls, **close)
+        got = torch.cat([t for t in (packed.image_tokens, packed.text_tokens) if t is not None], dim=1)
+        want = torch.cat([t for t in (full.image_tokens, full.text_tokens) if t is not None], dim=1)
+        torch.testing.assert_close(got[reads], want[reads], **close)
+        assert not got[~reads].any(), view  # nothing reads them: zeros
+        assert packed_grads.keys() == full_grads.keys()
+        for name, grad in full_grads.items():
+            torch.testing.assert_close(packed_grads[name], grad, **close, msg=f"{view} {name}")
+        model.pack_tokens = True
+        cls_only, cls_grads = reading_pass(model, view, images, ids, mask, patch_mask, "cls")
+        assert rows[-1] == 6 and cls_only.image_tokens is None and cls_only.text_tokens is None, view
+        model.pack_tokens = False
+        everything, every_grad = reading_pass(model, view, images, ids, mask, patch_mask, "cls")
+        torch.testing.assert_close(cls_only.cls, everything.cls, **close)
+        for name, grad in every_grad.items():
+            torch.testing.assert_close(cls_grads[name], grad, **close, msg=f"{view} cls {name}")
+
+
+def test_reads_of_the_wrong_shape_are_refused_naming_the_positions() -> None:
+    model, images, ids, mask, patch_mask = packing_case()
+    with pytest.raises(
+        ValueError, match=r"reads has shape \(6, 9\); this pass's image and text positions are \(6, 29\)"
+    ):
+        model("I,T", images=images, text_ids=ids, text_mask=mask, reads=patch_mask)
+    with pytest.raises(ValueError, match="reads must be"):
+        model("I", images=images, reads="tokens")
 
 
 def test_packed_passes_recompute_under_activation_checkpointing_with_the_same_gradients() -> None:

@@ -207,3 +207,45 @@ def test_variants_are_the_paper_term_sets() -> None:
     assert set(resolve_terms("oner", {}, True)) == {"itc", "cmc", "mlm", "mim", "mmm"}
     assert set(resolve_terms("oner_cumulative", {}, False)) == {"itc", "xmc", "cic", "cmc"}
     assert resolve_terms("oner", {"mmm": 0.0, "cmc": 0.5}, True) == {"itc": 1.0, "cmc": 0.5, "mlm": 1.0, "mim": 1.0}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("contrast_masked", [False, True])
+def test_a_cpu_step_reading_only_what_its_terms_read_gives_the_full_steps_losses_and_gradients(
+    variant: str, contrast_masked: bool
+) -> None:
+    """model/packing.py through the terms: each pass runs its last block on the positions its terms read
+    (clean and momentum passes their [CLS], MIM its masked patches, MLM its chosen tokens). The step's
+    named losses and every gradient equal those of a step that runs every position, in float64, with
+    padded captions and unpaired rows in the masked passes."""
+    weights = resolve_terms(variant, {}, masked_terms=True)
+    model, target, inputs = make(head=VARIANTS[variant].head)
+    model, target = model.double(), target.double()
+    lengths = torch.tensor([3, 8, 5, 6, 2, 7])
+    inputs.text_mask = torch.arange(8)[None] < lengths[:, None]
+    inputs.text_ids[~inputs.text_mask] = 0  # [PAD], as the tokenizer pads: never chosen for MLM
+    inputs.images, inputs.images_target = inputs.images.double(), inputs.images_target.double()
+    g = torch.Generator().manual_seed(9)
+    inputs.extra_text_ids = torch.randint(5, VOCAB, (3, 8), generator=g)
+    inputs.extra_text_mask = torch.arange(8)[None] < torch.tensor([4, 8, 6])[:, None]
+    inputs.extra_text_ids[~inputs.extra_text_mask] = 0
+    inputs.extra_images = torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    results = []
+    for pack_tokens in (True, False):
+        model.pack_tokens = target.pack_tokens = pack_tokens
+        objective = Objective(weights, settings(set(weights), contrast_masked_views=contrast_masked)).double()
+        model.zero_grad()
+        total, values = objective(model, target, inputs, torch.Generator().manual_seed(4))
+        total.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((total.detach(), {k: v.detach() for k, v in values.items()}, grads, objective.logit_scale.grad))
+    (total, values, grads, scale_grad), (full_total, full_values, full_grads, full_scale_grad) = results
+    close = {"rtol": 1e-9, "atol": 1e-11}
+    torch.testing.assert_close(total, full_total, **close)
+    assert values.keys() == full_values.keys() == set(weights)
+    for name, value in full_values.items():
+        torch.testing.assert_close(values[name], value, **close, msg=name)
+    assert grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, **close, msg=name)
+    torch.testing.assert_close(scale_grad, full_scale_grad, **close)

@@ -53,12 +53,13 @@ DEVICES: dict[str, Device] = {
             "cpu",
             None,
             None,
-            0.53,
+            0.56,
             "measured: benchmarks/cost_estimate.py on the 2-core CI machine, tiny preset at batch 128, fastest "
-            "window of each run, against the count of every text position: 0.546 (oner) and 0.552 (itc) of the "
-            "best float32 matmul rate once CPU passes skipped text padding (oner_lab/model/packing.py; the "
-            "built-in captions fill 60% of the positions); 0.40 to 0.48 before it, 0.28 to 0.45 before short "
-            "CPU sequences skipped SDPA (oner_lab/model/attention.py)",
+            "window of each run, against the count of every position: 0.552 (itc), 0.566 (oner) and 0.583 "
+            "(oner_cumulative) of the best float32 matmul rate once CPU passes also left the last block's unread "
+            "rows out (oner_lab/model/packing.py); 0.546 (oner) and 0.552 (itc) with the text padding alone left "
+            "out (the built-in captions fill 60% of the positions); 0.40 to 0.48 before it, 0.28 to 0.45 before "
+            "short CPU sequences skipped SDPA (oner_lab/model/attention.py)",
         ),
     )
 }

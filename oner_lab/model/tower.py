@@ -7,6 +7,7 @@ token came from, except through each embedder's own positional table (docs/paper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from oner_lab.model.attention import TowerAttention
 from oner_lab.model.masks import attention_mask
-from oner_lab.model.packing import pack, packed_block, packs, real_positions, unpack
+from oner_lab.model.packing import pack, packed_block, packs, read_rows, real_positions, unpack
 from oner_lab.presets import TowerConfig
 
 Modality = str  # "image", "text" or "joint": which head projects a pooled token
@@ -28,8 +29,8 @@ class TowerOutput:
     """Final-norm hidden states of one forward pass, split back by modality."""
 
     cls: torch.Tensor  # [B, W]
-    image_tokens: torch.Tensor | None  # [B, Ni, W]
-    text_tokens: torch.Tensor | None  # [B, Nt, W]
+    image_tokens: torch.Tensor | None  # [B, Ni, W]; zeros where `reads` read nothing; None for reads="cls"
+    text_tokens: torch.Tensor | None  # [B, Nt, W]; likewise
 
 
 class MLMHead(nn.Module):
@@ -78,9 +79,9 @@ class OneTower(nn.Module):
         # Recompute each block's activations in backward instead of keeping them: the paper's batch
         # on 8 GPUs holds several passes per step, which do not fit in 80 GB otherwise. Same maths.
         self.activation_checkpointing = False
-        # A CPU pass skips the text padding in its token-wise work (model/packing.py); False runs every
-        # position, as a GPU does. Same maths either way.
-        self.pack_text = True
+        # A CPU pass skips the text padding and the last block's unread rows in its token-wise work
+        # (model/packing.py); False runs every position, as a GPU does. Same maths either way.
+        self.pack_tokens = True
         head_names = ("shared",) if cfg.head == "shared" else ("image", "text")
         self.heads = nn.ModuleDict({name: nn.Linear(width, cfg.proj_dim) for name in head_names})
         self.mlm_head = MLMHead(width, self.token_embed)
@@ -119,9 +120,15 @@ class OneTower(nn.Module):
         text_ids: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
         patch_mask: torch.Tensor | None = None,
+        reads: torch.Tensor | Literal["cls"] | None = None,
     ) -> TowerOutput:
-        """Encode one view ("I", "T", "I|T", "T|I", "I,T"); see `masks.attention_mask`."""
-        parts = [self.cls_token.expand((images if images is not None else text_ids).shape[0], -1, -1)]
+        """Encode one view ("I", "T", "I|T", "T|I", "I,T"); see `masks.attention_mask`.
+
+        `reads` names the final states the caller reads besides [CLS]: a boolean [B, Ni + Nt] over the
+        image then text positions, "cls" for [CLS] alone (no token outputs), None for all. A CPU pass
+        runs its last block on those rows only (model/packing.py); the others come back as zeros."""
+        batch = (images if images is not None else text_ids).shape[0]
+        parts = [self.cls_token.expand(batch, -1, -1)]
         num_image = 0
         if images is not None:
             image_tokens = self.embed_image(images, patch_mask)
@@ -134,27 +141,40 @@ class OneTower(nn.Module):
         mask = attention_mask(view, num_image, text_mask)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         drop_path = self.training and self.cfg.drop_path > 0
-        if self.pack_text and packs(x, text_mask, self.blocks, drop_path):
-            x = self._packed_blocks(x, real_positions(text_mask, 1 + num_image), mask, recompute)
+        read = _read_positions(reads, x)
+        if self.pack_tokens and packs(x, text_mask, read, self.blocks, drop_path):
+            index = real_positions(text_mask, 1 + num_image)
+            x = self._packed_blocks(x, index, mask, recompute, None if read is None else read_rows(read, index))
         else:
             for block in self.blocks:
                 # preserve_rng_state (the default) replays drop-path's randomness in the recomputation
                 x = checkpoint(block, x, attn_mask=mask, use_reentrant=False) if recompute else block(x, attn_mask=mask)
             x = self.norm(x)
+        tokens = not (isinstance(reads, str) and reads == "cls")
         return TowerOutput(
             cls=x[:, 0],
-            image_tokens=x[:, 1 : 1 + num_image] if images is not None else None,
-            text_tokens=x[:, 1 + num_image :] if text_ids is not None else None,
+            image_tokens=x[:, 1 : 1 + num_image] if images is not None and tokens else None,
+            text_tokens=x[:, 1 + num_image :] if text_ids is not None and tokens else None,
         )
 
-    def _packed_blocks(self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, recompute: bool) -> torch.Tensor:
-        """The blocks and final norm on the real tokens only (model/packing.py); padded positions come back as zeros."""
+    def _packed_blocks(
+        self,
+        x: torch.Tensor,
+        index: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        recompute: bool,
+        rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The blocks and final norm on the real tokens only, the last block on the read `rows` of them
+        (model/packing.py); padded and unread positions come back as zeros."""
         batch, length, _ = x.shape
         x = pack(x, index)
-        for block in self.blocks:
-            args = (block, x, index, batch, length, mask)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            args = (block, x, index, batch, length, mask, rows if i == last else None)
             x = checkpoint(packed_block, *args, use_reentrant=False) if recompute else packed_block(*args)
-        return unpack(self.norm(x), index, batch, length)
+        kept = index if rows is None else rows if index is None else index.index_select(0, rows)
+        return unpack(self.norm(x), kept, batch, length)
 
     def project(self, pooled: torch.Tensor, modality: Modality) -> torch.Tensor:
         """L2-normalised embedding F(.) through the shared head or the modality's own head."""
@@ -167,10 +187,29 @@ class OneTower(nn.Module):
         return F.normalize(head(pooled), dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.project(self(view="I", images=images).cls, "image")
+        return self.project(self(view="I", images=images, reads="cls").cls, "image")
 
     def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        return self.project(self(view="T", text_ids=text_ids, text_mask=text_mask).cls, "text")
+        return self.project(self(view="T", text_ids=text_ids, text_mask=text_mask, reads="cls").cls, "text")
+
+
+def _read_positions(reads: torch.Tensor | str | None, x: torch.Tensor) -> torch.Tensor | None:
+    """`forward`'s `reads` as a boolean [B, L] over the whole sequence, [CLS] included; None reads all."""
+    if reads is None:
+        return None
+    batch, length, _ = x.shape
+    read = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
+    read[:, 0] = True
+    if isinstance(reads, str):
+        if reads != "cls":
+            raise ValueError(f'reads must be a boolean tensor, "cls" or None, not {reads!r}')
+        return read
+    if reads.shape != (batch, length - 1):
+        raise ValueError(
+            f"reads has shape {tuple(reads.shape)}; this pass's image and text positions are {(batch, length - 1)}"
+        )
+    read[:, 1:] = reads
+    return read
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

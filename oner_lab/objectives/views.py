@@ -160,18 +160,24 @@ class Views:
             text_ids = x.text_ids if "T" in view else None
             text_mask = x.text_mask if "T" in view else None
             patch_mask = None
+            reads: torch.Tensor | str = "cls"  # a clean pass: `embed` reads its [CLS] alone
             if masked:
                 rows = self.masked_rows(view)
+                read = []  # MIM's masked patches and MLM's chosen tokens, the positions the losses read
                 if images is not None:
                     images, patch_mask = self.masked_images(rows)
+                    read.append(patch_mask)
                 if text_ids is not None:
-                    text_ids, text_mask, _ = self.masked_text(rows)
+                    text_ids, text_mask, labels = self.masked_text(rows)
+                    read.append(labels != IGNORE)
+                reads = torch.cat(read, dim=1)
             self._outputs[key] = self.online(
                 view,
                 images=images,
                 text_ids=text_ids,
                 text_mask=text_mask,
                 patch_mask=patch_mask,
+                reads=reads,
             )
         return self._outputs[key]
 
@@ -195,7 +201,11 @@ class Views:
             text_ids = x.text_ids if "T" in view else None
             with torch.set_grad_enabled(self.target_encoder is self.online and torch.is_grad_enabled()):
                 out = self.target_encoder(
-                    view, images=images, text_ids=text_ids, text_mask=x.text_mask if text_ids is not None else None
+                    view,
+                    images=images,
+                    text_ids=text_ids,
+                    text_mask=x.text_mask if text_ids is not None else None,
+                    reads="cls",
                 )
                 self._targets[view] = self.target_encoder.project(out.cls, HEAD_OF_VIEW[view])
         return self._targets[view]
