@@ -10,9 +10,9 @@ Two kinds, both cutting cost and not maths:
   clean or momentum pass its [CLS], MIM its masked patches, MLM its chosen tokens (`OneTower.forward`'s
   `reads`). Every position still feeds the last block's keys and values, but only the read ones need
   its attention output, output projection and MLP, which are most of a block's work.
-The read positions' outputs and every gradient are the full pass's, up to float rounding. The
-built-in ablation's steps take 1.16-1.30x less time with the padding left out at one thread, and
-the last block's unread rows take off a further share (docs/cost.md).
+The read positions' outputs and every gradient are the full pass's, up to float rounding. At one
+thread the built-in ablation's steps take 1.16-1.30x less time with the padding left out, and a
+further 1.06-1.19x with the last block's unread rows left out too (docs/cost.md).
 
 Only where the saving is sure: a CPU pass short enough for plain-product attention
 (`attention.uses_plain_products`), eager blocks (a compiled block keeps its own graph) and no active
