@@ -288,19 +288,25 @@ def packing_case(seed: int = 3) -> tuple[OneTower, torch.Tensor, torch.Tensor, t
     return model, images, ids, mask, patch_mask
 
 
+def view_pass(model: OneTower, view: str, images, ids, mask, patch_mask, reads=None):
+    """One forward pass of `view`, given the inputs that view takes."""
+    return model(
+        view,
+        images=images if "I" in view else None,
+        text_ids=ids if "T" in view else None,
+        text_mask=mask if "T" in view else None,
+        patch_mask=patch_mask if "I" in view else None,
+        reads=reads,
+    )
+
+
 def packed_and_padded(model: OneTower, view: str, images, ids, mask, patch_mask):
     """(output, gradients) of one pass and backward, packed first, then with every position run."""
     results = []
     for pack_tokens in (True, False):
         model.pack_tokens = pack_tokens
         model.zero_grad()
-        out = model(
-            view,
-            images=images if "I" in view else None,
-            text_ids=ids if "T" in view else None,
-            text_mask=mask if "T" in view else None,
-            patch_mask=patch_mask if "I" in view else None,
-        )
+        out = view_pass(model, view, images, ids, mask, patch_mask)
         loss = out.cls.square().sum()
         if out.text_tokens is not None:  # every real text token reaches the loss
             loss = loss + (out.text_tokens * mask[..., None]).sin().sum()
@@ -362,14 +368,7 @@ def read_positions(mask: torch.Tensor, patch_mask: torch.Tensor, view: str, seed
 def reading_pass(model: OneTower, view: str, images, ids, mask, patch_mask, reads):
     """(output, gradients) of one pass whose loss reads [CLS] and the `reads` positions alone."""
     model.zero_grad()
-    out = model(
-        view,
-        images=images if "I" in view else None,
-        text_ids=ids if "T" in view else None,
-        text_mask=mask if "T" in view else None,
-        patch_mask=patch_mask if "I" in view else None,
-        reads=reads,
-    )
+    out = view_pass(model, view, images, ids, mask, patch_mask, reads)
     loss = out.cls.square().sum()
     if not isinstance(reads, str):
         tokens = torch.cat([t for t in (out.image_tokens, out.text_tokens) if t is not None], dim=1)
