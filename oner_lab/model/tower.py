@@ -16,7 +16,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from oner_lab.model.attention import TowerAttention
+from oner_lab.model.attention import TowerAttention, uses_plain_products
 from oner_lab.model.masks import attention_mask
 from oner_lab.model.packing import pack, packed_block, packs, read_rows, real_positions, unpack
 from oner_lab.presets import TowerConfig
@@ -141,7 +141,7 @@ class OneTower(nn.Module):
         mask = attention_mask(view, num_image, text_mask)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         drop_path = self.training and self.cfg.drop_path > 0
-        read = _read_positions(reads, x)
+        read = _read_positions(reads, x, needed=self.pack_tokens and uses_plain_products(x))
         if self.pack_tokens and packs(x, text_mask, read, self.blocks, drop_path):
             index = real_positions(text_mask, 1 + num_image)
             x = self._packed_blocks(x, index, mask, recompute, None if read is None else read_rows(read, index))
@@ -193,22 +193,25 @@ class OneTower(nn.Module):
         return self.project(self(view="T", text_ids=text_ids, text_mask=text_mask, reads="cls").cls, "text")
 
 
-def _read_positions(reads: torch.Tensor | str | None, x: torch.Tensor) -> torch.Tensor | None:
-    """`forward`'s `reads` as a boolean [B, L] over the whole sequence, [CLS] included; None reads all."""
+def _read_positions(reads: torch.Tensor | str | None, x: torch.Tensor, needed: bool) -> torch.Tensor | None:
+    """`forward`'s `reads` checked, and as a boolean [B, L] over the whole sequence, [CLS] included, where
+    `needed` (the CPU path that can use it: a GPU pass does not build it); None reads all."""
     if reads is None:
         return None
     batch, length, _ = x.shape
-    read = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
-    read[:, 0] = True
     if isinstance(reads, str):
         if reads != "cls":
             raise ValueError(f'reads must be a boolean tensor, "cls" or None, not {reads!r}')
-        return read
-    if reads.shape != (batch, length - 1):
+    elif reads.shape != (batch, length - 1):
         raise ValueError(
             f"reads has shape {tuple(reads.shape)}; this pass's image and text positions are {(batch, length - 1)}"
         )
-    read[:, 1:] = reads
+    if not needed:
+        return None
+    read = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
+    read[:, 0] = True
+    if not isinstance(reads, str):
+        read[:, 1:] = reads
     return read
 
 
