@@ -31,7 +31,9 @@ from oner_lab.data import (
 )
 from oner_lab.data.augment import crop_boxes
 from oner_lab.data.batch import normalise
+from oner_lab.data.bundle import shards_of
 from oner_lab.data.cache import build_once
+from oner_lab.data.decoded import read_decoded
 from oner_lab.data.shards import (
     decode_image,
     decode_text,
@@ -396,6 +398,39 @@ def test_a_full_disk_keeps_no_decoded_copy_and_the_run_its_data(
         assert same_train(again, first)
         assert "could not keep a decoded copy" in caplog.text and "bytes of images failed with" in caplog.text
         assert not list(small.glob("decoded-*")) and not list(small.glob(".tmp-*"))
+
+
+def _read_decoded_in_process(root: str, out: str) -> None:
+    """One run's read of the training split, each decoded sample logged, slowly enough that two runs overlap."""
+
+    def decode(sample):
+        with open(Path(root) / "decodes.log", "a") as log:
+            log.write(f"{os.getpid()}\n")
+        time.sleep(0.02)
+        return decode_image(sample, IMAGE_SIZE), decode_text(sample)
+
+    (train_dir,) = Path(root).glob("shapes-train-*")
+    images, captions, skipped = read_decoded(Path(root), shards_of(train_dir), decode, "skip", "race")
+    np.save(out, images)
+    Path(out).with_suffix(".json").write_text(json.dumps([captions, skipped]))
+
+
+def test_two_runs_starting_together_decode_the_shards_once(tmp_path: Path) -> None:
+    prepare(tiny_config(tmp_path), IMAGE_SIZE, TEXT_LEN, [])
+    context = multiprocessing.get_context("fork")
+    outs = [str(tmp_path / f"run{i}.npy") for i in range(2)]
+    workers = [context.Process(target=_read_decoded_in_process, args=(str(tmp_path), out)) for out in outs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    decoders = (tmp_path / "decodes.log").read_text().split()
+    assert len(decoders) == 64 and len(set(decoders)) == 1  # one run decoded; the other waited and read its copy
+    first, second = (np.load(out) for out in outs)
+    assert first.shape == (64, 3, IMAGE_SIZE, IMAGE_SIZE) and np.array_equal(first, second)
+    assert (tmp_path / "run0.json").read_text() == (tmp_path / "run1.json").read_text()
+    assert json.loads((tmp_path / "run0.json").read_text())[1] == 0
 
 
 # ---- caching ----
