@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cloudpickle
 import submitit
 from mlflow import MlflowClient
 
@@ -149,7 +151,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
         outage_window_s: float = DEFAULT_WINDOW_S,
         options: tracking_ui.JobOptions | None = None,
     ) -> None:
-        self.planned = planned
+        self._planned: PlannedRun | None = planned
+        self._planned_pickle: bytes | None = None
+        self.run_name = planned.run_name
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.run_dir = Path(run_dir)
@@ -162,6 +166,29 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self._slot: tuple[list[Path], Path] | None = None  # (every slot, the one held) while a local run trains
         self.options = options or tracking_ui.JobOptions()
 
+    @property
+    def planned(self) -> PlannedRun:
+        """The run's grid point and config. A job process unpickles it only here, once it trains: the
+        config holds unit instances (`data.source`), and importing their modules imports the data
+        package and torch, which would cost every job still waiting for its slot ~5 CPU-s and ~500 MB."""
+        if self._planned is None:
+            assert self._planned_pickle is not None
+            self._planned = pickle.loads(self._planned_pickle)
+        return self._planned
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        if state["_planned"] is not None:
+            state["_planned_pickle"] = cloudpickle.dumps(state["_planned"])
+            state["_planned"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if "planned" in state:  # a job pickled before the plan was deferred (a requeue across an upgrade)
+            planned = state.pop("planned")
+            state.update(_planned=planned, _planned_pickle=None, run_name=planned.run_name)  # type: ignore[attr-defined]
+        self.__dict__.update(state)
+
     def __call__(self) -> JobOutcome:
         from oner_lab.store_outage import quiet_store_tracebacks
 
@@ -171,7 +198,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             return self._run() if self.max_requeues is None else self._run_on_slurm()
         except Exception as error:  # noqa: BLE001 - tracking itself failed; the CLI records what it can
             message = f"{type(error).__name__}: {error}"
-            return JobOutcome(self.planned.run_name, self.run_id, tracking.FAILED, error=message)
+            return JobOutcome(self.run_name, self.run_id, tracking.FAILED, error=message)
 
     def _run(self) -> JobOutcome:
         control = OwnerControl(self.owner_pid)
@@ -299,7 +326,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
                     tracking_ui.log_final_weights(client, self.run_id, self.run_dir)
                 except Exception as error:  # noqa: BLE001
                     print(
-                        f"[oner] warning: the final weights of {self.planned.run_name} were not logged: {error}",
+                        f"[oner] warning: the final weights of {self.run_name} were not logged: {error}",
                         flush=True,
                     )
             try:
@@ -308,10 +335,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
                 )
             except StoreUnavailable as lost:
                 self._leave_pending(tracking.FINISHED, None)
-                return JobOutcome(
-                    self.planned.run_name, self.run_id, tracking.FINISHED, dict(metrics), store_error=str(lost)
-                )
-        return JobOutcome(self.planned.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
+                return JobOutcome(self.run_name, self.run_id, tracking.FINISHED, dict(metrics), store_error=str(lost))
+        return JobOutcome(self.run_name, self.run_id, tracking.FINISHED, metrics=dict(metrics))
 
     def _system_metrics(self) -> AbstractContextManager[object]:
         """MLflow system metrics of this run while it trains, sampled by one process per node."""
@@ -357,7 +382,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             except StoreUnavailable as lost:
                 self._leave_pending(status, message)
                 store_error = store_error or str(lost)
-        return JobOutcome(self.planned.run_name, self.run_id, status, error=message, store_error=store_error)
+        return JobOutcome(self.run_name, self.run_id, status, error=message, store_error=store_error)
 
     def _leave_pending(self, status: str, error: str | None) -> None:
         """Writes how the run ended to `<run_dir>/.pending_end.json` (read by the next invocation)."""
