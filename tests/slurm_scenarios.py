@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,6 +129,10 @@ class Preemption:
     client: MlflowClient
     scenarios: dict[str, Scenario]
     no_wait_s: float
+    """The longest `run --no-wait` before the first interruption was sent: later ones share the two CPUs
+    and the store with jobs checkpointing and requeueing on a signal, and took up to 42 s."""
+    submitted_s: dict[str, float]
+    """How long each scenario's `run --no-wait` took, for a failure's message."""
     alive_after_no_wait: bool
     store: str
     root: Path
@@ -157,36 +162,71 @@ def run_scenarios(root: Path, mlflow_template: Path, two_nodes: bool) -> Preempt
         )
         for name, arguments in chosen.items()
     }
-    no_wait_s = 0.0
-    alive_after_no_wait = True
-    for scenario in scenarios.values():
-        started = time.monotonic()
-        code = main([*scenario.arguments, "--no-wait"])
-        no_wait_s = max(no_wait_s, time.monotonic() - started)
-        assert code == 0
-        (scenario.run,) = runs_in(client, f"slurm-{scenario.name}")
-        scenario.job_id = client.get_run(scenario.run.info.run_id).data.tags["oner.slurm.job_id"]
-        alive_after_no_wait &= scheduler.queue_states([scenario.job_id]).get(scenario.job_id) in scheduler.ALIVE_STATES
-
     pending = {name: list(commands) for name, commands in INTERRUPTIONS.items() if name in scenarios}
     waiting_requeue: set[str] = set()
+    lock = threading.Lock()
+
+    def signal_due() -> None:
+        """Sends each submitted scenario its next interruption once its job's log shows the step it waits for."""
+        with lock:
+            for name in list(pending):
+                scenario = scenarios[name]
+                if name in waiting_requeue or not scenario.job_id:
+                    continue
+                step = trained_step(job_log(root / name, scenario.job_id))
+                after = scenario.stopped_at_step[-1] + SIGNAL_AFTER if scenario.stopped_at_step else SIGNAL_AFTER
+                assert step < STEPS, f"{name} trained all {STEPS} steps before it could be interrupted"
+                if step >= after:
+                    command = pending[name].pop(0)
+                    subprocess.run([*command, scenario.job_id], check=True)
+                    scenario.signals.append(" ".join(command))
+                    waiting_requeue.add(name)
+                    if not pending[name]:
+                        del pending[name]
+
+    # the first signals are sent while later scenarios are still being submitted: a job alone on a node
+    # trains its 100 steps in about 5 s, less than the remaining submissions can take
+    submitting = threading.Event()
+    submitting.set()
+    failures: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            while submitting.is_set():
+                signal_due()
+                time.sleep(POLL_S)
+        except BaseException as error:  # noqa: BLE001 - raised in the main thread after the submissions
+            failures.append(error)
+
+    watcher = threading.Thread(target=watch, name="first-signals", daemon=True)
+    watcher.start()
+    no_wait_s = 0.0
+    submitted_s: dict[str, float] = {}
+    alive_after_no_wait = True
+    try:
+        for scenario in scenarios.values():
+            started = time.monotonic()
+            code = main([*scenario.arguments, "--no-wait"])
+            submitted_s[scenario.name] = round(time.monotonic() - started, 1)
+            with lock:
+                if not any(other.signals for other in scenarios.values()):
+                    no_wait_s = max(no_wait_s, time.monotonic() - started)
+            assert code == 0
+            (scenario.run,) = runs_in(client, f"slurm-{scenario.name}")
+            job_id = client.get_run(scenario.run.info.run_id).data.tags["oner.slurm.job_id"]
+            states = scheduler.queue_states([job_id])
+            alive_after_no_wait &= states.get(job_id) in scheduler.ALIVE_STATES
+            scenario.job_id = job_id  # the watcher signals it from now on
+    finally:
+        submitting.clear()
+        watcher.join()
+    if failures:
+        raise failures[0]
+
     deadline = time.monotonic() + SCENARIO_TIMEOUT_S
     while pending or waiting_requeue:
         assert time.monotonic() < deadline, f"interruptions not done: {pending}, {waiting_requeue}\n{squeue_all()}"
-        for name in list(pending):
-            scenario = scenarios[name]
-            if name in waiting_requeue:
-                continue
-            step = trained_step(job_log(root / name, scenario.job_id))
-            after = scenario.stopped_at_step[-1] + SIGNAL_AFTER if scenario.stopped_at_step else SIGNAL_AFTER
-            assert step < STEPS, f"{name} trained all {STEPS} steps before it could be interrupted"
-            if step >= after:
-                command = pending[name].pop(0)
-                subprocess.run([*command, scenario.job_id], check=True)
-                scenario.signals.append(" ".join(command))
-                waiting_requeue.add(name)
-                if not pending[name]:
-                    del pending[name]
+        signal_due()
         for name in list(waiting_requeue):
             scenario = scenarios[name]
             run = client.get_run(scenario.run.info.run_id)
@@ -212,4 +252,4 @@ def run_scenarios(root: Path, mlflow_template: Path, two_nodes: bool) -> Preempt
             f"scenario {scenario.name} to end",
         )
         scenario.run = client.get_run(scenario.run.info.run_id)
-    return Preemption(client, scenarios, no_wait_s, alive_after_no_wait, store, root)
+    return Preemption(client, scenarios, no_wait_s, submitted_s, alive_after_no_wait, store, root)
