@@ -105,8 +105,9 @@ print("torch" in sys.modules, planned.config_hash)
 def test_a_local_job_waiting_for_its_slot_has_not_imported_torch(spec: str, tmp_path: Path) -> None:
     """Every local job process unpickles its `TrainingJob` (as submitit wrote it) and then waits for a
     slot; with the 18 runs of the built-in ablation starting at once, importing torch and the data
-    there had cost each about 5 CPU-s and 500 MB, taken from the runs that train. The run's config,
-    whose units' modules import the data package, is unpickled once the job trains."""
+    there had cost each 10.5-11.4 CPU-s and 804 MB instead of 3.3-3.8 and 170 MB, taken from the runs
+    that train (docs/cost.md). The run's config, whose units' modules import the data package, is
+    unpickled once the job trains."""
     from submitit.core.utils import DelayedSubmission
 
     from oner_lab.launch.job import TrainingJob

@@ -170,7 +170,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def planned(self) -> PlannedRun:
         """The run's grid point and config. A job process unpickles it only here, once it trains: the
         config holds unit instances (`data.source`), and importing their modules imports the data
-        package and torch, which would cost every job still waiting for its slot ~5 CPU-s and ~500 MB."""
+        package and torch: 10.5-11.4 CPU-s and 804 MB per waiting job instead of 3.3-3.8 CPU-s and 170 MB."""
         if self._planned is None:
             assert self._planned_pickle is not None
             self._planned = pickle.loads(self._planned_pickle)
