@@ -22,7 +22,7 @@ from contextlib import closing
 from pathlib import Path
 
 import optuna
-from held_processes import job_processes, run_a_slice, signal_all
+from held_processes import job_processes, locks_held, run_a_slice, signal_all
 from job_logs import job_log, trained_step
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -135,19 +135,26 @@ def trial_job(directory: Path, trial: optuna.trial.FrozenTrial) -> tuple[list[in
         return [], None
 
 
-def hold_after_first_steps(log: Path, pids: list[int], timeout_s: float = 60) -> int:
+def hold_after_first_steps(log: Path, pids: list[int], stores: list[Path], timeout_s: float = 60) -> int:
     """Lets the stopped job run 20 ms at a time until its log shows a step past the first logged one
-    (so its run has a metric), and leaves it stopped there: the step it holds at, or 0 if the job
-    ended meanwhile."""
+    (so its run has a metric) and it holds no lock on `stores`, and leaves it stopped there: the step it
+    holds at, or 0 if the job ended meanwhile. A job stopped inside an MLflow or Optuna SQLite write
+    would block the driver's own writes (it creates the next trial's run with interrupts deferred) until
+    the store's outage window ends: CI once saw the driver not exit within 90 s of its SIGTERM."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         step = trained_step(log)
-        if step > LOG_EVERY:
+        if step > LOG_EVERY and not locks_held(pids, stores):
             return step
         if not run_a_slice(pids, 0.02):
             return 0
     signal_all(pids, signal.SIGCONT)
     return 0
+
+
+def stores_of(directory: Path) -> list[Path]:
+    """The study's SQLite stores and their lock and journal files, which its jobs lock while they write."""
+    return sorted(path for path in directory.iterdir() if path.name.startswith(("mlflow.db", "optuna.db")))
 
 
 def hold_a_trial_mid_training(
@@ -168,7 +175,7 @@ def hold_a_trial_mid_training(
                     continue
                 pids, log = trial_job(directory, trial)
                 if pids and log is not None and signal_all(pids, signal.SIGSTOP):
-                    step = hold_after_first_steps(log, pids)
+                    step = hold_after_first_steps(log, pids, stores_of(directory))
                     if LOG_EVERY < step <= STEPS // 2:  # far from the end: the signal lands mid-training
                         return trial.number, step, pids
                     signal_all(pids, signal.SIGCONT)

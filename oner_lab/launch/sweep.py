@@ -329,6 +329,13 @@ class DeferredInterrupts:
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.depth:
+            if self.pending is None:  # said once: a slow or locked store can hold the section for minutes
+                print(
+                    f"[oner] {signal.Signals(signum).name}: stopping once the trial being submitted is recorded "
+                    "in the stores (this waits for them if they are slow or locked)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.pending = signum
             return
         raise KeyboardInterrupt(signal.Signals(signum).name)
