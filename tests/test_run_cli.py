@@ -228,7 +228,7 @@ def test_killed_debug_run_resumes_into_the_same_mlflow_run_without_duplicate_ste
         "--set",
         f"base.data.cache_dir={data_cache}",
         "--set",
-        "base.train.steps=200",
+        "base.train.steps=120",
         "--set",
         "base.train.checkpoint_every=50",
     ]
