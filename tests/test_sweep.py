@@ -290,7 +290,7 @@ def test_sweep_notebook(killed_study: KilledStudy, tmp_path: Path, kernel: str) 
 
 
 def test_an_interrupt_while_a_trial_is_being_started_waits_until_it_is_tracked(
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """SIGTERM between asking for a trial and recording its job is held until the section ends, and the
     user is told once why the driver has not stopped yet."""
@@ -310,4 +310,4 @@ def test_an_interrupt_while_a_trial_is_being_started_waits_until_it_is_tracked(
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert steps == ["submitted", "tracked"] and interrupts.pending is None
-    assert capsys.readouterr().err.count("SIGTERM: stopping once the trial being submitted is recorded") == 1
+    assert capfd.readouterr().err.count("SIGTERM: stopping once the trial being submitted is recorded") == 1

@@ -330,11 +330,11 @@ class DeferredInterrupts:
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.depth:
             if self.pending is None:  # said once: a slow or locked store can hold the section for minutes
-                print(
+                # os.write, not print: a handler's print re-entering a buffered stderr raises RuntimeError
+                os.write(
+                    2,
                     f"[oner] {signal.Signals(signum).name}: stopping once the trial being submitted is recorded "
-                    "in the stores (this waits for them if they are slow or locked)",
-                    file=sys.stderr,
-                    flush=True,
+                    "in the stores (this waits for them if they are slow or locked)\n".encode(),
                 )
             self.pending = signum
             return
