@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
-from scipy import stats
 
 from oner_lab.analysis import paper
 
@@ -87,6 +86,8 @@ def interval(differences: list[float]) -> tuple[float, float, float]:
     mean = sum(differences) / n
     if n < 2:
         return mean, math.nan, math.nan
+    from scipy import stats  # here, not at import: scipy.stats adds about a second to every CLI start
+
     sd = pd.Series(differences).std(ddof=1)
     half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
