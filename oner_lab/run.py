@@ -242,7 +242,8 @@ def report_cost(
         console.print(f"[yellow]No cost estimate: {error.args[0]}[/]", highlight=False)
         return []
     name, devices, where = placed
-    estimates = estimate.estimate_all(runs, name, devices)
+    with console.status("Estimating the training cost", spinner="dots") as status:  # drawn on terminals only
+        estimates = estimate.estimate_all(runs, name, devices, progress=status.update)
     console.print(estimate.cost_table(estimates, where))
     if resources is None or not resources.gpus_per_node:
         return []

@@ -113,6 +113,24 @@ def test_a_cpu_dry_run_estimates_this_machine(tmp_path: Path, monkeypatch: pytes
     assert "measured for training steps" in result.stdout
 
 
+def test_estimating_says_what_it_is_doing_before_each_slow_part() -> None:
+    """The CLI shows these lines on a terminal while it waits (run.report_cost): the 4 s matmul measurement
+    once per thread setting, then each run's FLOP count, in the order of the table."""
+    runs = expand(load_spec(ROOT / "experiments" / "smoke.yaml"))
+    heard: list[str] = []
+    estimates = estimate.estimate_all(runs, "cpu", progress=heard.append)
+    assert [one.run_name for one in estimates] == [run.run_name for run in runs]
+    assert heard[0].startswith("Measuring this CPU's float32 matmul rate")
+    counting = [
+        f"Counting training FLOPs per step on meta tensors: {run.run_name} ({number}/{len(runs)})"
+        for number, run in enumerate(runs, 1)
+    ]
+    assert heard[1:] == counting, heard
+    heard.clear()
+    estimate.estimate_all(runs, "a100-80gb", 8, progress=heard.append)  # a card's peak is a datasheet figure
+    assert heard == counting
+
+
 def write_profile(folder: Path, **changes: object) -> Path:
     text = (ROOT / "slurm" / "a100.yaml").read_text()
     for key, value in changes.items():

@@ -14,7 +14,7 @@ they are); the estimate is for the training steps, all of them, whatever a resum
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -179,17 +179,28 @@ def memory_problem(run: PlannedRun, one: RunEstimate, gpus_per_node: int, nodes:
     )
 
 
-def estimate_all(planned: Sequence[PlannedRun], device_name: str, devices: int = 1) -> list[RunEstimate]:
-    """Every run's estimate; the CPU's matmul rate is measured once per thread setting."""
+def estimate_all(
+    planned: Sequence[PlannedRun],
+    device_name: str,
+    devices: int = 1,
+    progress: Callable[[str], object] | None = None,
+) -> list[RunEstimate]:
+    """Every run's estimate; the CPU's matmul rate is measured once per thread setting.
+
+    `progress` hears what is being done before each slow part (the 4 s matmul measurement; a FLOP
+    count, seconds per config when it is not cached), so that a waiting CLI can say why it waits."""
+    say = progress or (lambda _: None)
     rates: dict[int | None, float] = {}
     estimates = []
-    for run in planned:
+    for number, run in enumerate(planned, 1):
         cpu_flops = None
         if device(device_name).peak_flops is None:
             threads = run.config.train.threads
             if threads not in rates:
+                say(f"Measuring this CPU's float32 matmul rate at {threads or torch.get_num_threads()} threads (4 s)")
                 rates[threads] = matmul_flops(threads)
             cpu_flops = rates[threads]
+        say(f"Counting training FLOPs per step on meta tensors: {run.run_name} ({number}/{len(planned)})")
         estimates.append(estimate(run, device_name, devices, cpu_flops))
     return estimates
 
