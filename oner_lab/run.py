@@ -242,6 +242,13 @@ def report_cost(
         console.print(f"[yellow]No cost estimate: {error.args[0]}[/]", highlight=False)
         return []
     name, devices, where = placed
+    if not console.is_terminal:  # a log shows no status line: one line says what the wait before the table is
+        print(
+            f"Estimating the training cost of {len(runs)} run{'s' if len(runs) > 1 else ''} "
+            "(FLOPs counted per config; on a CPU, its matmul rate measured; docs/cost.md)",
+            file=sys.stderr,
+            flush=True,
+        )
     with console.status("Estimating the training cost", spinner="dots") as status:  # drawn on terminals only
         estimates = estimate.estimate_all(runs, name, devices, progress=status.update)
     console.print(estimate.cost_table(estimates, where))

@@ -111,6 +111,7 @@ def test_a_cpu_dry_run_estimates_this_machine(tmp_path: Path, monkeypatch: pytes
     assert result.returncode == 0, result.stderr
     assert "Estimated training cost on this machine's CPU" in result.stdout
     assert "measured for training steps" in result.stdout
+    assert "Estimating the training cost of 2 runs" in result.stderr  # why a log waits before the table
 
 
 def test_estimating_says_what_it_is_doing_before_each_slow_part() -> None:
